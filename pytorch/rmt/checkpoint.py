@@ -1,0 +1,65 @@
+"""Checkpoint files: plain state dicts written atomically, read with `weights_only=True`.
+
+A model file is {"config": ModelConfig dict, "model": state_dict}; a training checkpoint adds
+optimizer, scheduler, scaler, RNG, data position and carried memory state to the same dict.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import pickle
+import tempfile
+import zipfile
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated or not in the expected format."""
+
+
+def save_atomic(obj: dict, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same directory, then rename over `path`."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_file(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load a checkpoint dict safely; a bad file raises CheckpointError with one clear line."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint file {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({first}); it may be truncated or a pickled module: "
+            "re-save it as a state dict"
+        ) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict of state dicts")
+    return obj
+
+
+def load_model(path: str | os.PathLike, map_location="cpu"):
+    """Rebuild a MemTransformerLM from a file holding {"config", "model"} (any checkpoint of ours)."""
+    from .model import MemTransformerLM
+
+    ckpt = load_file(path, map_location)
+    if "config" not in ckpt or "model" not in ckpt:
+        raise CheckpointError(f"{path} has no 'config'/'model' entries; is it an original-code file? "
+                              "convert it with `python -m rmt.convert from-original`")
+    model = MemTransformerLM.from_config(ckpt["config"])
+    model.load_state_dict(ckpt["model"])
+    return model, ckpt

@@ -1,0 +1,100 @@
+"""Model configuration: the original `MemTransformerLM` constructor arguments, validated.
+
+Field names are the original flag names, so a run's `config.json` maps one to one onto the
+shell flags and onto the original code's constructor.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+ATTN_TYPES = {0: "relative (Transformer-XL)", 2: "absolute (Vaswani)"}
+MEM_INITS = ("distinct", "identical")
+
+
+@dataclass
+class ModelConfig:
+    n_token: int
+    n_layer: int = 2
+    n_head: int = 4
+    d_model: int = 32
+    d_head: int = 8
+    d_inner: int = 64
+    dropout: float = 0.0
+    dropatt: float = 0.0
+    tie_weight: bool = True
+    d_embed: int | None = None  # None or <= 0: same as d_model
+    div_val: int = 1
+    tie_projs: list[bool] = field(default_factory=lambda: [False])
+    pre_lnorm: bool = False
+    tgt_len: int = 8
+    ext_len: int = 0
+    mem_len: int = 0  # Transformer-XL cache length (positions, memory tokens included)
+    num_mem_tokens: int = 0  # RMT memory size M
+    read_mem_from_cache: bool = False  # may memory tokens attend to the XL cache?
+    mem_at_end: bool = True  # write memory after the segment; False = start-only ("MT") ablation
+    cutoffs: list[int] = field(default_factory=list)
+    same_length: bool = False
+    attn_type: int = 0
+    clamp_len: int = -1
+    sample_softmax: int = -1  # kept for config compatibility; sampled softmax is not supported
+    mem_init: str = "distinct"  # "identical" reproduces the original's M equal rows
+
+    def __post_init__(self) -> None:
+        if self.d_embed is None or self.d_embed <= 0:
+            self.d_embed = self.d_model
+        self.cutoffs = [int(c) for c in self.cutoffs]
+        self.tie_projs = [bool(t) for t in self.tie_projs]
+        self._validate()
+
+    def _validate(self) -> None:
+        def positive(*names: str) -> None:
+            for name in names:
+                if getattr(self, name) <= 0:
+                    raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+        def non_negative(*names: str) -> None:
+            for name in names:
+                if getattr(self, name) < 0:
+                    raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+        positive("n_token", "n_layer", "n_head", "d_model", "d_head", "d_inner", "tgt_len", "div_val")
+        non_negative("ext_len", "mem_len", "num_mem_tokens")
+        for name in ("dropout", "dropatt"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.attn_type not in ATTN_TYPES:
+            # Types 1 (Shaw) and 3 (Al-Rfou) were never used in the paper; type 3 would also need
+            # n_head * d_head == d_model.
+            raise ValueError(
+                f"attn_type {self.attn_type} is not supported; use one of "
+                + ", ".join(f"{k} ({v})" for k, v in ATTN_TYPES.items())
+            )
+        if self.d_model % 2:
+            raise ValueError(f"d_model must be even for the sinusoidal positions, got {self.d_model}")
+        cuts = self.cutoffs
+        if any(b <= a for a, b in zip(cuts, cuts[1:])) or (cuts and (cuts[0] <= 0 or cuts[-1] >= self.n_token)):
+            raise ValueError(
+                f"cutoffs must be strictly increasing and inside (0, n_token={self.n_token}), got {cuts}"
+            )
+        if self.d_embed // self.div_val ** len(cuts) < 1:
+            raise ValueError(
+                f"d_embed {self.d_embed} is too small for div_val {self.div_val} over {len(cuts)} cutoffs"
+            )
+        if len(self.tie_projs) > len(cuts) + 1:
+            raise ValueError(f"tie_projs has {len(self.tie_projs)} entries for {len(cuts) + 1} clusters")
+        if self.same_length and self.mem_len <= 0:
+            raise ValueError("same_length needs mem_len > 0 (it sizes the attention window)")
+        if self.sample_softmax > 0:
+            raise ValueError("sample_softmax is not supported (it was broken in the original code)")
+        if self.mem_init not in MEM_INITS:
+            raise ValueError(f"mem_init must be one of {MEM_INITS}, got {self.mem_init!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """Build from a dict, ignoring keys that are not model fields (e.g. a run's other flags)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

@@ -1,0 +1,128 @@
+"""Transformer-XL building blocks: sinusoidal positions, position-wise FF, attention, decoder layer.
+
+Legend for shape comments: B batch, Q query length (read memory + tokens + write memory),
+L cached length (XL cache), K = L + Q keys, H heads, D head size, C d_model.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PositionalEmbedding(nn.Module):
+    """Sinusoids with concatenated (not interleaved) sin and cos halves, as in Transformer-XL."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        inv_freq = 1.0 / (10000 ** (torch.arange(0.0, d_model, 2.0) / d_model))
+        # Not persistent: it is a constant, and rebuilding it keeps checkpoints free of it.
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, pos_seq: torch.Tensor) -> torch.Tensor:
+        sinusoid = torch.outer(pos_seq, self.inv_freq)  # (K, C/2)
+        return torch.cat([sinusoid.sin(), sinusoid.cos()], dim=-1)  # (K, C)
+
+
+class PositionwiseFF(nn.Module):
+    def __init__(self, d_model: int, d_inner: int, dropout: float, pre_lnorm: bool):
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, d_inner)
+        self.fc2 = nn.Linear(d_inner, d_model)
+        self.drop = nn.Dropout(dropout)
+        self.layer_norm = nn.LayerNorm(d_model)
+        self.pre_lnorm = pre_lnorm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inp = self.layer_norm(x) if self.pre_lnorm else x
+        out = self.drop(self.fc2(self.drop(F.relu(self.fc1(inp)))))
+        return x + out if self.pre_lnorm else self.layer_norm(x + out)
+
+
+def rel_shift(x: torch.Tensor) -> torch.Tensor:
+    """Transformer-XL relative shift on (B, H, Q, K) scores: out[..., i, j] = x[..., i, j + Q - 1 - i].
+
+    Pad one zero column in front, reinterpret as (K+1, Q), drop the first row. Above the causal
+    diagonal this wraps around into the next query row; memory tokens attend there (read block,
+    write block), so the wrap-around values are part of the model and must be kept exactly.
+    """
+    b, h, q, k = x.shape
+    x = F.pad(x, (1, 0))  # (B, H, Q, K+1)
+    return x.view(b, h, k + 1, q)[:, :, 1:].reshape(b, h, q, k)
+
+
+def _masked_softmax(score: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # Fill in fp32 so -inf is safe under half precision, then return to the score dtype.
+    return score.float().masked_fill(mask, float("-inf")).softmax(dim=-1).type_as(score)
+
+
+class RelPartialLearnableAttention(nn.Module):
+    """attn_type 0: Transformer-XL relative attention with global content/position biases."""
+
+    def __init__(self, n_head: int, d_model: int, d_head: int, dropout: float, dropatt: float, pre_lnorm: bool):
+        super().__init__()
+        self.n_head, self.d_head = n_head, d_head
+        self.qkv_net = nn.Linear(d_model, 3 * n_head * d_head, bias=False)
+        self.r_net = nn.Linear(d_model, n_head * d_head, bias=False)
+        self.o_net = nn.Linear(n_head * d_head, d_model, bias=False)
+        self.layer_norm = nn.LayerNorm(d_model)
+        self.drop = nn.Dropout(dropout)
+        self.dropatt = nn.Dropout(dropatt)
+        self.pre_lnorm = pre_lnorm
+        self.scale = d_head**-0.5
+
+    def forward(self, h, r, r_w_bias, r_r_bias, mask, cache=None):
+        """h (B, Q, C); r (K, C) positional embeddings for distances K-1..0; mask (Q, K) True = blocked."""
+        b, q_len, _ = h.shape
+        cat = h if cache is None else torch.cat([cache, h], dim=1)  # (B, K, C)
+        k_len = cat.size(1)
+        heads = self.qkv_net(self.layer_norm(cat) if self.pre_lnorm else cat)
+        q, k, v = heads.view(b, k_len, 3, self.n_head, self.d_head).unbind(2)  # (B, K, H, D) each
+        q = q[:, -q_len:]  # (B, Q, H, D)
+        r_k = self.r_net(r).view(k_len, self.n_head, self.d_head)  # (K, H, D)
+
+        ac = torch.einsum("bqhd,bkhd->bhqk", q + r_w_bias, k)  # content terms (a) + (c)
+        bd = rel_shift(torch.einsum("bqhd,khd->bhqk", q + r_r_bias, r_k))  # position terms (b) + (d)
+        prob = self.dropatt(_masked_softmax((ac + bd) * self.scale, mask))  # (B, H, Q, K)
+        vec = torch.einsum("bhqk,bkhd->bqhd", prob, v).reshape(b, q_len, -1)  # (B, Q, H*D)
+        out = self.drop(self.o_net(vec))
+        return h + out if self.pre_lnorm else self.layer_norm(h + out)
+
+
+class AbsoluteAttention(nn.Module):
+    """attn_type 2: standard multi-head attention; positions are added to the input instead."""
+
+    def __init__(self, n_head: int, d_model: int, d_head: int, dropout: float, dropatt: float, pre_lnorm: bool):
+        super().__init__()
+        self.n_head, self.d_head = n_head, d_head
+        self.q_net = nn.Linear(d_model, n_head * d_head, bias=False)
+        self.kv_net = nn.Linear(d_model, 2 * n_head * d_head, bias=False)
+        self.o_net = nn.Linear(n_head * d_head, d_model, bias=False)
+        self.layer_norm = nn.LayerNorm(d_model)
+        self.drop = nn.Dropout(dropout)
+        self.dropatt = nn.Dropout(dropatt)
+        self.pre_lnorm = pre_lnorm
+        self.scale = d_head**-0.5
+
+    def forward(self, h, mask, cache=None):
+        b, q_len, _ = h.shape
+        cat = h if cache is None else torch.cat([cache, h], dim=1)  # (B, K, C)
+        k_len = cat.size(1)
+        q = self.q_net(h).view(b, q_len, self.n_head, self.d_head)  # the original projects un-normed h
+        kv = self.kv_net(self.layer_norm(cat) if self.pre_lnorm else cat)
+        k, v = kv.view(b, k_len, 2, self.n_head, self.d_head).unbind(2)  # (B, K, H, D)
+        score = torch.einsum("bqhd,bkhd->bhqk", q, k) * self.scale
+        prob = self.dropatt(_masked_softmax(score, mask))
+        vec = torch.einsum("bhqk,bkhd->bqhd", prob, v).reshape(b, q_len, -1)
+        out = self.drop(self.o_net(vec))
+        return h + out if self.pre_lnorm else self.layer_norm(h + out)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, attn: nn.Module, ff: PositionwiseFF):
+        super().__init__()
+        self.attn = attn
+        self.ff = ff
+
+    def forward(self, h, *attn_args, **attn_kwargs):
+        return self.ff(self.attn(h, *attn_args, **attn_kwargs))

@@ -1,0 +1,228 @@
+"""MemTransformerLM: Transformer-XL with RMT memory tokens, one segment per call.
+
+One segment is laid out as [read memory | tokens | write memory] (RMT §3, Fig. 1c): the read
+copy sits before the segment, the write copy after it (`mem_at_end`), and the final-layer
+outputs at the write positions become the next segment's memory. Memory is a value:
+
+    nll, state = model(x, y, state)      # x (B, T), y (B, T) -> nll (B, T), MemoryState
+
+Legend: B batch, T tokens, M memory tokens, L cached length, Q = M + T (+ M), K = L + Q, C d_model.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from .adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
+from .config import ModelConfig
+from .layers import AbsoluteAttention, DecoderLayer, PositionalEmbedding, PositionwiseFF, RelPartialLearnableAttention
+from .memory import MemoryState
+
+
+@functools.lru_cache(maxsize=64)
+def _attn_mask_cpu(n_tokens, num_mem, mlen, mem_at_end, read_mem_from_cache, same_length, mem_len):
+    n_write = num_mem if mem_at_end else 0
+    q_len = num_mem + n_tokens + n_write
+    k_len = mlen + q_len
+    ones = torch.ones(q_len, k_len, dtype=torch.bool)
+    mask = ones.triu(1 + mlen)  # causal: query i sees the cache and current keys <= i
+    if same_length:
+        # Transformer-XL same-length window: every query sees the same number of keys.
+        mask_len = k_len - mem_len
+        shift = q_len - mask_len if mask_len > 0 else q_len
+        mask |= ones.tril(-shift)
+    if num_mem:
+        # RMT mask rules (the original applied them only without same_length; here they always
+        # hold, and override the same-length window, which limits segment tokens alone).
+        m = num_mem
+        mask[:m] = True
+        mask[:m, mlen : mlen + m] = False  # read memory attends to itself in both directions
+        mask[:m, :mlen] = not read_mem_from_cache
+        mask[m:, mlen : mlen + m] = False  # everything after it reads the memory
+        if mem_at_end:
+            mask[-m:] = False  # write memory sees read memory, the whole segment and itself
+            mask[-m:, :mlen] = not read_mem_from_cache
+    return mask
+
+
+def build_attn_mask(n_tokens, num_mem, mlen, *, mem_at_end, read_mem_from_cache, same_length=False, mem_len=0,
+                    device=None) -> torch.Tensor:
+    """Boolean (Q, K) mask, True = blocked. Read tokens never see the segment; tokens never see
+    the write memory; write tokens see everything in the segment. Built once per shape."""
+    mask = _attn_mask_cpu(n_tokens, num_mem, mlen, bool(mem_at_end and num_mem), read_mem_from_cache,
+                          same_length, mem_len)
+    return mask if device is None else mask.to(device, non_blocking=True)
+
+
+class MemTransformerLM(nn.Module):
+    """Accepts the original constructor arguments (see `ModelConfig`)."""
+
+    def __init__(self, n_token: int, n_layer: int, n_head: int, d_model: int, d_head: int, d_inner: int,
+                 dropout: float = 0.0, dropatt: float = 0.0, **kwargs):
+        super().__init__()
+        cfg = ModelConfig(n_token, n_layer, n_head, d_model, d_head, d_inner, dropout, dropatt, **kwargs)
+        self.config = cfg
+        self.word_emb = AdaptiveEmbedding(n_token, cfg.d_embed, d_model, cfg.cutoffs, cfg.div_val)
+        self.drop = nn.Dropout(dropout)
+        attn_cls = RelPartialLearnableAttention if cfg.attn_type == 0 else AbsoluteAttention
+        self.layers = nn.ModuleList(
+            DecoderLayer(attn_cls(n_head, d_model, d_head, dropout, dropatt, cfg.pre_lnorm),
+                         PositionwiseFF(d_model, d_inner, dropout, cfg.pre_lnorm))
+            for _ in range(n_layer)
+        )
+        self.pos_emb = PositionalEmbedding(d_model)
+        if cfg.attn_type == 0:
+            # One pair of global biases shared by all layers, as in the original (TXL's u and v).
+            self.r_w_bias = nn.Parameter(torch.zeros(n_head, d_head))
+            self.r_r_bias = nn.Parameter(torch.zeros(n_head, d_head))
+        self.crit = ProjectedAdaptiveLogSoftmax(n_token, cfg.d_embed, d_model, cfg.cutoffs, cfg.div_val)
+        self._tie(cfg)
+        if cfg.num_mem_tokens:
+            mem = torch.randn(cfg.num_mem_tokens, d_model)  # N(0, 1), unscaled, as the original
+            if cfg.mem_init == "identical":
+                mem = mem[:1].expand_as(mem).clone()  # the original's [randn(1, d)] * M
+            self.mem_tokens = nn.Parameter(mem)  # (M, C)
+        else:
+            self.mem_tokens = None
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig | dict) -> "MemTransformerLM":
+        d = cfg.to_dict() if isinstance(cfg, ModelConfig) else ModelConfig.from_dict(cfg).to_dict()
+        return cls(**d)
+
+    def _tie(self, cfg: ModelConfig) -> None:
+        if cfg.tie_weight:
+            for out, emb in zip(self.crit.out_layers, self.word_emb.emb_layers):
+                out.weight = emb.weight
+        for i, tie in enumerate(cfg.tie_projs):
+            if not tie or str(i) not in self.crit.out_projs:
+                continue
+            src = "0" if cfg.div_val == 1 else str(i)
+            if src in self.word_emb.emb_projs:
+                self.crit.out_projs[str(i)] = self.word_emb.emb_projs[src]
+
+    def reset_length(self, tgt_len: int, ext_len: int, mem_len: int) -> None:
+        """Change segment/cache lengths for evaluation (e.g. a longer cache, as Transformer-XL does)."""
+        self.config.tgt_len, self.config.ext_len, self.config.mem_len = tgt_len, ext_len, mem_len
+
+    # ---- one segment ------------------------------------------------------------------------
+
+    def init_state(self) -> MemoryState:
+        """The state before the first segment: learned initial memory, empty cache."""
+        return MemoryState()
+
+    def encode(self, x: torch.Tensor, state: MemoryState | None = None):
+        """x (B, T) -> token hidden states (B, T, C) after the final dropout, and the new state."""
+        cfg = self.config
+        state = MemoryState() if state is None else state
+        b, t = x.shape
+        m = cfg.num_mem_tokens
+        emb = self.word_emb(x)  # (B, T, C)
+        mem = state.mem
+        if m:
+            if mem is None:
+                mem = self.mem_tokens.unsqueeze(0).expand(b, -1, -1)
+            mem = mem.to(emb.dtype)
+            parts = [mem, emb, mem] if cfg.mem_at_end else [mem, emb]  # the same memory in both slots
+            h = torch.cat(parts, dim=1)  # (B, Q, C)
+        else:
+            h = emb
+        cache = state.xl if cfg.mem_len > 0 else None
+        mlen = cache[0].size(1) if cache else 0
+        q_len = h.size(1)
+        k_len = mlen + q_len
+        mask = build_attn_mask(t, m, mlen, mem_at_end=cfg.mem_at_end, read_mem_from_cache=cfg.read_mem_from_cache,
+                               same_length=cfg.same_length, mem_len=cfg.mem_len, device=x.device)
+
+        # Distances K-1 .. 0: memory tokens occupy positions like any other token.
+        pos_seq = torch.arange(k_len - 1, -1, -1.0, device=x.device, dtype=h.dtype)
+        if cfg.clamp_len > 0:
+            pos_seq = pos_seq.clamp(max=cfg.clamp_len)
+        pos_emb = self.pos_emb(pos_seq)  # (K, C)
+        if cfg.attn_type == 0:
+            core = self.drop(h)  # dropout reaches the memory vectors too, as in the original
+            pos_emb = self.drop(pos_emb)
+            hids = [core]
+            for i, layer in enumerate(self.layers):
+                core = layer(core, pos_emb, self.r_w_bias, self.r_r_bias, mask, cache[i] if cache else None)
+                hids.append(core)
+        else:
+            core = self.drop(h + pos_emb[-q_len:])
+            hids = [core]
+            for i, layer in enumerate(self.layers):
+                layer_cache = cache[i] if cache else None
+                if layer_cache is not None and i == 0:
+                    layer_cache = layer_cache + pos_emb[:mlen]  # the original added this in place
+                core = layer(core, mask, layer_cache)
+                hids.append(core)
+        core = self.drop(core)  # final dropout, also on the write outputs that become memory
+
+        new_xl = self._update_cache(hids, cache, mlen, q_len) if cfg.mem_len > 0 else None
+        if not m:
+            return core, MemoryState(None, new_xl)
+        if cfg.mem_at_end:
+            tokens, new_mem = core[:, m:-m], core[:, -m:]
+        else:
+            # Start-only memory: the read outputs never see the segment, so nothing is written.
+            tokens, new_mem = core[:, m:], core[:, :m]
+        return tokens, MemoryState(new_mem, new_xl)
+
+    def _update_cache(self, hids, cache, mlen: int, q_len: int):
+        # Keep the last mem_len positions of [cache ; segment], stopping ext_len before the end.
+        # (The original passed mlen and qlen in swapped order; equal results only when ext_len = 0.)
+        end = mlen + max(0, q_len - self.config.ext_len)
+        beg = max(0, end - self.config.mem_len)
+        with torch.no_grad():
+            if cache is None:
+                return tuple(h[:, beg:end].detach() for h in hids)
+            return tuple(torch.cat([c, h], dim=1)[:, beg:end].detach() for c, h in zip(cache, hids))
+
+    def nll(self, hidden: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-token NLL in nats, (B, T), for the last y.size(1) positions of `hidden`."""
+        hidden = hidden[:, -y.size(1):]
+        b, t = y.shape
+        return self.crit(hidden.reshape(b * t, -1), y.reshape(-1)).view(b, t)
+
+    def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> log-probabilities over the vocabulary (B, T, V), for decoding."""
+        b, t, c = hidden.shape
+        return self.crit.log_probs(hidden.reshape(b * t, c)).view(b, t, -1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, state: MemoryState | None = None):
+        """One segment: x (B, T_in), y (B, T) -> (nll (B, T), new MemoryState)."""
+        hidden, new_state = self.encode(x, state)
+        return self.nll(hidden, y), new_state
+
+
+def init_weights(model: MemTransformerLM, init: str = "normal", init_std: float = 0.02, init_range: float = 0.1,
+                 proj_init_std: float = 0.01) -> None:
+    """The original training scripts' initialisation (SEMANTICS 2.4); memory tokens keep N(0, 1)."""
+
+    def fill(p: torch.Tensor) -> None:
+        if init == "uniform":
+            nn.init.uniform_(p, -init_range, init_range)
+        elif init == "normal":
+            nn.init.normal_(p, 0.0, init_std)
+        else:
+            raise ValueError(f"init must be 'normal' or 'uniform', got {init!r}")
+
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            fill(module.weight)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.normal_(module.weight, 1.0, init_std)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, (AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax)):
+            projs = module.emb_projs if isinstance(module, AdaptiveEmbedding) else module.out_projs
+            for p in projs.values():
+                nn.init.normal_(p, 0.0, proj_init_std)
+            if isinstance(module, ProjectedAdaptiveLogSoftmax) and module.n_clusters:
+                fill(module.cluster_weight)
+                nn.init.zeros_(module.cluster_bias)
+    if model.config.attn_type == 0:
+        fill(model.r_w_bias)
+        fill(model.r_r_bias)

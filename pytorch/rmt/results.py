@@ -1,0 +1,129 @@
+"""The one results-row schema shared by every train/eval run (LM and algorithmic tasks).
+
+Runs append one row per (run, split, metric set) to `experiments/results/<family>.csv`
+(family = lm or synthetic) with `append_result`; `rmt.compare` reads them back with
+`read_results` and matches them to the paper's tables in `experiments/paper/`.
+Column meanings are listed in `experiments/results/README.md`.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import fcntl
+import io
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pandas as pd
+
+RESULT_COLUMNS: list[str] = [
+    "run_id", "date", "git_commit", "command", "device", "torch_version", "scale",
+    "task", "model_kind", "seed",
+    "n_layer", "d_model", "n_head", "d_head", "d_inner",
+    "tgt_len", "eval_tgt_len", "mem_len", "num_mem_tokens", "mem_backprop_depth",
+    "mem_at_end", "read_mem_from_cache", "n_segments",
+    "batch_size", "max_step", "lr",
+    "split", "metric_name", "metric_value", "loss", "ppl", "bpc",
+    "acc_tf", "acc_greedy", "exact_match",
+    "tokens_per_s", "peak_mem_mb", "train_time_s", "run_dir", "config_json",
+]
+
+SCALES = ("paper", "cpu-preset", "smoke")  # conventional values of the free-string `scale` column
+
+
+def model_kind(num_mem_tokens: int, mem_len: int, mem_at_end: bool) -> str:
+    """Name the architecture the way the paper's tables do.
+
+    rmt+txl: memory tokens and a TXL cache; rmt: read+write memory (mem_at_end);
+    mt: memory tokens at the start only; txl: cache only; baseline: neither.
+    """
+    m, l = int(num_mem_tokens or 0), int(mem_len or 0)
+    if m > 0 and l > 0:
+        return "rmt+txl"
+    if m > 0:
+        return "rmt" if mem_at_end else "mt"
+    return "txl" if l > 0 else "baseline"
+
+
+def run_metadata(device: str = "cpu", argv: list[str] | None = None) -> dict[str, str]:
+    """The provenance columns of a row: date, git_commit, command, device, torch_version."""
+    import torch  # local import: reading results must not need torch
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "git_commit": commit,
+        "command": " ".join(argv if argv is not None else sys.argv),
+        "device": device,
+        "torch_version": torch.__version__,
+    }
+
+
+def _cell(value: object) -> str:
+    """Render one value as a CSV cell: None/NaN empty, dict/list as JSON."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)
+
+
+def append_result(csv_path: str | os.PathLike, row: dict) -> None:
+    """Append one row to `csv_path`, creating parent dirs and the header if needed.
+
+    Missing columns are left empty; unknown keys raise ValueError. The write happens
+    under an exclusive fcntl lock, as one write call, so concurrent runs never interleave.
+    """
+    unknown = sorted(set(row) - set(RESULT_COLUMNS))
+    if unknown:
+        raise ValueError(f"unknown result columns: {', '.join(unknown)}")
+    path = pathlib.Path(csv_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([_cell(row.get(c)) for c in RESULT_COLUMNS])
+    line = buf.getvalue()
+    with open(path, "a+", encoding="utf-8", newline="") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            if os.fstat(f.fileno()).st_size == 0:
+                header = io.StringIO()
+                csv.writer(header, lineterminator="\n").writerow(RESULT_COLUMNS)
+                line = header.getvalue() + line
+            else:
+                f.seek(0)
+                existing = next(csv.reader([f.readline()]), [])
+                if existing != RESULT_COLUMNS:
+                    raise ValueError(f"{path} has a different header; schema mismatch: {existing}")
+                f.seek(0, os.SEEK_END)
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def read_results(path_or_dir: str | os.PathLike) -> pd.DataFrame:
+    """Read one results CSV, or every *.csv in a directory, into one DataFrame.
+
+    Always has every RESULT_COLUMNS column (extra columns are kept); empty if nothing exists.
+    """
+    path = pathlib.Path(path_or_dir)
+    files = sorted(path.glob("*.csv")) if path.is_dir() else ([path] if path.exists() else [])
+    frames = [pd.read_csv(f) for f in files if f.stat().st_size > 0]
+    frames = [f for f in frames if len(f)]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RESULT_COLUMNS)
+    for c in RESULT_COLUMNS:
+        if c not in df.columns:
+            df[c] = pd.NA
+    extra = [c for c in df.columns if c not in RESULT_COLUMNS]
+    return df[RESULT_COLUMNS + extra]
