@@ -83,7 +83,9 @@ get_ptb() {  # word-level PTB -> data/penn, character-level -> data/pennchar
 get_lm1b() {
     local dir="$DATA/one-billion-words" name="1-billion-word-language-modeling-benchmark-r13output"
     local heldout="$name/heldout-monolingual.tokenized.shuffled/news.en.heldout-00000-of-00050"
-    if [[ -f $dir/.extracted && -s $dir/1b_word_vocab.txt && -s $dir/valid.txt && -s $dir/test.txt ]]; then
+    local vocab_url="https://github.com/rafaljozefowicz/lm/raw/master/1b_word_vocab.txt"
+    if [[ -f $dir/.extracted && -s $dir/1b_word_vocab.txt && -s $dir/valid.txt \
+          && -s $dir/test.txt ]]; then
         echo "lm1b: ready"; return 0
     fi
     echo "lm1b:"
@@ -93,7 +95,7 @@ get_lm1b() {
         tar -xzf "$dir/$name.tar.gz" -C "$dir"
         touch "$dir/.extracted"
     fi
-    fetch "$dir/1b_word_vocab.txt" "https://github.com/rafaljozefowicz/lm/raw/master/1b_word_vocab.txt"
+    fetch "$dir/1b_word_vocab.txt" "$vocab_url"
     # The benchmark has no separate dev set: heldout shard 0 serves as both valid and test.
     cp "$dir/$heldout" "$dir/valid.txt.part" && mv "$dir/valid.txt.part" "$dir/valid.txt"
     cp "$dir/$heldout" "$dir/test.txt.part" && mv "$dir/test.txt.part" "$dir/test.txt"

@@ -5,7 +5,8 @@ Run from the repository root; the split sizes default to the paper's 100,000 / 1
     PYTHONPATH=pytorch python -m rmt.generate_data copy --out data/copy
     PYTHONPATH=pytorch python -m rmt.generate_data reverse --out data/reverse --seed 1
     PYTHONPATH=pytorch python -m rmt.generate_data copy120 --out data/copy120        # 8 symbols, L=120
-    PYTHONPATH=pytorch python -m rmt.generate_data copy --seq_len 48 --num_tokens 10 --task_name copy48 --out data/copy48
+    PYTHONPATH=pytorch python -m rmt.generate_data copy --seq_len 48 --num_tokens 10 --task_name copy48 \
+        --out data/copy48
     PYTHONPATH=pytorch python -m rmt.generate_data retrieval --num_pairs 4 --out data/retrieval
     PYTHONPATH=pytorch python -m rmt.generate_data sqeq --task_name sqeq_cd --out data/sqeq
     PYTHONPATH=pytorch python -m rmt.generate_data copy --train 1000 --val 100 --test 200 --out /tmp/copy_small

@@ -62,7 +62,8 @@ def run_metadata(device: str = "cpu", argv: list[str] | None = None) -> dict[str
     return {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "git_commit": commit,
-        "command": " ".join(argv if argv is not None else sys.argv),
+        # The run scripts export the command the user typed; otherwise the Python command line.
+        "command": os.environ.get("RMT_COMMAND") or " ".join(argv if argv is not None else sys.argv),
         "device": device,
         "torch_version": torch.__version__,
     }
@@ -127,3 +128,33 @@ def read_results(path_or_dir: str | os.PathLike) -> pd.DataFrame:
             df[c] = pd.NA
     extra = [c for c in df.columns if c not in RESULT_COLUMNS]
     return df[RESULT_COLUMNS + extra]
+
+
+def show(csv_path: str | os.PathLike, run_ids: list[str]) -> str:
+    """A Markdown table of the test metrics of the given runs, in the given order."""
+    df = read_results(csv_path)
+    df = df[df["run_id"].isin(run_ids)].drop_duplicates("run_id", keep="last").set_index("run_id")
+    cols = ["task", "model_kind", "n_segments", "num_mem_tokens", "mem_len", "acc_tf", "acc_greedy", "exact_match",
+            "train_time_s"]
+    lines = ["| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for run in run_ids:
+        if run not in df.index:
+            lines.append(f"| {run} | (no results row) |")
+            continue
+        r = df.loc[run]
+        cells = [f"{r[c]:.3f}" if isinstance(r[c], float) and c.startswith(("acc", "exact")) else str(r[c])
+                 for c in cols]
+        lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m rmt.results", description="Show results rows.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("show", help="print the test metrics of some runs side by side")
+    p.add_argument("csv")
+    p.add_argument("run_ids", nargs="+")
+    args = parser.parse_args()
+    print(show(args.csv, args.run_ids))

@@ -17,7 +17,7 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ DATASETS = ("wt103", "wt2", "ptb", "enwik8", "text8", "lm1b")
 CACHE_FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")
 LM1B_VOCAB = "1b_word_vocab.txt"
+LMIterator = LMOrderedIterator | LMShuffledIterator | LMMultiFileIterator
 LM1B_TRAIN_GLOB = os.path.join("1-billion-word-language-modeling-benchmark-r13output",
                                "training-monolingual.tokenized.shuffled", "news.en-*")
 
@@ -74,7 +75,7 @@ class Corpus:
 
     def get_iterator(self, split: str, batch_size: int, tgt_len: int, ext_len: int = 0,
                      *, rng: np.random.Generator | None = None, rank: int = 0,
-                     world_size: int = 1) -> Any:
+                     world_size: int = 1) -> LMIterator:
         """The iterator the original trainer used for `split` (ordered; lm1b: shuffled)."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
@@ -169,11 +170,12 @@ def _build(data_dir: str, dataset: str, sources: dict[str, str]) -> Corpus:
 # ---- cache ----
 
 def _atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Write via a temp file in the same directory, then os.replace: readers never see half a file."""
+    """Write a temp file in the same directory, then os.replace: no reader sees half a file."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a shared data dir needs readable caches
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

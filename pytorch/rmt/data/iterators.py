@@ -31,6 +31,8 @@ class LMOrderedIterator:
     1/B. With `world_size > 1`, `batch_size` is the GLOBAL batch and rank r gets
     rows [r*B/W, (r+1)*B/W) of that same layout, so W ranks together see exactly
     the rows of a 1-process run. `start` is the position of the first batch.
+    Iteration is stateful: it continues from `pos`, and a loop that stops early
+    resumes there next time (use `get_fixlen_iter(start=0)` for a fresh pass).
     """
 
     def __init__(self, data: torch.Tensor, batch_size: int, tgt_len: int, ext_len: int = 0,
@@ -48,7 +50,7 @@ class LMOrderedIterator:
         if self.n_step < 2:
             raise ValueError(f"{data.numel()} tokens are too few for batch_size {batch_size}")
         rows = batch_size // world_size
-        layout = data[: self.n_step * batch_size].view(batch_size, self.n_step)  # (B, n_step)
+        layout = data[: self.n_step * batch_size].reshape(batch_size, self.n_step)  # (B, n_step)
         self.data = layout[rank * rows:(rank + 1) * rows]  # (B/W, n_step), a view: no copy
         self.pos = start  # first target-1 position of the next batch
 
@@ -74,8 +76,11 @@ class LMOrderedIterator:
             self.pos = 0
 
     def __iter__(self) -> Iterator[Batch]:
-        """Fixed-length batches from the current position to the end of the epoch."""
-        self._epoch_start(None)
+        return self.get_fixlen_iter()
+
+    def get_fixlen_iter(self, start: int | None = None) -> Iterator[Batch]:
+        """Fixed-length batches from `start` (default: the current position) to the epoch end."""
+        self._epoch_start(start)
         while self.pos < self.n_step - 1:
             x, y = self.get_batch(self.pos)
             self.pos += y.size(1)  # advance before yielding, so state_dict() names the next batch

@@ -68,6 +68,7 @@ def _write_atomic(path: str, chunks: Iterator[str]) -> None:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             for chunk in chunks:
                 f.write(chunk)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         os.remove(tmp)
@@ -84,7 +85,8 @@ def prepare(dataset: str, raw_path: str, out_dir: str, valid_size: int = DEFAULT
     to_chunks = enwik8_chunks if dataset == "enwik8" else text8_chunks
     os.makedirs(out_dir, exist_ok=True)
     sizes = {}
-    for name, part in zip(("train", "valid", "test"), split_sizes(len(data), valid_size, test_size)):
+    parts = split_sizes(len(data), valid_size, test_size)
+    for name, part in zip(("train", "valid", "test"), parts):
         _write_atomic(os.path.join(out_dir, f"{name}.txt"), to_chunks(data[part]))
         sizes[name] = part.stop - part.start
     return sizes

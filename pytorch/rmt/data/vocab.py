@@ -107,9 +107,11 @@ class Vocab:
         return unk
 
     def get_indices(self, symbols: Iterable[str]) -> list[int]:
+        """Ids of `symbols` (unknown tokens as in `get_idx`)."""
         return [self.get_idx(s) for s in symbols]
 
     def get_symbols(self, indices: Iterable[int]) -> list[str]:
+        """Symbols of `indices` (ints or a 1-D tensor)."""
         return [self.idx2sym[int(i)] for i in indices]
 
     # ---- encoding ----

@@ -10,8 +10,8 @@ Quadratic equations (sqeq) deviate from the original notebook on purpose:
   (b) the end-of-part token has its own id 24 (vocabulary 25) when `add_eos=True`; the original reused 22,
       the id of `;`. The default is no eos, as the paper's `sqeq_cd`, with vocabulary 24;
   (c) `max_root` and `shuffle_limit` are honoured (the original ignored them and used 100 and 10: our defaults);
-  (d) tgt is src shifted left by one (tgt[:, t] = src[:, t+1], last target 0), which also defines targets
-      inside the equation slot; the original only spelled out the alignment for the later slots.
+  (d) tgt is defined as src shifted left by one (tgt[:, t] = src[:, t+1], last target 0): this is the original's
+      alignment for every later slot, and it also fixes the targets inside the equation slot (never scored).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-Generator = Callable[..., tuple[np.ndarray, np.ndarray]]
+SampleFn = Callable[..., tuple[np.ndarray, np.ndarray]]  # (rng, n, **kwargs) -> (X, y)
 
 DEFAULT_SIZES = {"train": 100_000, "val": 10_000, "test": 20_000}  # RMT paper / original notebooks
 
@@ -40,14 +40,18 @@ _DECODE = {i + 2: ch for i, ch in enumerate(SQEQ_CHARS)} | {0: "", 1: "?", SQEQ_
 _NO_ROOTS_B_MAX, _NO_ROOTS_C_MAX = 200, 10_000  # original ranges: b in [0, 200), c < 10000
 
 
-def copy_samples(rng: np.random.Generator, n: int, seq_len: int = 24, num_tokens: int = 12) -> tuple[np.ndarray, np.ndarray]:
+def copy_samples(
+    rng: np.random.Generator, n: int, seq_len: int = 24, num_tokens: int = 12
+) -> tuple[np.ndarray, np.ndarray]:
     """Copy task: X (n, L) symbols in 2..num_tokens-1; y (n, 2L+1) = [1, X, X] (the input twice, as the original)."""
     X = rng.integers(2, num_tokens, size=(n, seq_len), dtype=np.int64)  # (n, L)
     y = np.concatenate([np.full((n, 1), SEP, dtype=np.int64), X, X], axis=1)  # (n, 2L+1)
     return X, y
 
 
-def reverse_samples(rng: np.random.Generator, n: int, seq_len: int = 24, num_tokens: int = 12) -> tuple[np.ndarray, np.ndarray]:
+def reverse_samples(
+    rng: np.random.Generator, n: int, seq_len: int = 24, num_tokens: int = 12
+) -> tuple[np.ndarray, np.ndarray]:
     """Reverse task: X (n, L) symbols in 2..num_tokens-1; y (n, L+1) = [1, X reversed]."""
     X = rng.integers(2, num_tokens, size=(n, seq_len), dtype=np.int64)  # (n, L)
     y = np.concatenate([np.full((n, 1), SEP, dtype=np.int64), X[:, ::-1]], axis=1)  # (n, L+1)
@@ -165,9 +169,10 @@ def sqeq_samples(
     return src, tgt
 
 
-def sqeq_decode(ids) -> str:
-    """sqeq token ids -> text for display; pads (0) are dropped, eos shows as '$'."""
-    return "".join(_DECODE.get(int(i), "?") for i in np.asarray(ids).ravel())
+def sqeq_decode(ids, pad: str = "") -> str:
+    """sqeq token ids -> text for display; pads (0) become `pad` (dropped by default), eos shows as '$'."""
+    table = _DECODE | {0: pad}
+    return "".join(table.get(int(i), "?") for i in np.asarray(ids).ravel())
 
 
 def sqeq_slots(row, seq_len: int = 30) -> list[str]:
@@ -185,7 +190,7 @@ def retrieval_decode(ids) -> str:
 # ---- splits --------------------------------------------------------------------------------------------------
 
 def make_splits(
-    gen_fn: Generator,
+    gen_fn: SampleFn,
     rng: np.random.Generator,
     sizes: dict[str, int] | None = None,
     **gen_kwargs,

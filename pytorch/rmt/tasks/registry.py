@@ -18,7 +18,7 @@ from rmt.tasks import generators as g
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
-    generator: g.Generator  # generator(rng, n, **default_kwargs) -> (X, y) in the stored layout
+    generator: g.SampleFn  # generator(rng, n, **default_kwargs) -> (X, y) in the stored layout
     stacked: bool  # True: the model sees stack_src_tgt(X, y); False (sqeq): X and y are src and tgt already
     answer_size: int  # scored target positions at the end of each sample
     sample_len: int  # T of the (src, tgt) pair the model sees

@@ -1,0 +1,304 @@
+"""Compare our results rows (experiments/results/*.csv) with the paper's tables (experiments/paper/*.csv).
+
+    PYTHONPATH=pytorch python -m rmt.compare [--results DIR] [--paper DIR] [--plots DIR] [--markdown FILE] [--no-plots]
+
+Matching: same task (dataset for LM), model_kind, memory (mem_len and num_mem_tokens; an empty paper
+cell is a wildcard), mem_backprop_depth where the paper gives it, and tgt_len (synthetic rows without
+tgt_len fall back to the paper's nominal n_segments). Ours are grouped by (scale, device) and reported
+as mean ± std over runs; runs at another scale than "paper" are flagged, they are not a reproduction.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import pathlib
+import sys
+
+import numpy as np
+import pandas as pd
+
+from rmt.results import RESULT_COLUMNS, model_kind, read_results
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+PAPER_TABLES = ("lm", "synthetic", "long_synthetic", "sqeq")
+OUR_COLUMN = {"ppl": "ppl", "bpc": "bpc", "answer_acc": "exact_match"}  # acc -> acc_<acc_kind>
+SCALE_LABEL = {"paper": "paper scale", "cpu-preset": "CPU preset [!]", "smoke": "smoke [!]"}
+NUMERIC = ["tgt_len", "mem_len", "num_mem_tokens", "mem_backprop_depth", "n_segments", "metric_value",
+           "ppl", "bpc", "acc_tf", "acc_greedy", "exact_match", "seed"]
+KIND_COLOR = {"baseline": "tab:gray", "txl": "tab:blue", "rmt": "tab:red"}
+
+
+def load_paper(paper_dir: str | pathlib.Path) -> pd.DataFrame:
+    """All paper tables in one frame with common keys (table, task, model_kind, tgt_len, mem_len,
+    num_mem_tokens, mem_backprop_depth, n_segments) plus metric, our_col, value, n_runs, note."""
+    frames = []
+    for name in PAPER_TABLES:
+        path = pathlib.Path(paper_dir) / f"{name}.csv"
+        if not path.exists():
+            continue
+        d = pd.read_csv(path)
+        d.insert(0, "table", name)
+        if name == "lm":
+            d = d.rename(columns={"dataset": "task"})
+            d["n_segments"] = np.nan
+        else:  # mem_size means mem_len for txl and num_mem_tokens for rmt/mt (empty = wildcard)
+            size = d["mem_size"].astype(float)
+            d["mem_len"] = np.where(d["model_kind"] == "txl", size, 0.0)
+            d["num_mem_tokens"] = np.where(d["model_kind"].isin(["rmt", "mt"]), size, 0.0)
+            d["mem_backprop_depth"] = np.nan
+        kinds = d["acc_kind"] if "acc_kind" in d else pd.Series([""] * len(d))
+        d["our_col"] = [OUR_COLUMN.get(m, f"acc_{k}") for m, k in zip(d["metric"], kinds)]
+        frames.append(d)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _as_bool(value: object) -> bool:
+    """Parse a CSV boolean; empty means True (the paper's RMT default)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return True
+    return str(value).strip().lower() not in {"false", "0", "0.0", "no", ""}
+
+
+def _normalise(df: pd.DataFrame) -> pd.DataFrame:
+    """Give result rows every schema column, numeric types, 0 for absent memory and a model_kind."""
+    df = df.reindex(columns=list(dict.fromkeys(RESULT_COLUMNS + list(df.columns))))
+    for c in NUMERIC:
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    df[["mem_len", "num_mem_tokens", "mem_backprop_depth"]] = \
+        df[["mem_len", "num_mem_tokens", "mem_backprop_depth"]].fillna(0)
+    kinds = [model_kind(m, l, _as_bool(e)) for m, l, e in zip(df["num_mem_tokens"], df["mem_len"], df["mem_at_end"])]
+    df["model_kind"] = df["model_kind"].where(df["model_kind"].notna() & (df["model_kind"] != ""), kinds)
+    df["scale"] = df["scale"].fillna("unknown").astype(str)
+    df["device"] = df["device"].fillna("").astype(str)
+    df["task"] = df["task"].astype(str)
+    return df
+
+
+def load_ours(results_dir: str | pathlib.Path, split: str = "test") -> tuple[pd.DataFrame, int]:
+    """Our rows on `split` ("any" keeps all; rows with no split are kept), normalised for matching.
+
+    Returns (rows, number of rows dropped because they are on another split).
+    """
+    df = _normalise(read_results(results_dir))
+    with_id = df["run_id"].notna()  # a re-appended run counts once (its last row)
+    df = pd.concat([df[with_id].drop_duplicates(["run_id", "split", "metric_name"], keep="last"), df[~with_id]])
+    if split == "any":
+        return df, 0
+    keep = df["split"].isna() | (df["split"].astype(str) == split)
+    return df[keep], int((~keep).sum())
+
+
+def _values(rows: pd.DataFrame, col: str, metric: str) -> pd.Series:
+    """Our metric for a paper metric: the dedicated column, else metric_value if metric_name agrees."""
+    named = rows["metric_name"].astype(str).isin([metric, col])
+    fallback = rows["metric_value"].where(named)
+    return rows[col].fillna(fallback) if col in rows else fallback
+
+
+def match(paper: pd.DataFrame, ours: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Pair every paper row with our matching runs, one record per (scale, device) group.
+
+    Returns (pairs: paper columns + scale, device, mean, std, n; ours_only: unmatched rows).
+    """
+    records, used = [], set()
+    for i, p in paper.iterrows():
+        m = ours[(ours["task"] == p["task"]) & (ours["model_kind"] == p["model_kind"])] if len(ours) else ours
+        for col in ("mem_len", "num_mem_tokens", "mem_backprop_depth"):
+            if len(m) and pd.notna(p[col]):
+                m = m[m[col] == p[col]]
+        if len(m):
+            same_len = (m["tgt_len"] == p["tgt_len"]) | (m["tgt_len"].isna() & (m["n_segments"] == p["n_segments"]))
+            m = m[same_len]
+            vals = _values(m, p["our_col"], p["metric"]) if len(m) else pd.Series(dtype=float)
+            m = m.assign(_v=vals)[vals.notna()]
+        groups = list(m.groupby(["scale", "device"], sort=True)) if len(m) else []
+        for (scale, device), g in groups:
+            used.update(g.index)
+            v = g["_v"].astype(float)
+            records.append({**p.to_dict(), "paper_row": i, "scale": scale, "device": device, "mean": v.mean(),
+                            "std": v.std(ddof=1) if len(v) > 1 else np.nan, "n": len(v)})
+        if not groups:
+            records.append({**p.to_dict(), "paper_row": i, "scale": "", "device": "", "mean": np.nan, "std": np.nan, "n": 0})
+    only = ours[~ours.index.isin(used)] if len(ours) else ours
+    return pd.DataFrame(records), only
+
+
+def _num(x: object) -> str:
+    """Short number: up to 4 decimals, at least 2; '—' for missing."""
+    if x is None or pd.isna(x):
+        return "—"
+    s = f"{float(x):.4f}".rstrip("0")
+    return s + "0" * max(0, 2 - len(s.split(".")[1]))
+
+
+def _ours(mean: float, std: float, n: int) -> str:
+    """'mean ± std (n=k)', or '—' with no runs."""
+    if not n:
+        return "—"
+    return f"{_num(mean)} ± {_num(std) if n > 1 else '—'} (n={n})"
+
+
+def _memory(kind: str, mem_len: float, m: float) -> str:
+    """Memory label: L = TXL cache length (mem_len), M = memory tokens."""
+    fmt = lambda v: "?" if pd.isna(v) else str(int(v))  # noqa: E731
+    return {"baseline": "–", "txl": f"L={fmt(mem_len)}", "rmt+txl": f"M={fmt(m)}+L={fmt(mem_len)}"}.get(
+        kind, f"M={fmt(m)}")
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def render(pairs: pd.DataFrame, only: pd.DataFrame, results_dir: str, n_ours: int, dropped: int) -> str:
+    """The whole report as Markdown: one table per paper table, then our unmatched rows."""
+    out = ["# Paper vs ours", ""]
+    if n_ours == 0:
+        out += [f"No runs found in `{results_dir}`; showing the paper's tables only.", ""]
+    if dropped:
+        out += [f"{dropped} rows on other splits were ignored (see --split).", ""]
+    out += ["`[!]` = not paper scale (reduced hyper-parameters): a sanity check, not a reproduction.", ""]
+    for name in PAPER_TABLES:
+        t = pairs[pairs["table"] == name] if len(pairs) else pairs
+        if not len(t):
+            continue
+        lm = name == "lm"
+        head = ["dataset" if lm else "task", "tgt_len", "bpd" if lm else "segments (actual)", "model", "memory",
+                "metric", "paper", "paper n", "ours (mean ± std, n)", "ours − paper", "device", "scale"]
+        rows = []
+        for _, r in t.iterrows():
+            seg = _num(r["mem_backprop_depth"]).split(".")[0] if lm else str(int(r["n_segments"]))
+            if not lm and pd.notna(r.get("actual_segments")) and r["actual_segments"] != r["n_segments"]:
+                seg += f" ({int(r['actual_segments'])})"
+            metric = r["metric"] + (f" ({r['acc_kind']})" if r["metric"] == "acc" else "")
+            diff = r["mean"] - r["value"] if r["n"] else np.nan
+            rows.append([r["task"], str(int(r["tgt_len"])), seg, r["model_kind"],
+                         _memory(r["model_kind"], r["mem_len"], r["num_mem_tokens"]), metric, _num(r["value"]),
+                         "—" if pd.isna(r["n_runs"]) else str(int(r["n_runs"])), _ours(r["mean"], r["std"], r["n"]),
+                         "—" if pd.isna(diff) else f"{diff:+.4f}", r["device"] or "—",
+                         SCALE_LABEL.get(r["scale"], f"{r['scale']} [!]") if r["scale"] else "—"])
+        n_hit, n_all = t.loc[t["n"] > 0, "paper_row"].nunique(), t["paper_row"].nunique()
+        out += [f"## {name} (experiments/paper/{name}.csv): {n_hit} of {n_all} paper rows matched",
+                "", _table(head, rows), ""]
+    if len(only):
+        keys = ["task", "tgt_len", "n_segments", "model_kind", "mem_len", "num_mem_tokens", "mem_backprop_depth",
+                "metric_name", "device", "scale"]
+        rows = []
+        for key, g in only.groupby(keys, dropna=False, sort=True):
+            k = dict(zip(keys, key))
+            v = pd.to_numeric(g["metric_value"], errors="coerce").dropna()
+            rows.append([k["task"], _num(k["tgt_len"]).split(".")[0], _num(k["n_segments"]).split(".")[0],
+                         k["model_kind"], _memory(k["model_kind"], k["mem_len"], k["num_mem_tokens"]),
+                         _num(k["mem_backprop_depth"]).split(".")[0], str(k["metric_name"]),
+                         _ours(v.mean(), v.std(ddof=1), len(v)), k["device"] or "—",
+                         SCALE_LABEL.get(k["scale"], f"{k['scale']} [!]")])
+        head = ["task", "tgt_len", "segments", "model", "memory", "bpd", "metric", "ours (mean ± std, n)",
+                "device", "scale"]
+        out += ["## Ours only (no paper counterpart)", "", _table(head, rows), ""]
+    return "\n".join(out)
+
+
+def _series(ax, df: pd.DataFrame, x: str, label: str, color: str, paper: bool) -> None:
+    """One line: paper dashed, ours solid with std error bars (df has x, mean, std)."""
+    df = df.sort_values(x)
+    if df.empty:
+        return
+    if paper:
+        ax.plot(df[x], df["mean"], "o--", color=color, label=label, alpha=0.8)
+    else:
+        ax.errorbar(df[x], df["mean"], yerr=df["std"].fillna(0), fmt="s-", color=color, label=label, capsize=3)
+
+
+def _agg(values: pd.Series, keys: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std of `values` grouped by the columns of `keys`."""
+    d = keys.assign(v=values.astype(float)).dropna(subset=["v"])
+    return d.groupby(list(keys.columns), as_index=False)["v"].agg(mean="mean", std="std")
+
+
+def make_plots(paper: pd.DataFrame, ours: pd.DataFrame, out_dir: str | pathlib.Path) -> list[pathlib.Path]:
+    """Accuracy vs segments for copy/reverse/retrieval and LM metric vs memory size; returns the PNGs."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ours = _normalise(ours)
+    paths = []
+    for task in ("copy", "reverse", "retrieval"):
+        p = paper[(paper["table"] == "synthetic") & (paper["task"] == task)].copy()
+        answer = p["answer_size"].iloc[0]
+        o = ours[ours["task"] == task].copy()
+        o["n_segments"] = o["n_segments"].fillna(np.ceil(p["sample_len"].iloc[0] / o["tgt_len"]))
+        greedy = _values(o, "acc_greedy", "acc_greedy").where(o["tgt_len"] <= answer)
+        o["acc"] = greedy.fillna(_values(o, "acc_tf", "acc_tf")).fillna(_values(o, "acc", "acc"))
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for kind, color in KIND_COLOR.items():
+            pk = p[p["model_kind"] == kind].assign(mem=p["mem_len"] + p["num_mem_tokens"], mean=p["value"])
+            pk = pk.dropna(subset=["mean"]).sort_values("mem").drop_duplicates("n_segments", keep="last")
+            _series(ax, pk, "n_segments", f"{kind} paper", color, paper=True)
+            ok = o[o["model_kind"] == kind].assign(mem=o["mem_len"] + o["num_mem_tokens"])
+            ok = ok[ok["mem"] == ok.groupby("n_segments")["mem"].transform("max")]  # largest memory per point
+            for scale, g in _agg(ok["acc"], ok[["scale", "n_segments"]]).groupby("scale"):
+                _series(ax, g, "n_segments", f"{kind} ours ({SCALE_LABEL.get(scale, scale)})", color, paper=False)
+        ax.set(xlabel="number of segments", ylabel="accuracy", title=f"{task}: accuracy vs segments", ylim=(0, 1.05))
+        ax.legend(fontsize=7)
+        paths.append(out_dir / f"synthetic_{task}.png")
+        fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
+        plt.close(fig)
+    for dataset, metric in (("wt103", "ppl"), ("enwik8", "bpc")):
+        p = paper[(paper["table"] == "lm") & (paper["task"] == dataset)]
+        o = ours[ours["task"] == dataset].copy()
+        o["v"] = _values(o, metric, metric)
+        lens = sorted(set(p["tgt_len"].dropna()) | set(o.dropna(subset=["v"])["tgt_len"].dropna()))
+        fig, axes = plt.subplots(1, len(lens), figsize=(5 * len(lens), 4), squeeze=False)
+        for ax, tgt in zip(axes[0], lens):
+            for kind, color in KIND_COLOR.items():  # x = mem_len for txl, M for rmt, 0 for baseline
+                pk = p[(p["tgt_len"] == tgt) & (p["model_kind"] == kind)]
+                pk = pk.assign(mem=pk["mem_len"] + pk["num_mem_tokens"].fillna(0), mean=pk["value"])
+                _series(ax, pk.groupby("mem", as_index=False)["mean"].min(), "mem", f"{kind} paper", color, True)
+                if kind == "baseline" and len(pk):  # no memory: a level to compare the curves with
+                    ax.axhline(pk["mean"].iloc[0], ls=":", color=color, lw=1)
+                ok = o[(o["tgt_len"] == tgt) & (o["model_kind"] == kind)]
+                ok = _agg(ok["v"], ok[["scale", "mem_backprop_depth"]].assign(mem=ok["mem_len"] + ok["num_mem_tokens"]))
+                ok = ok.sort_values("mean").drop_duplicates(["scale", "mem"])  # best over mem_backprop_depth
+                for scale, g in ok.groupby("scale"):
+                    _series(ax, g, "mem", f"{kind} ours ({SCALE_LABEL.get(scale, scale)})", color, False)
+            ax.set(xlabel="memory size (mem_len or num_mem_tokens)", ylabel=metric, title=f"{dataset} tgt_len {int(tgt)} (rmt: best bpd)")
+            ax.legend(fontsize=7)
+        paths.append(out_dir / f"lm_{dataset}.png")
+        fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
+        plt.close(fig)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: print the Markdown comparison, optionally write it and the plots."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", default=str(ROOT / "experiments/results"), help="directory (or CSV) of our rows")
+    ap.add_argument("--paper", default=str(ROOT / "experiments/paper"), help="directory of the paper's CSVs")
+    ap.add_argument("--plots", default=str(ROOT / "experiments/plots"), help="where to write the PNG plots")
+    ap.add_argument("--markdown", default=None, help="also write the tables to this file")
+    ap.add_argument("--no-plots", action="store_true", help="skip the plots")
+    ap.add_argument("--split", default="test", help="which split of ours to compare ('any' for all)")
+    args = ap.parse_args(argv)
+    paper = load_paper(args.paper)
+    if paper.empty:
+        print(f"no paper tables found in {args.paper}", file=sys.stderr)
+        return 1
+    ours, dropped = load_ours(args.results, args.split)
+    pairs, only = match(paper, ours)
+    text = render(pairs, only, args.results, len(ours), dropped)
+    print(text)
+    if args.markdown:
+        pathlib.Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(args.markdown).write_text(text + "\n", encoding="utf-8")
+    if not args.no_plots:
+        for path in make_plots(paper, ours, args.plots):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""What the drivers own and the model never touches: devices, DDP, precision, seeds, logging.
+
+DDP is started by `torchrun` (it sets RANK / WORLD_SIZE / LOCAL_RANK); without it everything
+runs in one process. Only rank 0 writes logs, checkpoints and results rows.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import pathlib
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+class Runtime:
+    def __init__(self, device: str = "auto", amp: str = "none", cuda_flag: bool = False):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device == "cpu" and cuda_flag:
+            device = "cuda"
+        if device.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise SystemExit("error: --device cuda requested but no CUDA device is available; use --device cpu")
+            if device == "cuda":
+                device = f"cuda:{local_rank}"
+            torch.cuda.set_device(device)
+        self.device = torch.device(device)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if amp == "fp16" and self.device.type != "cuda":
+            raise SystemExit("error: --amp fp16 needs a CUDA device; use --amp bf16 or none on CPU")
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def describe(self) -> str:
+        if self.device.type == "cuda":
+            name = torch.cuda.get_device_name(self.device)
+        else:
+            name = f"cpu ({os.cpu_count()} cores)"
+        return f"{name} x{self.world}" if self.world > 1 else name
+
+    def peak_mem_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        try:
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+        except ImportError:  # pragma: no cover
+            return float("nan")
+
+    def all_reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(t)
+            t /= self.world
+        return t
+
+    def all_reduce_grads(self, params) -> None:
+        """Average gradients over ranks in one flat buffer (DDP's effect, without its hooks,
+        which do not fit several forward calls per backward through the memory)."""
+        if self.world == 1:
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+            g.copy_(part.view_as(g))
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """All RNG states as tensors and plain values, so the checkpoint loads with weights_only."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def timestamp() -> str:
+    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def prepare_run_dir(args, default_name: str) -> pathlib.Path:
+    """WORK_DIR/RUN_NAME for a new run, or --restart_dir when resuming (logs continue there)."""
+    if args.restart:
+        run_dir = pathlib.Path(args.restart_dir)
+        if not (run_dir / "checkpoint_last.pt").is_file():
+            raise SystemExit(f"error: no checkpoint_last.pt in --restart_dir {run_dir!s}; nothing to resume")
+        return run_dir
+    run_dir = pathlib.Path(args.work_dir) / (args.run_name or f"{default_name}-{timestamp()}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+class RunLogger:
+    """log.txt + stdout lines, TensorBoard scalars and, on a terminal, a tqdm progress bar."""
+
+    def __init__(self, run_dir: pathlib.Path | None, enabled: bool = True, total: int = 0, initial: int = 0):
+        self.enabled = enabled and run_dir is not None
+        self.file = open(run_dir / "log.txt", "a") if self.enabled else None
+        self.tb = None
+        self.bar = None
+        if self.enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tb"))
+            except ImportError:  # tensorboard is optional at run time
+                self.tb = None
+            if sys.stderr.isatty() and total:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, leave=False)
+
+    def log(self, msg: str) -> None:
+        if not self.enabled:
+            return
+        line = f"{time.strftime('%H:%M:%S')} | {msg}"
+        self.file.write(line + "\n")
+        self.file.flush()
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def scalars(self, step: int, values: dict) -> None:
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, v, step)
+
+    def advance(self, n: int = 1, **postfix) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.file is not None:
+            self.file.close()

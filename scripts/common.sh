@@ -1,0 +1,23 @@
+# Sourced by the run scripts: repository root, PYTHONPATH, and a launcher that uses torchrun
+# when more than one GPU is visible. Relative paths in flags are relative to the repository root.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+export PYTHONPATH="$REPO/pytorch${PYTHONPATH:+:$PYTHONPATH}"
+PYTHON="${PYTHON:-python3}"
+NGPU="$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)"
+
+# launch MODULE ARGS...: one process, or one per GPU through torchrun.
+launch() {
+    local module="$1"; shift
+    if [ "$NGPU" -gt 1 ]; then
+        torchrun --standalone --nproc_per_node="$NGPU" -m "$module" "$@"
+    else
+        "$PYTHON" -m "$module" "$@"
+    fi
+}
+
+usage_modes() {
+    echo "usage: bash $1 {train|eval} [extra flags, which override the defaults]" >&2
+    exit 2
+}

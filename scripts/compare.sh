@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Paper vs ours: Markdown tables on stdout, PNG plots in experiments/plots/ (see pytorch/rmt/compare.py).
+# Works from any directory; all arguments go to `python -m rmt.compare`, e.g.
+#   bash scripts/compare.sh --markdown experiments/compare.md --no-plots
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export PYTHONPATH="$ROOT/pytorch${PYTHONPATH:+:$PYTHONPATH}"
+exec python -m rmt.compare "$@"

@@ -1,0 +1,176 @@
+"""Results schema, paper tables and the paper-vs-ours comparison.
+
+    python -m pytest tests/test_results_compare.py -q
+"""
+import csv
+import multiprocessing as mp
+import os
+import pathlib
+import subprocess
+
+import pandas as pd
+import pytest
+
+from rmt import compare
+from rmt.results import RESULT_COLUMNS, append_result, model_kind, read_results
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PAPER = ROOT / "experiments" / "paper"
+
+
+def _paper(name: str) -> pd.DataFrame:
+    return pd.read_csv(PAPER / f"{name}.csv")
+
+
+def _one(df: pd.DataFrame, **keys) -> pd.Series:
+    """The single row of `df` whose columns equal `keys`."""
+    mask = pd.Series(True, index=df.index)
+    for k, v in keys.items():
+        mask &= df[k] == v
+    assert mask.sum() == 1, f"{keys}: {mask.sum()} rows"
+    return df[mask].iloc[0]
+
+
+# --- schema ---------------------------------------------------------------------------------------
+
+def test_unknown_key_is_named(tmp_path):
+    with pytest.raises(ValueError, match="bogus.*nope|nope.*bogus"):
+        append_result(tmp_path / "r.csv", {"task": "copy", "bogus": 1, "nope": 2})
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_header_written_once_and_missing_columns_empty(tmp_path):
+    path = tmp_path / "deep" / "dir" / "lm.csv"
+    append_result(path, {"task": "wt103", "ppl": 30.5, "config_json": {"a": 1, "b": "x,y"}})
+    append_result(path, {"task": "enwik8", "bpc": 1.25, "mem_at_end": False})
+    lines = path.read_text().splitlines()
+    assert lines[0] == ",".join(RESULT_COLUMNS)
+    assert sum(line.startswith("run_id,") for line in lines) == 1
+    df = read_results(path)
+    assert list(df.columns) == RESULT_COLUMNS and len(df) == 2
+    assert df.loc[0, "ppl"] == 30.5 and pd.isna(df.loc[0, "bpc"]) and df.loc[1, "bpc"] == 1.25
+    assert df.loc[0, "config_json"] == '{"a": 1, "b": "x,y"}'
+
+
+def test_foreign_header_is_refused(tmp_path):
+    path = tmp_path / "old.csv"
+    path.write_text("run,val\nx,1\n")
+    with pytest.raises(ValueError, match="header"):
+        append_result(path, {"task": "copy"})
+    assert path.read_text() == "run,val\nx,1\n"
+
+
+def test_read_results_directory_and_missing(tmp_path):
+    append_result(tmp_path / "lm.csv", {"task": "wt103"})
+    append_result(tmp_path / "synthetic.csv", {"task": "copy"})
+    assert sorted(read_results(tmp_path)["task"]) == ["copy", "wt103"]
+    assert read_results(tmp_path / "absent").empty
+
+
+def _writer(path: str, tag: int, n: int) -> None:
+    for i in range(n):
+        append_result(path, {"run_id": f"p{tag}-{i}", "task": "copy", "command": "x" * 2000, "seed": i})
+
+
+def test_concurrent_appends_are_well_formed(tmp_path):
+    path = str(tmp_path / "synthetic.csv")
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(path, t, 150)) for t in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == RESULT_COLUMNS
+    assert len(rows) == 301 and all(len(r) == len(RESULT_COLUMNS) for r in rows)
+    assert {r[0] for r in rows[1:]} == {f"p{t}-{i}" for t in range(2) for i in range(150)}
+
+
+def test_model_kind():
+    assert model_kind(10, 150, True) == "rmt+txl"
+    assert model_kind(10, 0, True) == "rmt"
+    assert model_kind(10, 0, False) == "mt"
+    assert model_kind(0, 150, True) == "txl"
+    assert model_kind(0, 0, False) == "baseline"
+
+
+# --- paper tables ----------------------------------------------------------------------------------
+
+def test_paper_known_values():
+    lm = _paper("lm")
+    assert _one(lm, dataset="enwik8", model_kind="rmt", num_mem_tokens=10, mem_backprop_depth=2)["value"] == 1.228
+    assert _one(lm, dataset="wt103", tgt_len=150, model_kind="baseline")["value"] == 29.95
+    assert _one(lm, dataset="wt103", tgt_len=150, model_kind="txl", mem_len=150)["value"] == 24.12
+    assert "UNBACKED" in _one(lm, dataset="wt103", model_kind="rmt+txl")["note"]
+    syn = _paper("synthetic")
+    assert _one(syn, task="copy", n_segments=9, model_kind="rmt")["value"] == 1.00
+    assert _one(syn, task="copy", n_segments=9, model_kind="txl")["value"] == 0.261
+    assert _one(syn, task="retrieval", tgt_len=3, model_kind="rmt")["actual_segments"] == 3
+    assert _one(syn, task="retrieval", tgt_len=4, model_kind="rmt")["n_segments"] == 3
+    assert set(syn["acc_kind"]) == {"tf", "greedy"}
+    assert _one(_paper("long_synthetic"), task="copy360", model_kind="rmt")["value"] == 0.579
+    assert _one(_paper("sqeq"), model_kind="txl")["value"] == 0.934
+    assert len(compare.load_paper(PAPER)) == sum(len(_paper(n)) for n in compare.PAPER_TABLES)
+
+
+# --- comparison ------------------------------------------------------------------------------------
+
+def _write_runs(results: pathlib.Path) -> None:
+    """3 seeds of copy RMT M=8 at 9 segments, 1 TXL run, 1 val row, 1 ours-only LM row."""
+    for seed, acc in zip((1, 2, 3), (0.90, 0.95, 1.00)):
+        append_result(results / "synthetic.csv", {
+            "run_id": f"copy-rmt-{seed}", "scale": "cpu-preset", "device": "cpu", "task": "copy", "seed": seed,
+            "tgt_len": 8, "n_segments": 9, "num_mem_tokens": 8, "mem_len": 0, "mem_at_end": True,
+            "split": "test", "metric_name": "acc_greedy", "metric_value": acc, "acc_greedy": acc, "acc_tf": 1.0})
+    append_result(results / "synthetic.csv", {
+        "run_id": "copy-txl", "scale": "paper", "device": "cuda", "task": "copy", "tgt_len": 8, "mem_len": 8,
+        "split": "test", "metric_name": "acc_greedy", "metric_value": 0.5, "acc_greedy": 0.5})
+    append_result(results / "synthetic.csv", {
+        "run_id": "copy-txl", "scale": "paper", "task": "copy", "tgt_len": 8, "mem_len": 8,
+        "split": "val", "metric_name": "acc_greedy", "metric_value": 0.1, "acc_greedy": 0.1})
+    append_result(results / "lm.csv", {
+        "run_id": "tiny-lm", "scale": "smoke", "device": "cpu", "task": "wt103", "tgt_len": 16, "mem_len": 0,
+        "num_mem_tokens": 2, "mem_at_end": True, "split": "test", "metric_name": "ppl", "metric_value": 900.0})
+
+
+def test_compare_aggregates_and_matches(tmp_path):
+    _write_runs(tmp_path)
+    paper = compare.load_paper(PAPER)
+    ours, dropped = compare.load_ours(tmp_path, "test")
+    assert dropped == 1
+    pairs, only = compare.match(paper, ours)
+    rmt = _one(pairs[pairs["n"] > 0], task="copy", model_kind="rmt")
+    assert (rmt["tgt_len"], rmt["num_mem_tokens"], rmt["value"], rmt["n"]) == (8, 8, 1.0, 3)
+    assert rmt["mean"] == pytest.approx(0.95) and rmt["std"] == pytest.approx(0.05)
+    assert rmt["mean"] - rmt["value"] < 0 and rmt["scale"] == "cpu-preset"
+    txl = _one(pairs[pairs["n"] > 0], task="copy", model_kind="txl")
+    assert txl["value"] == 0.261 and txl["mean"] == pytest.approx(0.5) and txl["mean"] - txl["value"] > 0
+    assert list(only["run_id"]) == ["tiny-lm"]
+    text = compare.render(pairs, only, str(tmp_path), len(ours), dropped)
+    assert "0.95 ± 0.05 (n=3)" in text and "-0.0500" in text and "+0.2390" in text
+    assert "CPU preset [!]" in text and "paper scale" in text
+    assert "Ours only" in text and "900.00" in text
+
+
+def test_plots_written(tmp_path):
+    _write_runs(tmp_path / "results")
+    paper = compare.load_paper(PAPER)
+    ours, _ = compare.load_ours(tmp_path / "results")
+    paths = compare.make_plots(paper, ours, tmp_path / "plots")
+    names = {p.name for p in paths}
+    assert {"synthetic_copy.png", "synthetic_reverse.png", "synthetic_retrieval.png",
+            "lm_wt103.png", "lm_enwik8.png"} == names
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_sh_from_other_cwd(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "compare.sh"), "--results", str(tmp_path / "none"),
+                          "--no-plots", "--markdown", "report.md"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "No runs found" in out.stdout and "| wt103 | 150 |" in out.stdout
+    assert (tmp_path / "report.md").read_text().startswith("# Paper vs ours")
