@@ -21,3 +21,20 @@ usage_modes() {
     echo "usage: bash $1 {train|eval} [extra flags, which override the defaults]" >&2
     exit 2
 }
+
+# run_task_script SCRIPT MODE [flags...]: the algorithmic-task scripts share this. They set
+# PAPER (the paper's flags) and CPU (the preset added on top when no GPU is present).
+run_task_script() {
+    local script="$1" mode="${2:-}"
+    [ -n "$mode" ] || usage_modes "$script"
+    shift 2
+    export RMT_COMMAND="bash scripts/$script $mode $*"
+    local preset="${RMT_PRESET:-$([ "$NGPU" -gt 0 ] && echo paper || echo cpu)}"
+    local args=("${PAPER[@]}")
+    [ "$preset" = cpu ] && args+=("${CPU[@]}")
+    case "$mode" in
+        train) launch rmt.train_synthetic "${args[@]}" "$@" ;;
+        eval) launch rmt.train_synthetic "${args[@]}" "$@" --eval_only ;;
+        *) usage_modes "$script" ;;
+    esac
+}

@@ -7,24 +7,14 @@
 # Without a GPU a CPU preset applies (L=8, 24 tokens, 2 layers, d_model 64; minutes on 2 cores);
 # RMT_PRESET=paper forces the paper's settings, RMT_PRESET=cpu the preset.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-MODE="${1:-}"; [ -n "$MODE" ] && shift || usage_modes copy.sh
-export RMT_COMMAND="bash scripts/copy.sh $MODE $*"
 
 PAPER=(--dataset copy --n_layer 4 --d_model 128 --n_head 4 --d_head 64 --d_inner 256 --dropout 0.1
        --dropatt 0.0 --optim adam --lr 1e-4 --lr_min 1e-6 --scheduler dev_perf --decay_rate 0.5 --patience 8
        --log_interval 4000 --eval_interval 12000 --warmup_step 0 --max_step 250000 --tgt_len 72 --eval_tgt_len 72
-       --batch_size 32 --max_eval_steps 50 --answer_size 48 --mem_at_end --read_mem_from_cache --scale paper)
+       --batch_size 32 --max_eval_steps 50 --mem_at_end --read_mem_from_cache --scale paper)
 CPU=(--task_seq_len 8 --tgt_len 24 --eval_tgt_len 24 --n_layer 2 --d_model 64 --n_head 2 --d_head 32
      --d_inner 128 --dropout 0.0 --lr 1e-3 --scheduler constant --warmup_step 100 --max_step 3000
      --log_interval 500 --eval_interval 250 --max_eval_steps 8 --n_train 20000 --n_val 512 --n_test 1000
-     --answer_size 16 --no_greedy_valid --scale cpu-preset)
+     --no_greedy_valid --scale cpu-preset)
 
-PRESET="${RMT_PRESET:-$([ "$NGPU" -gt 0 ] && echo paper || echo cpu)}"
-ARGS=("${PAPER[@]}")
-[ "$PRESET" = cpu ] && ARGS+=("${CPU[@]}")
-
-case "$MODE" in
-    train) launch rmt.train_synthetic "${ARGS[@]}" "$@" ;;
-    eval) launch rmt.train_synthetic "${ARGS[@]}" "$@" --eval_only ;;
-    *) usage_modes copy.sh ;;
-esac
+run_task_script copy.sh "$@"

@@ -1,0 +1,185 @@
+"""Algorithmic-task training: segmentation, metrics, the driver end to end, resume, scripts.
+
+    python -m pytest tests/test_task_train.py
+"""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from rmt.memory import MemoryState
+from rmt.tasks.runner import evaluate_batches, greedy, pad_to_segments, scored_mask, segments, teacher_forced
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "pytorch")}
+
+
+# ---- segmentation -----------------------------------------------------------------------------
+
+def test_segments_are_exactly_tgt_len_and_tile_the_sample():
+    t = torch.arange(2 * 10).view(2, 10) + 1
+    segs = segments(t, 4)
+    assert [s.shape for s in segs] == [(2, 4)] * 3  # torch.chunk would have made 3 chunks of 4, 4, 2
+    assert torch.equal(torch.cat(segs, 1)[:, :10], t)
+    assert (torch.cat(segs, 1)[:, 10:] == 0).all()
+    assert pad_to_segments(t, 5).shape == (2, 10)
+
+
+def test_scored_mask_answer_only_and_pads():
+    tgt = torch.tensor([[5, 5, 0, 3, 0]])
+    assert scored_mask(tgt, 3, ignore_pad=False).tolist() == [[False, False, True, True, True]]
+    assert scored_mask(tgt, 3, ignore_pad=True).tolist() == [[False, False, False, True, False]]
+
+
+# ---- metrics on hand-made predictors ----------------------------------------------------------
+
+class Oracle:
+    """A stand-in model that implements the copy rule exactly, across segments.
+
+    Its "hidden state" at position p is the whole input prefix up to p (padded with -1), and its
+    memory is the input seen in earlier segments, so it needs no parameters. In the copy layout
+    [X, 1, X, X] the target after input position p is the input at p - L (first copy) or
+    p + 1 - L (second copy).
+    """
+
+    MAX = 64
+
+    def __init__(self, seq_len, vocab=12):
+        self.L, self.vocab = seq_len, vocab
+
+    def encode(self, x, state):
+        seen = x if state is None or state.mem is None else torch.cat([state.mem, x], 1)
+        t0 = seen.size(1) - x.size(1)
+        hidden = torch.full((*x.shape, self.MAX), -1, dtype=torch.long)
+        for p in range(x.size(1)):
+            hidden[:, p, : t0 + p + 1] = seen[:, : t0 + p + 1]
+        return hidden, MemoryState(seen, None)
+
+    def predict(self, prefix):  # (B, S) -> (B,)
+        pos = int((prefix[0] >= 0).sum()) - 1
+        src = pos - self.L if pos + 1 < 2 * self.L + 1 else pos + 1 - self.L
+        return prefix[:, src] if src >= 0 else torch.ones(prefix.size(0), dtype=torch.long)
+
+    def log_probs(self, hidden):
+        out = torch.full((*hidden.shape[:2], self.vocab), -10.0)
+        for p in range(hidden.size(1)):
+            out[:, p].scatter_(-1, self.predict(hidden[:, p])[:, None], 0.0)
+        return out
+
+    def nll(self, hidden, y):
+        return torch.zeros(y.shape)
+
+
+def copy_batch(seq_len=4, n=2):
+    torch.manual_seed(1)
+    x = torch.randint(2, 12, (n, seq_len))
+    full = torch.cat([x, torch.ones(n, 1, dtype=torch.long), x, x], 1)
+    return full[:, :-1], full[:, 1:]
+
+
+def test_greedy_and_teacher_forced_with_a_perfect_copier():
+    src, tgt = copy_batch()
+    for tgt_len in (3, 4, 12):
+        m = evaluate_batches(Oracle(4), [(src, tgt)], answer_size=8, tgt_len=tgt_len, ignore_pad=False)
+        assert m.acc_tf == 1.0 and m.acc_greedy == 1.0 and m.exact_match == 1.0
+
+
+class Constant(Oracle):
+    def predict(self, prefix):
+        return torch.full((prefix.size(0),), 3)
+
+
+def test_metrics_of_a_constant_predictor_are_counted_by_hand():
+    src, tgt = copy_batch()
+    m = evaluate_batches(Constant(4), [(src, tgt)], answer_size=8, tgt_len=4, ignore_pad=False)
+    expected = (tgt[:, -8:] == 3).float().mean().item()
+    assert m.acc_tf == pytest.approx(expected) and m.acc_greedy == pytest.approx(expected)
+    assert m.exact_match == 0.0
+
+
+class Peeker(Oracle):
+    """Predicts its current input token again: greedy decoding then repeats its own output."""
+
+    def predict(self, prefix):
+        pos = int((prefix[0] >= 0).sum()) - 1
+        return prefix[:, pos]
+
+
+def test_greedy_never_feeds_ground_truth_inside_the_answer():
+    src = torch.tensor([[2, 3, 4, 5, 6, 7, 8, 9]])
+    tgt = torch.tensor([[3, 4, 5, 6, 7, 8, 9, 10]])
+    preds = greedy(Peeker(4), src, answer_size=4, tgt_len=3)
+    # Answer starts at position 4; input 6 (ground truth, question part) is repeated from there on.
+    assert preds[0, 4:].tolist() == [6, 6, 6, 6]
+    _, tf = teacher_forced(Peeker(4), src, tgt, 4, 3)
+    assert tf[0, 4:].tolist() == [6, 7, 8, 9]  # teacher forcing sees the true inputs
+
+
+# ---- the driver -------------------------------------------------------------------------------
+
+TINY = ["--dataset", "copy", "--task_seq_len", "4", "--tgt_len", "3", "--eval_tgt_len", "3",
+        "--num_mem_tokens", "2", "--n_layer", "1", "--d_model", "16", "--n_head", "2", "--d_head", "8",
+        "--d_inner", "32", "--dropout", "0.1", "--lr", "1e-3", "--scheduler", "constant", "--log_interval", "5",
+        "--eval_interval", "6", "--max_step", "12", "--n_train", "200", "--n_val", "16", "--n_test", "16",
+        "--batch_size", "8", "--device", "cpu", "--scale", "smoke"]
+
+
+def run_driver(tmp_path, *extra, env=None, check=True):
+    args = [sys.executable, "-m", "rmt.train_synthetic", *TINY, "--work_dir", str(tmp_path / "runs"),
+            "--data", str(tmp_path / "data"), "--results_csv", str(tmp_path / "res.csv"), *extra]
+    run = subprocess.run(args, cwd=ROOT, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=300)
+    if check:
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    return run
+
+
+def test_driver_end_to_end_writes_logs_checkpoints_and_a_results_row(tmp_path):
+    run_driver(tmp_path, "--run_name", "e2e")
+    run_dir = tmp_path / "runs" / "e2e"
+    for name in ("log.txt", "config.json", "checkpoint_best.pt", "checkpoint_last.pt"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tb").iterdir())
+    rows = pd.read_csv(tmp_path / "res.csv")
+    assert len(rows) == 1
+    row = rows.iloc[0]
+    assert row.model_kind == "rmt" and row.n_segments == 4 and row.split == "test"
+    assert 0.0 <= row.acc_greedy <= 1.0 and 0.0 <= row.exact_match <= 1.0
+    # Eval-only on the best checkpoint appends a second row with the same test metrics.
+    run_driver(tmp_path, "--eval_only", "--eval_checkpoint", str(run_dir / "checkpoint_best.pt"), "--run_name", "ev")
+    rows = pd.read_csv(tmp_path / "res.csv")
+    assert len(rows) == 2 and rows.acc_tf.iloc[1] == pytest.approx(row.acc_tf)
+
+
+def test_resume_after_hard_kill_is_bit_identical(tmp_path):
+    run_driver(tmp_path, "--run_name", "straight", "--no_results")
+    killed = run_driver(tmp_path, "--run_name", "killed", "--no_results", env={"RMT_KILL_AFTER_STEP": "7"}, check=False)
+    assert killed.returncode != 0  # SIGKILL after step 7; the last checkpoint is from step 6
+    run_driver(tmp_path, "--restart", "--restart_dir", str(tmp_path / "runs" / "killed"), "--no_results")
+    a = torch.load(tmp_path / "runs" / "straight" / "checkpoint_last.pt", weights_only=True)
+    b = torch.load(tmp_path / "runs" / "killed" / "checkpoint_last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 12
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+
+
+def test_bad_flags_and_missing_checkpoint_give_one_line(tmp_path):
+    run = run_driver(tmp_path, "--tgt_len", "0", check=False)
+    assert run.returncode == 2 and "--tgt_len must be positive" in run.stderr and "Traceback" not in run.stderr
+    run = run_driver(tmp_path, "--eval_only", "--eval_checkpoint", str(tmp_path / "nope.pt"), check=False)
+    assert run.returncode != 0 and "no checkpoint file" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_script_runs_from_another_directory(tmp_path):
+    run = subprocess.run(["bash", str(ROOT / "scripts" / "copy.sh"), "train", *TINY, "--max_step", "2",
+                          "--eval_interval", "2", "--work_dir", str(tmp_path / "runs"), "--data",
+                          str(tmp_path / "data"), "--no_results", "--run_name", "s"],
+                         cwd=tmp_path, env={**ENV, "RMT_PRESET": "cpu"}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "runs" / "s" / "checkpoint_last.pt").is_file()
+    bad = subprocess.run(["bash", str(ROOT / "scripts" / "copy.sh"), "fly"], cwd=tmp_path, env=ENV,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage" in bad.stderr
