@@ -41,8 +41,11 @@ def load_file(path: str | os.PathLike, map_location="cpu") -> dict:
         raise CheckpointError(f"no checkpoint file {path}")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError, IndexError,
+            TypeError, AttributeError, UnicodeDecodeError, OverflowError, MemoryError) as e:
+        # garbage bytes reach the weights-only unpickler, which fails in many ways
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = f"{type(e).__name__}: {first}" if first else type(e).__name__
         raise CheckpointError(
             f"{path} is not a readable checkpoint ({first}); it may be truncated or a pickled module: "
             "re-save it as a state dict"

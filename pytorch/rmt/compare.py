@@ -1,16 +1,19 @@
 """Compare our results rows (experiments/results/*.csv) with the paper's tables (experiments/paper/*.csv).
 
     PYTHONPATH=pytorch python -m rmt.compare [--results DIR] [--paper DIR] [--plots DIR] [--markdown FILE] [--no-plots]
+                                             [--readme README.md]
 
 Matching: same task (dataset for LM), model_kind, memory (mem_len and num_mem_tokens; an empty paper
 cell is a wildcard), mem_backprop_depth where the paper gives it, and tgt_len (synthetic rows without
 tgt_len fall back to the paper's nominal n_segments). Ours are grouped by (scale, device) and reported
 as mean ± std over runs; runs at another scale than "paper" are flagged, they are not a reproduction.
+--readme FILE puts the tables and links to the plots between the markers README_BEGIN and README_END.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import pathlib
 import sys
 
@@ -26,6 +29,7 @@ SCALE_LABEL = {"paper": "paper scale", "cpu-preset": "CPU preset [!]", "smoke": 
 NUMERIC = ["tgt_len", "mem_len", "num_mem_tokens", "mem_backprop_depth", "n_segments", "metric_value",
            "ppl", "bpc", "acc_tf", "acc_greedy", "exact_match", "seed"]
 KIND_COLOR = {"baseline": "tab:gray", "txl": "tab:blue", "rmt": "tab:red"}
+README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 def load_paper(paper_dir: str | pathlib.Path) -> pd.DataFrame:
@@ -273,6 +277,36 @@ def make_plots(paper: pd.DataFrame, ours: pd.DataFrame, out_dir: str | pathlib.P
     return paths
 
 
+def readme_markdown(report: str, plots: list[pathlib.Path], readme_dir: str | pathlib.Path) -> str:
+    """The report as a README section: its title dropped (the README has its own), headings one
+    level down, then the plots as images linked relative to the README's directory."""
+    lines = report.splitlines()
+    lines = lines[1:] if lines and lines[0].startswith("# ") else lines
+    body = "\n".join("#" + line if line.startswith("#") else line for line in lines).strip()
+    rel = [pathlib.Path(os.path.relpath(os.path.abspath(p), os.path.abspath(readme_dir))).as_posix() for p in plots]
+    links = [f"![{pathlib.Path(r).stem}]({r})" for r in rel]
+    return body + ("\n\n### Plots\n\n" + "\n\n".join(links) if links else "")
+
+
+def replace_section(text: str, body: str) -> str:
+    """`text` with everything between README_BEGIN and README_END replaced by `body`, markers kept.
+
+    Raises ValueError unless each marker occurs exactly once, README_BEGIN first.
+    """
+    once = text.count(README_BEGIN) == 1 and text.count(README_END) == 1
+    if not once or text.index(README_BEGIN) > text.index(README_END):
+        raise ValueError(f"needs exactly one {README_BEGIN} and, after it, one {README_END}")
+    head, rest = text.split(README_BEGIN)
+    tail = rest.split(README_END)[1]
+    return f"{head}{README_BEGIN}\n\n{body}\n\n{README_END}{tail}"
+
+
+def _shown(path: str | pathlib.Path) -> str:
+    """A path as printed in the report: relative to the repository root when inside it."""
+    path = pathlib.Path(os.path.abspath(path))
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: print the Markdown comparison, optionally write it and the plots."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -282,21 +316,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--markdown", default=None, help="also write the tables to this file")
     ap.add_argument("--no-plots", action="store_true", help="skip the plots")
     ap.add_argument("--split", default="test", help="which split of ours to compare ('any' for all)")
+    ap.add_argument("--readme", default=None, help=f"also put the tables and plot links in this file, between "
+                    f"the lines {README_BEGIN} and {README_END} (e.g. README.md)")
     args = ap.parse_args(argv)
+    readme = pathlib.Path(args.readme) if args.readme else None
+    if readme:  # check the markers before any work
+        try:
+            readme_text = readme.read_text(encoding="utf-8")
+            replace_section(readme_text, "")
+        except (OSError, ValueError) as e:
+            print(f"error: {readme}: {e}", file=sys.stderr)
+            return 1
     paper = load_paper(args.paper)
     if paper.empty:
         print(f"no paper tables found in {args.paper}", file=sys.stderr)
         return 1
     ours, dropped = load_ours(args.results, args.split)
     pairs, only = match(paper, ours)
-    text = render(pairs, only, args.results, len(ours), dropped)
+    text = render(pairs, only, _shown(args.results), len(ours), dropped)
     print(text)
     if args.markdown:
         pathlib.Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(args.markdown).write_text(text + "\n", encoding="utf-8")
-    if not args.no_plots:
-        for path in make_plots(paper, ours, args.plots):
-            print(f"wrote {path}", file=sys.stderr)
+    plots = [] if args.no_plots else make_plots(paper, ours, args.plots)
+    for path in plots:
+        print(f"wrote {path}", file=sys.stderr)
+    if readme:  # with --no-plots, link the plots already there
+        plots = plots or sorted(pathlib.Path(args.plots).glob("*.png"))
+        readme.write_text(replace_section(readme_text, readme_markdown(text, plots, readme.parent)), encoding="utf-8")
+        print(f"updated {readme} between {README_BEGIN} and {README_END}", file=sys.stderr)
     return 0
 
 

@@ -77,15 +77,41 @@ class Runtime:
 
     def all_reduce_grads(self, params) -> None:
         """Average gradients over ranks in one flat buffer (DDP's effect, without its hooks,
-        which do not fit several forward calls per backward through the memory)."""
+        which do not fit several forward calls per backward through the memory).
+
+        A parameter with no gradient on some ranks (e.g. an adaptive-softmax cluster without
+        tokens in their rows) counts as zero there; one with no gradient anywhere stays None,
+        as in one process. Without this the ranks' buffers differ in size."""
         if self.world == 1:
             return
+        params = list(params)
+        has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=self.device)
+        dist.all_reduce(has_grad)
+        for p, anywhere in zip(params, has_grad.tolist()):
+            if anywhere and p.grad is None:
+                p.grad = torch.zeros_like(p)
         grads = [p.grad for p in params if p.grad is not None]
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
         flat /= self.world
         for g, part in zip(grads, flat.split([g.numel() for g in grads])):
             g.copy_(part.view_as(g))
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on any (e.g. a stop signal seen by one)."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t)
+        return bool(t.item())
+
+    def all_gather_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """Concatenate every rank's rows (dim 0) in rank order; shapes must match across ranks."""
+        if self.world == 1:
+            return t
+        parts = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
 
     def barrier(self) -> None:
         if self.world > 1:

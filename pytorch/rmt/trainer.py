@@ -94,8 +94,9 @@ class Trainer:
 
     def optimizer_step(self) -> float:
         scaler = self.runtime.scaler
-        params = [p for p in self.raw_model.parameters() if p.grad is not None]
-        self.runtime.all_reduce_grads(params)
+        params = [p for p in self.raw_model.parameters() if p.requires_grad]
+        self.runtime.all_reduce_grads(params)  # may give a rank zeros where another has a gradient
+        params = [p for p in params if p.grad is not None]
         scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.args.clip) if self.args.clip > 0 else \
             torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
@@ -112,7 +113,7 @@ class Trainer:
         self.model.train()
         try:
             while self.step < args.max_step:
-                if stop.requested:
+                if self.runtime.any_rank(stop.requested):  # all ranks stop at the same step
                     log.log(f"stop requested: checkpoint saved at step {self.step}")
                     self.save(LAST, extra_state())
                     break

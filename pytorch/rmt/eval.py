@@ -1,0 +1,131 @@
+"""Evaluate a language-model checkpoint (Transformer-XL or RMT) on valid and/or test.
+
+    PYTHONPATH=pytorch python -m rmt.eval --checkpoint runs/<run>/checkpoint_best.pt --dataset wt103 \\
+        --tgt_len 64 --mem_len 640 --clamp_len 400 --same_length --split test   # TXL base's eval settings
+    PYTHONPATH=pytorch python -m rmt.eval --checkpoint runs/<run>/checkpoint_best.pt   # as trained
+
+Any of our checkpoints works (checkpoint_best.pt, checkpoint_last.pt). --tgt_len, --mem_len,
+--clamp_len and --same_length override the trained values (unset: as trained); memory starts
+from the learned initial memory once per split and is carried across it (the original eval.py
+left RMT memory uninitialised, SEMANTICS 3.8). --dataset and --data default to the run's
+config.json next to the checkpoint. Prints loss and ppl (bpc for enwik8/text8) per split and
+appends one row per split to experiments/results/lm.csv (or --results_csv).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import sys
+import time
+
+from .checkpoint import CheckpointError, load_model
+from .cli import BOOL
+from .config import ModelConfig
+from .data.corpus import DATASETS
+from .lm import default_data_dir, evaluate_split, load_corpus, metric_name
+from .results import append_result
+from .runtime import REPO_ROOT, Runtime
+from .trainer import result_row
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rmt.eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="a checkpoint file of ours (e.g. runs/<run>/checkpoint_best.pt)")
+    p.add_argument("--dataset", default=None, choices=DATASETS, help="corpus (default: the run's, else wt103)")
+    p.add_argument("--data", default=None, help="data directory (default: the run's, else data/<name>)")
+    p.add_argument("--split", default="all", choices=["all", "valid", "test"], help="which split(s)")
+    p.add_argument("--batch_size", type=int, default=10, help="evaluation rows")
+    p.add_argument("--tgt_len", type=int, default=None, help="segment length (default: as trained)")
+    p.add_argument("--ext_len", type=int, default=None, help="extended context length (default: as trained)")
+    p.add_argument("--mem_len", type=int, default=None, help="Transformer-XL cache length (default: as trained)")
+    p.add_argument("--clamp_len", type=int, default=None, help="clamp relative distances (default: as trained)")
+    p.add_argument("--same_length", action=BOOL, default=None, help="TXL same-length attention (default: as trained)")
+    p.add_argument("--max_eval_steps", type=int, default=-1, help="cap on batches per split (-1: all)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--cuda", action="store_true", help="use a GPU (the default when one is present)")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision")
+    p.add_argument("--results_csv", default=None, help="CSV that gets the rows (default experiments/results/lm.csv)")
+    p.add_argument("--scale", default=None, help="label for the results rows (default: the run's)")
+    p.add_argument("--no_results", action="store_true", help="do not append results rows")
+    return p
+
+
+def run_config(checkpoint: pathlib.Path) -> dict:
+    """The training run's config.json next to the checkpoint, or {}."""
+    try:
+        return json.loads((checkpoint.parent / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch_size <= 0:
+        parser.error(f"--batch_size must be positive, got {args.batch_size}")
+    runtime = Runtime(args.device, args.amp, args.cuda)
+    checkpoint = pathlib.Path(args.checkpoint)
+    try:
+        model, _ = load_model(checkpoint, runtime.device)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}")
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a dict of ours, but not a model
+        raise SystemExit(f"error: {checkpoint} does not hold a usable model ({type(e).__name__}: {e})")
+    train_args = run_config(checkpoint).get("args", {})
+    dataset = args.dataset or train_args.get("dataset") or "wt103"
+    data = args.data or (train_args.get("data") if train_args.get("dataset") == dataset else None) \
+        or default_data_dir(dataset)
+
+    overrides = {k: v for k, v in dict(tgt_len=args.tgt_len, ext_len=args.ext_len, mem_len=args.mem_len,
+                                        clamp_len=args.clamp_len, same_length=args.same_length).items()
+                 if v is not None}
+    try:
+        cfg = ModelConfig.from_dict({**model.config.to_dict(), **overrides})
+    except ValueError as e:
+        parser.error(str(e))
+    model.reset_length(cfg.tgt_len, cfg.ext_len, cfg.mem_len)
+    model.config.clamp_len, model.config.same_length = cfg.clamp_len, cfg.same_length
+    model.to(runtime.device)
+
+    corpus = load_corpus(data, dataset)
+    if len(corpus.vocab) != cfg.n_token:
+        raise SystemExit(f"error: {checkpoint} has a vocabulary of {cfg.n_token}, {dataset} in {data} has "
+                         f"{len(corpus.vocab)}; pass the --dataset/--data it was trained on")
+    print(f"{checkpoint}: {dataset} ({data}) | tgt_len {cfg.tgt_len} | mem_len {cfg.mem_len} | "
+          f"num_mem_tokens {cfg.num_mem_tokens} | clamp_len {cfg.clamp_len} | same_length {cfg.same_length} | "
+          f"batch {args.batch_size} | {runtime.describe()}", flush=True)
+
+    unit = metric_name(dataset)
+    row_args = argparse.Namespace(**{  # the results row describes the trained run plus these settings
+        "scale": "paper", "seed": None, "mem_backprop_depth": None, "batch_size": None, "max_step": None,
+        "lr": None, **train_args, "eval": vars(args), "tgt_len": train_args.get("tgt_len", model.config.tgt_len),
+        "eval_tgt_len": cfg.tgt_len})
+    if args.scale:
+        row_args.scale = args.scale
+    splits = ["valid", "test"] if args.split == "all" else [args.split]
+    for split in splits:
+        t0 = time.time()
+        try:
+            m = evaluate_split(model, corpus, split, args.batch_size, cfg.tgt_len, cfg.ext_len,
+                               args.max_eval_steps, runtime)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}")
+        elapsed = time.time() - t0
+        print(f"{split:5s} | loss {m['loss']:.4f} | {unit} {m[unit]:.4f} | {m['tokens']:,} tokens | "
+              f"{elapsed / max(m['segments'], 1) * 1000:.1f} ms/segment", flush=True)
+        if not args.no_results:
+            csv = args.results_csv or REPO_ROOT / "experiments" / "results" / "lm.csv"
+            metrics = {k: m[k] for k in ("loss", unit)}
+            row = result_row(row_args, cfg, runtime, checkpoint.parent, dataset, split, None, math.nan,
+                             m["tokens"] / max(elapsed, 1e-9), metric_name=unit, metric_value=m[unit], **metrics)
+            append_result(csv, row)
+    if not args.no_results:
+        print(f"results rows appended to {args.results_csv or 'experiments/results/lm.csv'}")
+    runtime.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
