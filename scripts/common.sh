@@ -38,3 +38,17 @@ run_task_script() {
         *) usage_modes "$script" ;;
     esac
 }
+
+# run_lm_script SCRIPT MODE [flags...]: the language-model scripts share this. They set TRAIN
+# (flags of rmt.train) and EVAL (flags of rmt.eval, which always runs as one process).
+run_lm_script() {
+    local script="$1" mode="${2:-}"
+    [ -n "$mode" ] || usage_modes "$script"
+    shift 2
+    export RMT_COMMAND="bash scripts/$script $mode $*"
+    case "$mode" in
+        train) launch rmt.train "${TRAIN[@]}" "$@" ;;
+        eval) "$PYTHON" -m rmt.eval "${EVAL[@]}" "$@" ;;
+        *) usage_modes "$script" ;;
+    esac
+}

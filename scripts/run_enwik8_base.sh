@@ -8,8 +8,6 @@
 # Eval mode uses TXL's long-cache settings (mem_len 2100, same_length); for an RMT trained without
 # a cache append --mem_len 0 --no-same_length --clamp_len -1 --tgt_len <its tgt_len>.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-MODE="${1:-}"; [ -n "$MODE" ] && shift || usage_modes run_enwik8_base.sh
-export RMT_COMMAND="bash scripts/run_enwik8_base.sh $MODE $*"
 
 TRAIN=(--dataset enwik8 --data data/enwik8 --n_layer 12 --d_model 512 --n_head 8 --d_head 64 --d_inner 2048
        --dropout 0.1 --dropatt 0.0 --optim adam --lr 0.00025 --warmup_step 0 --max_step 400000
@@ -17,8 +15,4 @@ TRAIN=(--dataset enwik8 --data data/enwik8 --n_layer 12 --d_model 512 --n_head 8
 EVAL=(--dataset enwik8 --data data/enwik8 --tgt_len 80 --mem_len 2100 --clamp_len 820 --same_length
       --split test)
 
-case "$MODE" in
-    train) launch rmt.train "${TRAIN[@]}" "$@" ;;
-    eval) "$PYTHON" -m rmt.eval "${EVAL[@]}" "$@" ;;
-    *) usage_modes run_enwik8_base.sh ;;
-esac
+run_lm_script run_enwik8_base.sh "$@"

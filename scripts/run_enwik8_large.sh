@@ -7,8 +7,6 @@
 # Eval mode uses TXL's long-cache settings (mem_len 3800, same_length); for an RMT trained without
 # a cache append --mem_len 0 --no-same_length --clamp_len -1 --tgt_len <its tgt_len>.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-MODE="${1:-}"; [ -n "$MODE" ] && shift || usage_modes run_enwik8_large.sh
-export RMT_COMMAND="bash scripts/run_enwik8_large.sh $MODE $*"
 
 TRAIN=(--dataset enwik8 --data data/enwik8 --n_layer 24 --d_model 1024 --n_head 8 --d_head 128 --d_inner 3072
        --dropout 0.15 --dropatt 0.15 --optim adam --lr 0.00025 --warmup_step 4000 --max_step 400000
@@ -16,8 +14,4 @@ TRAIN=(--dataset enwik8 --data data/enwik8 --n_layer 24 --d_model 1024 --n_head 
 EVAL=(--dataset enwik8 --data data/enwik8 --tgt_len 128 --mem_len 3800 --clamp_len 1000 --same_length
       --split test)
 
-case "$MODE" in
-    train) launch rmt.train "${TRAIN[@]}" "$@" ;;
-    eval) "$PYTHON" -m rmt.eval "${EVAL[@]}" "$@" ;;
-    *) usage_modes run_enwik8_large.sh ;;
-esac
+run_lm_script run_enwik8_large.sh "$@"

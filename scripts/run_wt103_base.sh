@@ -10,8 +10,6 @@
 # Eval mode uses TXL's long-cache settings (mem_len 640, same_length); for an RMT trained without
 # a cache append --mem_len 0 --no-same_length --clamp_len -1 --tgt_len <its tgt_len>.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-MODE="${1:-}"; [ -n "$MODE" ] && shift || usage_modes run_wt103_base.sh
-export RMT_COMMAND="bash scripts/run_wt103_base.sh $MODE $*"
 
 TRAIN=(--dataset wt103 --data data/wikitext-103 --adaptive --n_layer 16 --d_model 410 --n_head 10 --d_head 41
        --d_inner 2100 --dropout 0.1 --dropatt 0.0 --optim adam --lr 0.00025 --warmup_step 0 --max_step 200000
@@ -19,8 +17,4 @@ TRAIN=(--dataset wt103 --data data/wikitext-103 --adaptive --n_layer 16 --d_mode
 EVAL=(--dataset wt103 --data data/wikitext-103 --tgt_len 64 --mem_len 640 --clamp_len 400 --same_length
       --split test)
 
-case "$MODE" in
-    train) launch rmt.train "${TRAIN[@]}" "$@" ;;
-    eval) "$PYTHON" -m rmt.eval "${EVAL[@]}" "$@" ;;
-    *) usage_modes run_wt103_base.sh ;;
-esac
+run_lm_script run_wt103_base.sh "$@"

@@ -7,8 +7,6 @@
 # Eval mode uses TXL's long-cache settings (mem_len 1600, same_length); for an RMT trained without
 # a cache append --mem_len 0 --no-same_length --clamp_len -1 --tgt_len <its tgt_len>.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-MODE="${1:-}"; [ -n "$MODE" ] && shift || usage_modes run_wt103_large.sh
-export RMT_COMMAND="bash scripts/run_wt103_large.sh $MODE $*"
 
 TRAIN=(--dataset wt103 --data data/wikitext-103 --adaptive --div_val 4 --n_layer 18 --d_model 1024 --n_head 16
        --d_head 64 --d_inner 4096 --dropout 0.2 --dropatt 0.2 --optim adam --lr 0.00025 --warmup_step 16000
@@ -16,8 +14,4 @@ TRAIN=(--dataset wt103 --data data/wikitext-103 --adaptive --div_val 4 --n_layer
 EVAL=(--dataset wt103 --data data/wikitext-103 --tgt_len 128 --mem_len 1600 --clamp_len 1000 --same_length
       --split test)
 
-case "$MODE" in
-    train) launch rmt.train "${TRAIN[@]}" "$@" ;;
-    eval) "$PYTHON" -m rmt.eval "${EVAL[@]}" "$@" ;;
-    *) usage_modes run_wt103_large.sh ;;
-esac
+run_lm_script run_wt103_large.sh "$@"

@@ -96,6 +96,15 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device_ids", type=int, nargs="*", default=None, help=argparse.SUPPRESS)
 
 
+def base_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A driver's parser with the shared model, optimisation and run flags."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    add_model_args(p)
+    add_optim_args(p)
+    add_run_args(p)
+    return p
+
+
 def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Reject impossible values with one line; warn about flags that do nothing here."""
     for name in ("max_step", "batch_size", "tgt_len", "eval_tgt_len", "log_interval", "eval_interval", "batch_chunk"):

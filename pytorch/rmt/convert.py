@@ -22,23 +22,26 @@ from .checkpoint import CheckpointError, load_file, save_atomic
 from .config import ModelConfig
 from .layers import PositionalEmbedding
 
-# (original pattern, our replacement), applied in order to each name.
-_RENAMES = [
-    (r"^layers\.(\d+)\.dec_attn\.", r"layers.\1.attn."),
-    (r"^layers\.(\d+)\.pos_ff\.CoreNet\.0\.", r"layers.\1.ff.fc1."),
-    (r"^layers\.(\d+)\.pos_ff\.CoreNet\.3\.", r"layers.\1.ff.fc2."),
-    (r"^layers\.(\d+)\.pos_ff\.layer_norm\.", r"layers.\1.ff.layer_norm."),
-    (r"^word_emb\.emb_projs_(\d+)$", r"word_emb.emb_projs.\1"),
-    (r"^crit\.out_projs_(\d+)$", r"crit.out_projs.\1"),
+# (original name prefix, our name prefix); {i} stands for a layer or cluster index.
+_NAME_PAIRS = [
+    ("layers.{i}.dec_attn.", "layers.{i}.attn."),
+    ("layers.{i}.pos_ff.CoreNet.0.", "layers.{i}.ff.fc1."),
+    ("layers.{i}.pos_ff.CoreNet.3.", "layers.{i}.ff.fc2."),
+    ("layers.{i}.pos_ff.layer_norm.", "layers.{i}.ff.layer_norm."),
+    ("word_emb.emb_projs_{i}", "word_emb.emb_projs.{i}"),
+    ("crit.out_projs_{i}", "crit.out_projs.{i}"),
 ]
-_BACK = [
-    (r"^layers\.(\d+)\.attn\.", r"layers.\1.dec_attn."),
-    (r"^layers\.(\d+)\.ff\.fc1\.", r"layers.\1.pos_ff.CoreNet.0."),
-    (r"^layers\.(\d+)\.ff\.fc2\.", r"layers.\1.pos_ff.CoreNet.3."),
-    (r"^layers\.(\d+)\.ff\.layer_norm\.", r"layers.\1.pos_ff.layer_norm."),
-    (r"^word_emb\.emb_projs\.(\d+)$", r"word_emb.emb_projs_\1"),
-    (r"^crit\.out_projs\.(\d+)$", r"crit.out_projs_\1"),
-]
+
+
+def _rules(forward: bool):
+    def pattern(template):
+        return "^" + re.escape(template).replace(r"\{i\}", r"(\d+)")
+
+    return [(pattern(a), b.replace("{i}", r"\1")) if forward else (pattern(b), a.replace("{i}", r"\1"))
+            for a, b in _NAME_PAIRS]
+
+
+_RENAMES, _BACK = _rules(forward=True), _rules(forward=False)
 _UNSUPPORTED = re.compile(r"^(r_emb|r_bias)$|\.r_emb$")
 
 

@@ -56,20 +56,34 @@ def _masked_softmax(score: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return score.float().masked_fill(mask, float("-inf")).softmax(dim=-1).type_as(score)
 
 
-class RelPartialLearnableAttention(nn.Module):
-    """attn_type 0: Transformer-XL relative attention with global content/position biases."""
+class _Attention(nn.Module):
+    """What both attention types share: output projection, dropouts, residual and LayerNorm."""
 
     def __init__(self, n_head: int, d_model: int, d_head: int, dropout: float, dropatt: float, pre_lnorm: bool):
         super().__init__()
         self.n_head, self.d_head = n_head, d_head
-        self.qkv_net = nn.Linear(d_model, 3 * n_head * d_head, bias=False)
-        self.r_net = nn.Linear(d_model, n_head * d_head, bias=False)
         self.o_net = nn.Linear(n_head * d_head, d_model, bias=False)
         self.layer_norm = nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
         self.dropatt = nn.Dropout(dropatt)
         self.pre_lnorm = pre_lnorm
         self.scale = d_head**-0.5
+
+    def _attend(self, h, score, mask, v):
+        """score (B, H, Q, K) before scaling, v (B, K, H, D) -> the block's output (B, Q, C)."""
+        prob = self.dropatt(_masked_softmax(score * self.scale, mask))
+        vec = torch.einsum("bhqk,bkhd->bqhd", prob, v).reshape(h.size(0), h.size(1), -1)  # (B, Q, H*D)
+        out = self.drop(self.o_net(vec))
+        return h + out if self.pre_lnorm else self.layer_norm(h + out)
+
+
+class RelPartialLearnableAttention(_Attention):
+    """attn_type 0: Transformer-XL relative attention with global content/position biases."""
+
+    def __init__(self, n_head: int, d_model: int, d_head: int, dropout: float, dropatt: float, pre_lnorm: bool):
+        super().__init__(n_head, d_model, d_head, dropout, dropatt, pre_lnorm)
+        self.qkv_net = nn.Linear(d_model, 3 * n_head * d_head, bias=False)
+        self.r_net = nn.Linear(d_model, n_head * d_head, bias=False)
 
     def forward(self, h, r, r_w_bias, r_r_bias, mask, cache=None):
         """h (B, Q, C); r (K, C) positional embeddings for distances K-1..0; mask (Q, K) True = blocked."""
@@ -80,29 +94,18 @@ class RelPartialLearnableAttention(nn.Module):
         q, k, v = heads.view(b, k_len, 3, self.n_head, self.d_head).unbind(2)  # (B, K, H, D) each
         q = q[:, -q_len:]  # (B, Q, H, D)
         r_k = self.r_net(r).view(k_len, self.n_head, self.d_head)  # (K, H, D)
-
         ac = torch.einsum("bqhd,bkhd->bhqk", q + r_w_bias, k)  # content terms (a) + (c)
         bd = rel_shift(torch.einsum("bqhd,khd->bhqk", q + r_r_bias, r_k))  # position terms (b) + (d)
-        prob = self.dropatt(_masked_softmax((ac + bd) * self.scale, mask))  # (B, H, Q, K)
-        vec = torch.einsum("bhqk,bkhd->bqhd", prob, v).reshape(b, q_len, -1)  # (B, Q, H*D)
-        out = self.drop(self.o_net(vec))
-        return h + out if self.pre_lnorm else self.layer_norm(h + out)
+        return self._attend(h, ac + bd, mask, v)
 
 
-class AbsoluteAttention(nn.Module):
+class AbsoluteAttention(_Attention):
     """attn_type 2: standard multi-head attention; positions are added to the input instead."""
 
     def __init__(self, n_head: int, d_model: int, d_head: int, dropout: float, dropatt: float, pre_lnorm: bool):
-        super().__init__()
-        self.n_head, self.d_head = n_head, d_head
+        super().__init__(n_head, d_model, d_head, dropout, dropatt, pre_lnorm)
         self.q_net = nn.Linear(d_model, n_head * d_head, bias=False)
         self.kv_net = nn.Linear(d_model, 2 * n_head * d_head, bias=False)
-        self.o_net = nn.Linear(n_head * d_head, d_model, bias=False)
-        self.layer_norm = nn.LayerNorm(d_model)
-        self.drop = nn.Dropout(dropout)
-        self.dropatt = nn.Dropout(dropatt)
-        self.pre_lnorm = pre_lnorm
-        self.scale = d_head**-0.5
 
     def forward(self, h, mask, cache=None):
         b, q_len, _ = h.shape
@@ -111,11 +114,7 @@ class AbsoluteAttention(nn.Module):
         q = self.q_net(h).view(b, q_len, self.n_head, self.d_head)  # the original projects un-normed h
         kv = self.kv_net(self.layer_norm(cat) if self.pre_lnorm else cat)
         k, v = kv.view(b, k_len, 2, self.n_head, self.d_head).unbind(2)  # (B, K, H, D)
-        score = torch.einsum("bqhd,bkhd->bhqk", q, k) * self.scale
-        prob = self.dropatt(_masked_softmax(score, mask))
-        vec = torch.einsum("bhqk,bkhd->bqhd", prob, v).reshape(b, q_len, -1)
-        out = self.drop(self.o_net(vec))
-        return h + out if self.pre_lnorm else self.layer_norm(h + out)
+        return self._attend(h, torch.einsum("bqhd,bkhd->bhqk", q, k), mask, v)
 
 
 class DecoderLayer(nn.Module):

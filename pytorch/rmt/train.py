@@ -41,10 +41,7 @@ from .trainer import BEST, LAST, Trainer, result_row
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rmt.train", description=__doc__.split("\n\n")[0])
-    cli.add_model_args(p)
-    cli.add_optim_args(p)
-    cli.add_run_args(p)
+    p = cli.base_parser("python -m rmt.train", __doc__)
     g = p.add_argument_group("language modelling")
     g.add_argument("--dataset", default="wt103", choices=DATASETS, help="corpus (default data dir: data/<name>)")
     g.add_argument("--adaptive", action="store_true", help="adaptive input and softmax (word-level corpora)")

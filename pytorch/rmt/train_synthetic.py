@@ -32,10 +32,7 @@ from .trainer import BEST, Trainer, result_row
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rmt.train_synthetic", description=__doc__.split("\n\n")[0])
-    cli.add_model_args(p)
-    cli.add_optim_args(p)
-    cli.add_run_args(p)
+    p = cli.base_parser("python -m rmt.train_synthetic", __doc__)
     g = p.add_argument_group("task")
     g.add_argument("--dataset", default="copy", choices=TASK_NAMES, help="task name")
     g.add_argument("--answer_size", type=int, default=None, help="scored final targets (default: the task's)")
