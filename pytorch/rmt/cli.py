@@ -45,6 +45,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="initial memory rows: distinct N(0,1) rows, or the original's identical rows")
     g.add_argument("--mem_backprop_depth", type=int, default=0,
                    help="segments of memory the gradient flows through (see the driver's help)")
+    g.add_argument("--recompute_segments", action="store_true",
+                   help="activation checkpointing per segment: BPTT over many segments in one segment's memory")
     g.add_argument("--bptt_bp", action="store_true",
                    help="also back-propagate the losses of the re-computed past segments")
 

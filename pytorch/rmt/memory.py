@@ -18,6 +18,7 @@ from collections import deque
 from typing import NamedTuple, Sequence
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 
 class MemoryState(NamedTuple):
@@ -66,13 +67,35 @@ def forward_with_replay(model, x, y, state: MemoryState, history: Sequence[Segme
     return nll, new_state, replay_nll
 
 
-def run_segments(model, xs, ys, state: MemoryState | None = None, depth: int | None = None):
+class Recomputed:
+    """Calls `model` under activation checkpointing: a segment keeps only its inputs (memory,
+    cache, tokens) and recomputes its activations in the backward pass, so BPTT over S segments
+    holds one segment's activations at a time. Dropout masks are replayed exactly."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, x, y, state: MemoryState):
+        def segment(mem, xl):
+            nll, new = self.model(x, y, MemoryState(mem, xl))
+            return nll, new.mem, new.xl
+
+        if not torch.is_grad_enabled():
+            return self.model(x, y, state)
+        nll, mem, xl = checkpoint(segment, state.mem, state.xl, use_reentrant=False)
+        return nll, MemoryState(mem, xl)
+
+
+def run_segments(model, xs, ys, state: MemoryState | None = None, depth: int | None = None,
+                 recompute: bool = False):
     """Process a sequence of segments carrying memory and cache; returns ([nll per segment], state).
 
     depth None: full BPTT over all segments; 0: memory detached before every segment;
     D > 0: each segment's loss reaches exactly the memory of the D segments before it.
+    recompute: activation checkpointing per segment (same gradients, memory of one segment).
     """
     state = MemoryState() if state is None else state
+    model = Recomputed(model) if recompute else model
     nlls = []
     if depth is None:
         for x, y in zip(xs, ys):

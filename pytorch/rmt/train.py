@@ -32,7 +32,7 @@ from . import cli
 from .checkpoint import CheckpointError, load_file
 from .data.corpus import DATASETS
 from .lm import adaptive_softmax, default_data_dir, eval_lengths, evaluate_split, load_corpus, metric_name
-from .memory import MemoryState, Segment, forward_with_replay
+from .memory import MemoryState, Recomputed, Segment, forward_with_replay
 from .model import MemTransformerLM, init_weights
 from .optim import LRSchedule, build_optimizer
 from .results import append_result, model_kind
@@ -260,7 +260,8 @@ def main(argv=None) -> int:
         if new_epoch:
             carry.reset()
         x, y = x.to(runtime.device), y.to(runtime.device)
-        loss = train_step(run_model, carry, x, y, args.batch_chunk, args.bptt_bp,
+        step_model = Recomputed(run_model) if args.recompute_segments else run_model
+        loss = train_step(step_model, carry, x, y, args.batch_chunk, args.bptt_bp,
                           backward=lambda l: runtime.scaler.scale(l).backward(), autocast=runtime.autocast)
         out = {"loss": loss.item(), "tokens": y.numel(), "epoch": stream.epoch}
         logged = (step + 1) % args.log_interval == 0 or step + 1 == args.max_step

@@ -203,7 +203,8 @@ def main(argv=None) -> int:
         total = 0.0
         for s, t in zip(src.chunk(args.batch_chunk), tgt.chunk(args.batch_chunk)):
             with runtime.autocast():
-                loss = answer_loss(run_model, s, t, answer_size, seg_len(), depth) / args.batch_chunk
+                loss = answer_loss(run_model, s, t, answer_size, seg_len(), depth,
+                                   args.recompute_segments) / args.batch_chunk
             runtime.scaler.scale(loss).backward()
             total += loss.item()
         return {"loss": total, "tokens": src.numel()}

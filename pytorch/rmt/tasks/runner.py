@@ -42,9 +42,10 @@ def scored_mask(tgt: torch.Tensor, answer_size: int, ignore_pad: bool) -> torch.
     return mask & (tgt != PAD) if ignore_pad else mask
 
 
-def answer_loss(model, src, tgt, answer_size: int, tgt_len: int, depth: int | None) -> torch.Tensor:
+def answer_loss(model, src, tgt, answer_size: int, tgt_len: int, depth: int | None,
+                recompute: bool = False) -> torch.Tensor:
     """Mean NLL over the last answer_size targets; memory and cache start fresh for every sample."""
-    nlls, _ = run_segments(model, segments(src, tgt_len), segments(tgt, tgt_len), MemoryState(), depth)
+    nlls, _ = run_segments(model, segments(src, tgt_len), segments(tgt, tgt_len), MemoryState(), depth, recompute)
     nll = torch.cat(nlls, dim=1)[:, : src.size(1)]  # (B, T), padding dropped
     return nll[:, -answer_size:].float().mean()
 

@@ -1,0 +1,325 @@
+"""Benchmarks: throughput against the original code and the pip peer, long BPTT, long streams.
+
+    PYTHONPATH=pytorch python -m rmt.benchmark throughput --configs copy enwik8 \\
+        [--original /path/to/LM-RMT] [--peer] [--kinds baseline txl rmt] [--steps 20]
+    PYTHONPATH=pytorch python -m rmt.benchmark bptt --segments 1 8 64      # peak memory, plain vs recomputed
+    PYTHONPATH=pytorch python -m rmt.benchmark stream --tokens 8192 1048576  # constant-memory evaluation
+
+Every measurement runs in a fresh child process, so its peak memory is its own (CUDA: peak
+allocated; CPU: peak resident set above the process's size after building the model). Rows are
+appended to experiments/benchmarks/<mode>.csv with device, torch version and commit.
+`--original` points at a checkout of the original LM-RMT code (nothing of it is copied here);
+`--peer` needs `pip install recurrent-memory-transformer-pytorch`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from .results import run_metadata
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+CSV_DIR = REPO / "experiments" / "benchmarks"
+
+# Shapes of the paper's models. Memory size = the cache for txl, memory tokens for rmt.
+CONFIGS = {
+    "copy": dict(n_token=12, n_layer=4, n_head=4, d_model=128, d_head=64, d_inner=256, tgt_len=24, batch=32, mem=24),
+    "enwik8": dict(n_token=204, n_layer=12, n_head=8, d_model=512, d_head=64, d_inner=2048, tgt_len=128, batch=8,
+                   mem=10),
+    "tiny": dict(n_token=16, n_layer=1, n_head=2, d_model=16, d_head=8, d_inner=32, tgt_len=8, batch=2, mem=4),
+    "wt103": dict(n_token=267735, n_layer=16, n_head=10, d_model=410, d_head=41, d_inner=2100, tgt_len=150, batch=4,
+                  mem=10, cutoffs=[20000, 40000, 200000]),
+}
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _peak_mb(device: torch.device, rss0: float) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _rss_mb() - rss0
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---- the three implementations, each as (build, train_step, eval_step) ---------------------------
+
+def _ours(cfg, kind, device):
+    from .memory import MemoryState
+    from .model import MemTransformerLM, init_weights
+
+    model = MemTransformerLM(cfg["n_token"], cfg["n_layer"], cfg["n_head"], cfg["d_model"], cfg["d_head"],
+                             cfg["d_inner"], tgt_len=cfg["tgt_len"], cutoffs=cfg.get("cutoffs", []),
+                             mem_len=cfg["mem"] if kind == "txl" else 0,
+                             num_mem_tokens=cfg["mem"] if kind == "rmt" else 0).to(device)
+    init_weights(model)
+    state = {"s": MemoryState()}
+
+    def step(x, y, train):
+        nll, new = model(x, y, state["s"])
+        state["s"] = new.detach()  # LM-style: memory carried along the stream, detached each step
+        return nll.mean()
+
+    return model, step
+
+
+def _original(cfg, kind, device, path):
+    root = pathlib.Path(path) / "pytorch"
+    sys.path[:0] = [str(root), str(root / "utils")]  # it imports its utils both ways
+    if torch.version.cuda is None:  # its softmax module parses the CUDA version at import time
+        torch.version.cuda = "12.0"
+    from mem_transformer import MemTransformerLM as Original  # noqa: E402 (user-supplied checkout)
+
+    m = cfg["mem"]
+    model = Original(cfg["n_token"], cfg["n_layer"], cfg["n_head"], cfg["d_model"], cfg["d_head"], cfg["d_inner"],
+                     0.0, 0.0, tie_weight=True, d_embed=cfg["d_model"], div_val=1,
+                     tie_projs=[False] + [True] * len(cfg.get("cutoffs", [])), pre_lnorm=False,
+                     tgt_len=cfg["tgt_len"], ext_len=0, mem_len=m if kind == "txl" else 0,
+                     num_mem_tokens=m if kind == "rmt" else 0, mem_at_end=True, cutoffs=cfg.get("cutoffs", []),
+                     same_length=False, attn_type=0, clamp_len=-1, sample_softmax=-1).to(device)
+    state = {"mems": (), "mem": None}
+
+    def step(x, y, train):
+        x, y = x.t().contiguous(), y.t().contiguous()  # the original is time-major
+        if kind == "rmt":
+            mem = state["mem"] if state["mem"] is not None else model.mem_tokens.repeat(1, x.size(1), 1)
+            ret = model(x, y, *state["mems"], mem_tokens=mem)
+            state["mem"], loss, state["mems"] = ret[0].detach(), ret[1], tuple(ret[2:])
+        else:
+            ret = model(x, y, *state["mems"])
+            loss, state["mems"] = ret[0], tuple(ret[1:])
+        return loss.float().mean()
+
+    return model, step
+
+
+def _peer(cfg, kind, device):
+    from recurrent_memory_transformer_pytorch import RecurrentMemoryTransformer
+
+    model = RecurrentMemoryTransformer(num_tokens=cfg["n_token"], dim=cfg["d_model"], depth=cfg["n_layer"],
+                                       heads=cfg["n_head"], dim_head=cfg["d_head"], seq_len=cfg["tgt_len"],
+                                       num_memory_tokens=cfg["mem"], use_xl_memories=False).to(device)
+    state = {"mem": None}
+
+    def step(x, y, train):
+        logits, mem, _ = model(x, state["mem"])
+        state["mem"] = mem.detach()
+        return torch.nn.functional.cross_entropy(logits.transpose(1, 2), y)
+
+    return model, step
+
+
+def measure_throughput(spec: dict) -> dict:
+    """Child process: build one implementation, time training and evaluation steps."""
+    torch.manual_seed(0)
+    device = torch.device(spec["device"])
+    cfg, kind, impl = CONFIGS[spec["config"]] | spec.get("override", {}), spec["kind"], spec["impl"]
+    if impl == "ours":
+        model, step = _ours(cfg, kind, device)
+    elif impl == "original":
+        model, step = _original(cfg, kind, device, spec["original"])
+    else:
+        model, step = _peer(cfg, kind, device)
+    rss0 = _rss_mb()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    b, t = cfg["batch"], cfg["tgt_len"]
+    data = torch.randint(0, cfg["n_token"], (spec["warmup"] + spec["steps"] + 1, b, t + 1), device=device)
+
+    def run(n, offset, train):
+        for i in range(n):
+            x, y = data[offset + i, :, :-1], data[offset + i, :, 1:]
+            if train:
+                loss = step(x, y, True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            else:
+                step(x, y, False)
+
+    model.train()
+    run(spec["warmup"], 0, True)
+    _sync(device)
+    t0 = time.perf_counter()
+    run(spec["steps"], spec["warmup"], True)
+    _sync(device)
+    train_s = time.perf_counter() - t0
+    model.eval()
+    with torch.no_grad():
+        run(spec["warmup"], 0, False)
+        _sync(device)
+        t0 = time.perf_counter()
+        run(spec["steps"], spec["warmup"], False)
+        _sync(device)
+        eval_s = time.perf_counter() - t0
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"train_tok_s": spec["steps"] * b * t / train_s, "eval_tok_s": spec["steps"] * b * t / eval_s,
+            "peak_mem_mb": _peak_mb(device, rss0), "n_params": n_params}
+
+
+def measure_bptt(spec: dict) -> dict:
+    """Child process: one training step of BPTT over S segments; peak memory and time."""
+    from .memory import MemoryState, run_segments
+    from .model import MemTransformerLM
+
+    torch.manual_seed(0)
+    device = torch.device(spec["device"])
+    cfg = CONFIGS[spec["config"]]
+    model = MemTransformerLM(cfg["n_token"], cfg["n_layer"], cfg["n_head"], cfg["d_model"], cfg["d_head"],
+                             cfg["d_inner"], tgt_len=cfg["tgt_len"], mem_len=spec.get("mem_len", 0),
+                             num_mem_tokens=cfg["mem"]).to(device)
+    b, t, s = cfg["batch"], cfg["tgt_len"], spec["segments"]
+    data = torch.randint(0, cfg["n_token"], (b, s * t + 1), device=device)
+    xs, ys = list(data[:, :-1].split(t, 1)), list(data[:, 1:].split(t, 1))
+    rss0 = _rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    nlls, _ = run_segments(model, xs, ys, MemoryState(), None, recompute=spec["recompute"])
+    torch.stack([n.mean() for n in nlls]).mean().backward()
+    _sync(device)
+    return {"time_s": time.perf_counter() - t0, "peak_mem_mb": _peak_mb(device, rss0)}
+
+
+def measure_stream(spec: dict) -> dict:
+    """Child process: evaluate a stream of N tokens segment by segment, state carried."""
+    from .memory import MemoryState
+    from .model import MemTransformerLM
+
+    torch.manual_seed(0)
+    device = torch.device(spec["device"])
+    cfg = CONFIGS[spec["config"]]
+    model = MemTransformerLM(cfg["n_token"], cfg["n_layer"], cfg["n_head"], cfg["d_model"], cfg["d_head"],
+                             cfg["d_inner"], tgt_len=cfg["tgt_len"], mem_len=cfg["mem"],
+                             num_mem_tokens=cfg["mem"]).to(device).eval()
+    b, t = spec["batch"], cfg["tgt_len"]
+    n_seg = spec["tokens"] // (b * t)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    rss0 = _rss_mb()
+    state, total, t0 = MemoryState(), 0.0, time.perf_counter()
+    with torch.no_grad():
+        for _ in range(n_seg):  # tokens are drawn on the fly: the stream itself is never held
+            seg = torch.randint(0, cfg["n_token"], (b, t + 1), generator=g).to(device)
+            nll, state = model(seg[:, :-1], seg[:, 1:], state)
+            total += nll.sum().item()
+    _sync(device)
+    elapsed = time.perf_counter() - t0
+    tokens = n_seg * b * t
+    return {"tokens": tokens, "time_s": elapsed, "us_per_token": elapsed / tokens * 1e6,
+            "peak_mem_mb": _peak_mb(device, rss0), "mean_nll": total / tokens}
+
+
+def matmul_gflops(device: torch.device, n: int = 1024, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def _child(kind: str, spec: dict) -> dict:
+    """Run one measurement in a fresh interpreter; returns its JSON result (or an error)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "pytorch")}
+    cmd = [sys.executable, "-m", "rmt.benchmark", "_child", kind, json.dumps(spec)]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if run.returncode != 0:
+        last = (run.stderr.strip().splitlines() or ["failed"])[-1]
+        return {"error": last}
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _append(rows: list[dict], path: pathlib.Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = sorted({k for r in rows for k in r})
+    new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        with open(path) as f:
+            fields = next(csv.reader(f))
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_child"]:
+        fn = {"throughput": measure_throughput, "bptt": measure_bptt, "stream": measure_stream}[argv[1]]
+        print(json.dumps(fn(json.loads(argv[2]))))
+        return 0
+    p = argparse.ArgumentParser(prog="python -m rmt.benchmark", description=__doc__.split("\n\n")[0])
+    p.add_argument("mode", choices=["throughput", "bptt", "stream"])
+    p.add_argument("--configs", nargs="+", default=["copy"], choices=sorted(CONFIGS))
+    p.add_argument("--kinds", nargs="+", default=["baseline", "txl", "rmt"], choices=["baseline", "txl", "rmt"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--steps", type=int, default=20, help="timed steps (after as many warm-up steps as --warmup)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--batch", type=int, default=None, help="override the config's batch size")
+    p.add_argument("--original", default=None, help="path to a checkout of the original LM-RMT code")
+    p.add_argument("--peer", action="store_true", help="also time recurrent-memory-transformer-pytorch (rmt only)")
+    p.add_argument("--segments", type=int, nargs="+", default=[1, 8, 64], help="bptt: segments per step")
+    p.add_argument("--tokens", type=int, nargs="+", default=[8192, 1 << 20], help="stream: tokens to evaluate")
+    p.add_argument("--csv", default=None, help="default: experiments/benchmarks/<mode>.csv")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    meta = run_metadata(str(device) if device.type == "cpu" else torch.cuda.get_device_name(device))
+    meta["device"] += f" ({os.cpu_count()} cores)" if device.type == "cpu" else ""
+    gflops = matmul_gflops(device)
+    print(f"device {meta['device']}, torch {meta['torch_version']}, fp32 matmul {gflops:.1f} GFLOP/s")
+    override = {"batch": args.batch} if args.batch else {}
+    rows = []
+    for config in args.configs:
+        if args.mode == "throughput":
+            for kind in args.kinds:
+                impls = ["ours"] + (["original"] if args.original else []) + (["peer"] if args.peer and kind == "rmt" else [])
+                res = {}
+                for impl in impls:
+                    spec = dict(config=config, kind=kind, impl=impl, device=args.device, steps=args.steps,
+                                warmup=args.warmup, original=args.original, override=override)
+                    res[impl] = _child("throughput", spec)
+                    row = {**meta, "mode": "throughput", "config": config, "kind": kind, "impl": impl,
+                           "batch": args.batch or CONFIGS[config]["batch"], "tgt_len": CONFIGS[config]["tgt_len"],
+                           "steps": args.steps, "matmul_gflops": round(gflops, 1), **res[impl]}
+                    if impl != "ours" and "error" not in res[impl] and "error" not in res["ours"]:
+                        row["ours_train_speedup"] = res["ours"]["train_tok_s"] / res[impl]["train_tok_s"]
+                        row["ours_eval_speedup"] = res["ours"]["eval_tok_s"] / res[impl]["eval_tok_s"]
+                    rows.append(row)
+                    print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()
+                                      if k in ("config", "kind", "impl", "train_tok_s", "eval_tok_s", "peak_mem_mb",
+                                               "ours_train_speedup", "ours_eval_speedup", "error")}))
+        elif args.mode == "bptt":
+            for recompute in (False, True):
+                for s in args.segments:
+                    res = _child("bptt", dict(config=config, segments=s, recompute=recompute, device=args.device))
+                    rows.append({**meta, "mode": "bptt", "config": config, "segments": s, "recompute": recompute,
+                                 **res})
+                    print(json.dumps(rows[-1] | {"command": None}))
+        else:
+            for n in args.tokens:
+                res = _child("stream", dict(config=config, tokens=n, batch=args.batch or 8, device=args.device))
+                rows.append({**meta, "mode": "stream", "config": config, **res})
+                print(json.dumps(rows[-1] | {"command": None}))
+    out = pathlib.Path(args.csv) if args.csv else CSV_DIR / f"{args.mode}.csv"
+    _append(rows, out)
+    print(f"{len(rows)} rows appended to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

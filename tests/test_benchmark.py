@@ -1,0 +1,32 @@
+"""The benchmark command measures and records (no timing is asserted): python -m pytest tests/test_benchmark.py"""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pandas as pd
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "pytorch"), "OMP_NUM_THREADS": "1"}
+
+
+def bench(tmp_path, mode, *args):
+    csv = tmp_path / f"{mode}.csv"
+    run = subprocess.run([sys.executable, "-m", "rmt.benchmark", mode, *args, "--configs", "tiny", "--csv", str(csv)],
+                         cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return pd.read_csv(csv)
+
+
+def test_throughput_rows(tmp_path):
+    rows = bench(tmp_path, "throughput", "--steps", "2", "--warmup", "1")
+    assert list(rows.kind) == ["baseline", "txl", "rmt"] and set(rows.impl) == {"ours"}
+    assert (rows.train_tok_s > 0).all() and (rows.eval_tok_s > 0).all()
+    assert rows.device.str.startswith("cpu").all() and rows.torch_version.notna().all()
+
+
+def test_bptt_and_stream_rows(tmp_path):
+    rows = bench(tmp_path, "bptt", "--segments", "1", "4")
+    assert len(rows) == 4 and set(rows.recompute) == {True, False} and (rows.time_s > 0).all()
+    rows = bench(tmp_path, "stream", "--tokens", "512", "2048", "--batch", "2")
+    assert list(rows.tokens) == [512, 2048] and (rows.us_per_token > 0).all()
