@@ -343,3 +343,26 @@ def test_recomputed_segments_give_the_same_gradients(mem_len, depth):
     assert torch.allclose(s0.mem, s1.mem)
     if mem_len:
         assert all(torch.equal(a, b) for a, b in zip(s0.xl, s1.xl))
+
+
+# ---- fused attention --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw", [dict(num_mem_tokens=3), dict(num_mem_tokens=2, mem_len=5, read_mem_from_cache=True),
+                                dict(mem_len=4, same_length=True, num_mem_tokens=2), dict(pre_lnorm=True, mem_len=3),
+                                dict(num_mem_tokens=2, mem_at_end=False, clamp_len=3)])
+def test_fused_attention_equals_eager_outputs_and_gradients(kw):
+    eager = make(**kw)
+    fused = MemTransformerLM(**{**SMALL, **kw, "attn_impl": "fused"}).eval()
+    fused.load_state_dict(eager.state_dict())
+    xs, ys = segments(3)
+    results = []
+    for model in (eager, fused):
+        nlls, state = run_segments(model, xs, ys, depth=None)
+        loss = sum(n.mean() for n in nlls)
+        results.append((torch.stack(nlls), state, grads(model, loss)))
+    (n0, s0, g0), (n1, s1, g1) = results
+    assert torch.allclose(n0, n1, atol=1e-5)
+    if s0.mem is not None:
+        assert torch.allclose(s0.mem, s1.mem, atol=1e-5)
+    for name in g0:
+        assert torch.allclose(g0[name], g1[name], atol=1e-5), name

@@ -18,10 +18,11 @@ def test_golden_files_present():
     assert {p.stem for p in GOLDEN} == {"base", "txl", "rmt", "adaptive"}
 
 
+@pytest.mark.parametrize("attn_impl", ["eager", "fused"])
 @pytest.mark.parametrize("path", GOLDEN, ids=lambda p: p.stem)
-def test_matches_original(path):
+def test_matches_original(path, attn_impl):
     golden = torch.load(path, weights_only=True)
-    errors = check_golden(golden)
+    errors = check_golden(golden, attn_impl)
     assert len(errors) == golden["config"]["n_segments"]
     expected = {"nll"} | ({"mem_write"} if golden["config"]["num_mem_tokens"] else set()) \
         | ({"mems"} if golden["config"]["mem_len"] else set())

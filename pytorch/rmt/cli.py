@@ -43,6 +43,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="memory tokens may attend to the Transformer-XL cache")
     g.add_argument("--mem_init", choices=["distinct", "identical"], default="distinct",
                    help="initial memory rows: distinct N(0,1) rows, or the original's identical rows")
+    g.add_argument("--attn_impl", choices=["eager", "fused"], default="eager",
+                   help="fused: scaled_dot_product_attention, relative positions and memory mask as one bias")
     g.add_argument("--mem_backprop_depth", type=int, default=0,
                    help="segments of memory the gradient flows through (see the driver's help)")
     g.add_argument("--recompute_segments", action="store_true",
@@ -131,6 +133,7 @@ def model_config(args: argparse.Namespace, n_token: int, cutoffs=(), tie_projs=(
         tgt_len=args.tgt_len, ext_len=args.ext_len, mem_len=args.mem_len, num_mem_tokens=args.num_mem_tokens,
         read_mem_from_cache=args.read_mem_from_cache, mem_at_end=args.mem_at_end, cutoffs=list(cutoffs),
         same_length=args.same_length, attn_type=args.attn_type, clamp_len=args.clamp_len, mem_init=args.mem_init,
+        attn_impl=args.attn_impl,
     )
 
 

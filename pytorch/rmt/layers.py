@@ -59,9 +59,11 @@ def _masked_softmax(score: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class _Attention(nn.Module):
     """What both attention types share: output projection, dropouts, residual and LayerNorm."""
 
-    def __init__(self, n_head: int, d_model: int, d_head: int, dropout: float, dropatt: float, pre_lnorm: bool):
+    def __init__(self, n_head: int, d_model: int, d_head: int, dropout: float, dropatt: float, pre_lnorm: bool,
+                 fused: bool = False):
         super().__init__()
         self.n_head, self.d_head = n_head, d_head
+        self.fused = fused  # scaled_dot_product_attention with the position term and mask as one bias
         self.o_net = nn.Linear(n_head * d_head, d_model, bias=False)
         self.layer_norm = nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
@@ -73,6 +75,16 @@ class _Attention(nn.Module):
         """score (B, H, Q, K) before scaling, v (B, K, H, D) -> the block's output (B, Q, C)."""
         prob = self.dropatt(_masked_softmax(score * self.scale, mask))
         vec = torch.einsum("bhqk,bkhd->bqhd", prob, v).reshape(h.size(0), h.size(1), -1)  # (B, Q, H*D)
+        return self._output(h, vec)
+
+    def _attend_fused(self, h, q, k, v, bias, mask):
+        """q (B, Q, H, D), k and v (B, K, H, D); bias (B, H, Q, K) added to q.k before scaling."""
+        bias = (bias.float() * self.scale).masked_fill(mask, float("-inf")).to(q.dtype)
+        vec = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=bias,
+                                             dropout_p=self.dropatt.p if self.training else 0.0, scale=self.scale)
+        return self._output(h, vec.transpose(1, 2).reshape(h.size(0), h.size(1), -1))
+
+    def _output(self, h, vec):
         out = self.drop(self.o_net(vec))
         return h + out if self.pre_lnorm else self.layer_norm(h + out)
 
@@ -80,8 +92,9 @@ class _Attention(nn.Module):
 class RelPartialLearnableAttention(_Attention):
     """attn_type 0: Transformer-XL relative attention with global content/position biases."""
 
-    def __init__(self, n_head: int, d_model: int, d_head: int, dropout: float, dropatt: float, pre_lnorm: bool):
-        super().__init__(n_head, d_model, d_head, dropout, dropatt, pre_lnorm)
+    def __init__(self, n_head: int, d_model: int, d_head: int, dropout: float, dropatt: float, pre_lnorm: bool,
+                 fused: bool = False):
+        super().__init__(n_head, d_model, d_head, dropout, dropatt, pre_lnorm, fused)
         self.qkv_net = nn.Linear(d_model, 3 * n_head * d_head, bias=False)
         self.r_net = nn.Linear(d_model, n_head * d_head, bias=False)
 
@@ -94,8 +107,10 @@ class RelPartialLearnableAttention(_Attention):
         q, k, v = heads.view(b, k_len, 3, self.n_head, self.d_head).unbind(2)  # (B, K, H, D) each
         q = q[:, -q_len:]  # (B, Q, H, D)
         r_k = self.r_net(r).view(k_len, self.n_head, self.d_head)  # (K, H, D)
-        ac = torch.einsum("bqhd,bkhd->bhqk", q + r_w_bias, k)  # content terms (a) + (c)
         bd = rel_shift(torch.einsum("bqhd,khd->bhqk", q + r_r_bias, r_k))  # position terms (b) + (d)
+        if self.fused:
+            return self._attend_fused(h, q + r_w_bias, k, v, bd, mask)
+        ac = torch.einsum("bqhd,bkhd->bhqk", q + r_w_bias, k)  # content terms (a) + (c)
         return self._attend(h, ac + bd, mask, v)
 
 

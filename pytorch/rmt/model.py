@@ -66,9 +66,14 @@ class MemTransformerLM(nn.Module):
         self.config = cfg
         self.word_emb = AdaptiveEmbedding(n_token, cfg.d_embed, d_model, cfg.cutoffs, cfg.div_val)
         self.drop = nn.Dropout(dropout)
-        attn_cls = RelPartialLearnableAttention if cfg.attn_type == 0 else AbsoluteAttention
+        def attention():
+            if cfg.attn_type == 0:
+                return RelPartialLearnableAttention(n_head, d_model, d_head, dropout, dropatt, cfg.pre_lnorm,
+                                                    fused=cfg.attn_impl == "fused")
+            return AbsoluteAttention(n_head, d_model, d_head, dropout, dropatt, cfg.pre_lnorm)
+
         self.layers = nn.ModuleList(
-            DecoderLayer(attn_cls(n_head, d_model, d_head, dropout, dropatt, cfg.pre_lnorm),
+            DecoderLayer(attention(),
                          PositionwiseFF(d_model, d_inner, dropout, cfg.pre_lnorm))
             for _ in range(n_layer)
         )

@@ -23,9 +23,9 @@ def _batch_first(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(0, 1)
 
 
-def check_golden(golden: dict) -> list[dict[str, float]]:
+def check_golden(golden: dict, attn_impl: str = "eager") -> list[dict[str, float]]:
     """Run a golden file's segments through our model; per segment, max abs error per output."""
-    model = load_original_model(golden["state_dict"], golden["config"]).eval()
+    model = load_original_model(golden["state_dict"], {**golden["config"], "attn_impl": attn_impl}).eval()
     state = MemoryState()
     errors = []
     with torch.no_grad():
@@ -46,12 +46,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rmt.parity", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", metavar="FILE")
     parser.add_argument("--tol", type=float, default=1e-4, help="largest acceptable max abs error (default 1e-4)")
+    parser.add_argument("--attn_impl", choices=["eager", "fused"], default="eager", help="attention implementation")
     args = parser.parse_args(argv)
     worst_overall, status = 0.0, 0
     for path in args.files:
         try:
             golden = load_file(path)
-            errors = check_golden(golden)
+            errors = check_golden(golden, args.attn_impl)
         except (CheckpointError, KeyError, ValueError) as e:
             print(f"{path}: cannot check: {e}", file=sys.stderr)
             status = 2
