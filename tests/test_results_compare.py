@@ -174,3 +174,17 @@ def test_compare_sh_from_other_cwd(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "No runs found" in out.stdout and "| wt103 | 150 |" in out.stdout
     assert (tmp_path / "report.md").read_text().startswith("# Paper vs ours")
+
+
+def test_resized_task_matches_by_segments_and_largest_paper_memory(tmp_path):
+    # A CPU-preset copy (L=8, 24 tokens) at 6 segments stands for the paper's 6-segment row with
+    # the largest memory (M=12), not for the M=6 row, and never for another segment count.
+    append_result(tmp_path / "synthetic.csv", {
+        "run_id": "small", "scale": "cpu-preset", "device": "cpu", "task": "copy-seq_len8", "tgt_len": 4,
+        "n_segments": 6, "num_mem_tokens": 4, "mem_len": 0, "mem_at_end": True, "split": "test",
+        "metric_name": "acc_greedy", "metric_value": 0.9, "acc_greedy": 0.9})
+    pairs, only = compare.match(compare.load_paper(PAPER), compare.load_ours(tmp_path, "test")[0])
+    hit = pairs[pairs["n"] > 0]
+    assert len(hit) == 1 and len(only) == 0
+    row = hit.iloc[0]
+    assert (row["task"], row["model_kind"], row["n_segments"], row["num_mem_tokens"]) == ("copy", "rmt", 6, 12)

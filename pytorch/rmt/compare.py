@@ -75,6 +75,9 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
     df["scale"] = df["scale"].fillna("unknown").astype(str)
     df["device"] = df["device"].fillna("").astype(str)
     df["task"] = df["task"].astype(str)
+    # "copy-seq_len8" is the copy task at another size (a CPU preset): matched by segments only.
+    df["task_base"] = df["task"].str.split("-").str[0]
+    df["resized"] = df["task"] != df["task_base"]
     return df
 
 
@@ -106,13 +109,24 @@ def match(paper: pd.DataFrame, ours: pd.DataFrame) -> tuple[pd.DataFrame, pd.Dat
     """
     records, used = [], set()
     for i, p in paper.iterrows():
-        m = ours[(ours["task"] == p["task"]) & (ours["model_kind"] == p["model_kind"])] if len(ours) else ours
+        m = ours[(ours["task_base"] == p["task"]) & (ours["model_kind"] == p["model_kind"])] if len(ours) else ours
+        exact, resized = (m[~m["resized"]], m[m["resized"]]) if len(m) else (m, m)
         for col in ("mem_len", "num_mem_tokens", "mem_backprop_depth"):
-            if len(m) and pd.notna(p[col]):
-                m = m[m[col] == p[col]]
+            if len(exact) and pd.notna(p[col]):
+                exact = exact[exact[col] == p[col]]
+        if len(exact):
+            same_len = (exact["tgt_len"] == p["tgt_len"]) | \
+                (exact["tgt_len"].isna() & (exact["n_segments"] == p["n_segments"]))
+            exact = exact[same_len]
+        # A resized task (CPU preset) stands for the paper row with the same number of segments and
+        # the largest memory the paper used there.
+        largest = paper[(paper["task"] == p["task"]) & (paper["model_kind"] == p["model_kind"])
+                        & (paper["n_segments"] == p["n_segments"])]
+        mem_col = "mem_len" if p["model_kind"] == "txl" else "num_mem_tokens"
+        is_largest = pd.isna(p[mem_col]) or p[mem_col] == largest[mem_col].max()
+        resized = resized[resized["n_segments"] == p["n_segments"]] if len(resized) and is_largest else resized.iloc[:0]
+        m = pd.concat([exact, resized])
         if len(m):
-            same_len = (m["tgt_len"] == p["tgt_len"]) | (m["tgt_len"].isna() & (m["n_segments"] == p["n_segments"]))
-            m = m[same_len]
             vals = _values(m, p["our_col"], p["metric"]) if len(m) else pd.Series(dtype=float)
             m = m.assign(_v=vals)[vals.notna()]
         groups = list(m.groupby(["scale", "device"], sort=True)) if len(m) else []

@@ -1,0 +1,1 @@
+"""Language-model corpora: vocabularies, cached encoded splits, ordered stream iterators."""
