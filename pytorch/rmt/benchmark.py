@@ -56,14 +56,14 @@ def _sync(device):
 
 # ---- the three implementations, each as (build, train_step, eval_step) ---------------------------
 
-def _ours(cfg, kind, device):
+def _ours(cfg, kind, device, attn_impl="eager"):
     from .memory import MemoryState
     from .model import MemTransformerLM, init_weights
 
     model = MemTransformerLM(cfg["n_token"], cfg["n_layer"], cfg["n_head"], cfg["d_model"], cfg["d_head"],
                              cfg["d_inner"], tgt_len=cfg["tgt_len"], cutoffs=cfg.get("cutoffs", []),
                              mem_len=cfg["mem"] if kind == "txl" else 0,
-                             num_mem_tokens=cfg["mem"] if kind == "rmt" else 0).to(device)
+                             num_mem_tokens=cfg["mem"] if kind == "rmt" else 0, attn_impl=attn_impl).to(device)
     init_weights(model)
     state = {"s": MemoryState()}
 
@@ -126,8 +126,8 @@ def measure_throughput(spec: dict) -> dict:
     torch.manual_seed(0)
     device = torch.device(spec["device"])
     cfg, kind, impl = CONFIGS[spec["config"]] | spec.get("override", {}), spec["kind"], spec["impl"]
-    if impl == "ours":
-        model, step = _ours(cfg, kind, device)
+    if impl.startswith("ours"):
+        model, step = _ours(cfg, kind, device, "fused" if impl == "ours-fused" else "eager")
     elif impl == "original":
         model, step = _original(cfg, kind, device, spec["original"])
     else:
@@ -172,7 +172,7 @@ def measure_throughput(spec: dict) -> dict:
 def measure_bptt(spec: dict) -> dict:
     """Child process: one training step of BPTT over S segments; peak memory and time."""
     from .memory import MemoryState, run_segments
-    from .model import MemTransformerLM
+    from .model import MemTransformerLM, init_weights
 
     torch.manual_seed(0)
     device = torch.device(spec["device"])
@@ -180,6 +180,7 @@ def measure_bptt(spec: dict) -> dict:
     model = MemTransformerLM(cfg["n_token"], cfg["n_layer"], cfg["n_head"], cfg["d_model"], cfg["d_head"],
                              cfg["d_inner"], tgt_len=cfg["tgt_len"], mem_len=spec.get("mem_len", 0),
                              num_mem_tokens=cfg["mem"]).to(device)
+    init_weights(model)
     b, t, s = cfg["batch"], cfg["tgt_len"], spec["segments"]
     data = torch.randint(0, cfg["n_token"], (b, s * t + 1), device=device)
     xs, ys = list(data[:, :-1].split(t, 1)), list(data[:, 1:].split(t, 1))
@@ -196,7 +197,7 @@ def measure_bptt(spec: dict) -> dict:
 def measure_stream(spec: dict) -> dict:
     """Child process: evaluate a stream of N tokens segment by segment, state carried."""
     from .memory import MemoryState
-    from .model import MemTransformerLM
+    from .model import MemTransformerLM, init_weights
 
     torch.manual_seed(0)
     device = torch.device(spec["device"])
@@ -204,6 +205,7 @@ def measure_stream(spec: dict) -> dict:
     model = MemTransformerLM(cfg["n_token"], cfg["n_layer"], cfg["n_head"], cfg["d_model"], cfg["d_head"],
                              cfg["d_inner"], tgt_len=cfg["tgt_len"], mem_len=cfg["mem"],
                              num_mem_tokens=cfg["mem"]).to(device).eval()
+    init_weights(model)
     b, t = spec["batch"], cfg["tgt_len"]
     n_seg = spec["tokens"] // (b * t)
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -234,7 +236,10 @@ def matmul_gflops(device: torch.device, n: int = 1024, reps: int = 10) -> float:
 
 def _child(kind: str, spec: dict) -> dict:
     """Run one measurement in a fresh interpreter; returns its JSON result (or an error)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "pytorch")}
+    # Large blocks through mmap: freed memory goes back to the OS, so the peak resident set
+    # tracks live tensors instead of what glibc's heap kept after earlier frees.
+    env = {**os.environ, "PYTHONPATH": str(REPO / "pytorch"), "MALLOC_MMAP_THRESHOLD_": "65536",
+           "MALLOC_TRIM_THRESHOLD_": "65536"}
     cmd = [sys.executable, "-m", "rmt.benchmark", "_child", kind, json.dumps(spec)]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if run.returncode != 0:
@@ -272,6 +277,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batch", type=int, default=None, help="override the config's batch size")
     p.add_argument("--original", default=None, help="path to a checkout of the original LM-RMT code")
+    p.add_argument("--fused", action="store_true", help="also time our fused-attention path (--attn_impl fused)")
     p.add_argument("--peer", action="store_true", help="also time recurrent-memory-transformer-pytorch (rmt only)")
     p.add_argument("--segments", type=int, nargs="+", default=[1, 8, 64], help="bptt: segments per step")
     p.add_argument("--tokens", type=int, nargs="+", default=[8192, 1 << 20], help="stream: tokens to evaluate")
@@ -287,7 +293,8 @@ def main(argv=None) -> int:
     for config in args.configs:
         if args.mode == "throughput":
             for kind in args.kinds:
-                impls = ["ours"] + (["original"] if args.original else []) + (["peer"] if args.peer and kind == "rmt" else [])
+                impls = ["ours"] + (["ours-fused"] if args.fused else []) + (["original"] if args.original else []) \
+                    + (["peer"] if args.peer and kind == "rmt" else [])
                 res = {}
                 for impl in impls:
                     spec = dict(config=config, kind=kind, impl=impl, device=args.device, steps=args.steps,
@@ -296,7 +303,7 @@ def main(argv=None) -> int:
                     row = {**meta, "mode": "throughput", "config": config, "kind": kind, "impl": impl,
                            "batch": args.batch or CONFIGS[config]["batch"], "tgt_len": CONFIGS[config]["tgt_len"],
                            "steps": args.steps, "matmul_gflops": round(gflops, 1), **res[impl]}
-                    if impl != "ours" and "error" not in res[impl] and "error" not in res["ours"]:
+                    if not impl.startswith("ours") and "error" not in res[impl] and "error" not in res["ours"]:
                         row["ours_train_speedup"] = res["ours"]["train_tok_s"] / res[impl]["train_tok_s"]
                         row["ours_eval_speedup"] = res["ours"]["eval_tok_s"] / res[impl]["eval_tok_s"]
                     rows.append(row)

@@ -169,8 +169,10 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def render(pairs: pd.DataFrame, only: pd.DataFrame, results_dir: str, n_ours: int, dropped: int) -> str:
-    """The whole report as Markdown: one table per paper table, then our unmatched rows."""
+def render(pairs: pd.DataFrame, only: pd.DataFrame, results_dir: str, n_ours: int, dropped: int,
+           matched_only: bool = False) -> str:
+    """The whole report as Markdown: one table per paper table, then our unmatched rows.
+    matched_only keeps just the paper rows we have runs for (the README's short form)."""
     out = ["# Paper vs ours", ""]
     if n_ours == 0:
         out += [f"No runs found in `{results_dir}`; showing the paper's tables only.", ""]
@@ -179,6 +181,9 @@ def render(pairs: pd.DataFrame, only: pd.DataFrame, results_dir: str, n_ours: in
     out += ["`[!]` = not paper scale (reduced hyper-parameters): a sanity check, not a reproduction.", ""]
     for name in PAPER_TABLES:
         t = pairs[pairs["table"] == name] if len(pairs) else pairs
+        n_all = t["paper_row"].nunique() if len(t) else 0
+        if matched_only and len(t):
+            t = t[t["n"] > 0]
         if not len(t):
             continue
         lm = name == "lm"
@@ -196,7 +201,7 @@ def render(pairs: pd.DataFrame, only: pd.DataFrame, results_dir: str, n_ours: in
                          "—" if pd.isna(r["n_runs"]) else str(int(r["n_runs"])), _ours(r["mean"], r["std"], r["n"]),
                          "—" if pd.isna(diff) else f"{diff:+.4f}", r["device"] or "—",
                          SCALE_LABEL.get(r["scale"], f"{r['scale']} [!]") if r["scale"] else "—"])
-        n_hit, n_all = t.loc[t["n"] > 0, "paper_row"].nunique(), t["paper_row"].nunique()
+        n_hit = t.loc[t["n"] > 0, "paper_row"].nunique()
         out += [f"## {name} (experiments/paper/{name}.csv): {n_hit} of {n_all} paper rows matched",
                 "", _table(head, rows), ""]
     if len(only):
@@ -247,7 +252,7 @@ def make_plots(paper: pd.DataFrame, ours: pd.DataFrame, out_dir: str | pathlib.P
     for task in ("copy", "reverse", "retrieval"):
         p = paper[(paper["table"] == "synthetic") & (paper["task"] == task)].copy()
         answer = p["answer_size"].iloc[0]
-        o = ours[ours["task"] == task].copy()
+        o = ours[ours["task_base"] == task].copy()  # resized (CPU-preset) variants included
         o["n_segments"] = o["n_segments"].fillna(np.ceil(p["sample_len"].iloc[0] / o["tgt_len"]))
         greedy = _values(o, "acc_greedy", "acc_greedy").where(o["tgt_len"] <= answer)
         o["acc"] = greedy.fillna(_values(o, "acc_tf", "acc_tf")).fillna(_values(o, "acc", "acc"))
@@ -357,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}", file=sys.stderr)
     if readme:  # with --no-plots, link the plots already there
         plots = plots or sorted(pathlib.Path(args.plots).glob("*.png"))
-        readme.write_text(replace_section(readme_text, readme_markdown(text, plots, readme.parent)), encoding="utf-8")
+        short = render(pairs, only, _shown(args.results), len(ours), dropped, matched_only=True)
+        readme.write_text(replace_section(readme_text, readme_markdown(short, plots, readme.parent)), encoding="utf-8")
         print(f"updated {readme} between {README_BEGIN} and {README_END}", file=sys.stderr)
     return 0
 
