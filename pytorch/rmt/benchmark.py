@@ -149,21 +149,20 @@ def measure_throughput(spec: dict) -> dict:
             else:
                 step(x, y, False)
 
-    model.train()
-    run(spec["warmup"], 0, True)
-    _sync(device)
-    t0 = time.perf_counter()
-    run(spec["steps"], spec["warmup"], True)
-    _sync(device)
-    train_s = time.perf_counter() - t0
-    model.eval()
-    with torch.no_grad():
-        run(spec["warmup"], 0, False)
+    def timed(train: bool) -> float:
+        """Warm-up steps, then the timed steps (on the following batches); seconds."""
+        run(spec["warmup"], 0, train)
         _sync(device)
         t0 = time.perf_counter()
-        run(spec["steps"], spec["warmup"], False)
+        run(spec["steps"], spec["warmup"], train)
         _sync(device)
-        eval_s = time.perf_counter() - t0
+        return time.perf_counter() - t0
+
+    model.train()
+    train_s = timed(True)
+    model.eval()
+    with torch.no_grad():
+        eval_s = timed(False)
     n_params = sum(p.numel() for p in model.parameters())
     return {"train_tok_s": spec["steps"] * b * t / train_s, "eval_tok_s": spec["steps"] * b * t / eval_s,
             "peak_mem_mb": _peak_mb(device, rss0), "n_params": n_params}
