@@ -24,7 +24,10 @@ from rmt.results import RESULT_COLUMNS, model_kind, read_results
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PAPER_TABLES = ("lm", "synthetic", "long_synthetic", "sqeq")
-OUR_COLUMN = {"ppl": "ppl", "bpc": "bpc", "answer_acc": "exact_match"}  # acc -> acc_<acc_kind>
+# Our column for a paper metric (acc -> acc_<acc_kind>). The paper's sqeq answer_acc (final slot
+# right) is our metric_value of the rows named answer_acc, not exact_match (the whole solution).
+OUR_COLUMN = {"ppl": "ppl", "bpc": "bpc", "answer_acc": "answer_acc"}
+TASK_ALIASES = {"sqeq_cd": "sqeq"}  # our data set name -> the paper table's task
 SCALE_LABEL = {"paper": "paper scale", "cpu-preset": "CPU preset [!]", "smoke": "smoke [!]"}
 NUMERIC = ["tgt_len", "mem_len", "num_mem_tokens", "mem_backprop_depth", "n_segments", "metric_value",
            "ppl", "bpc", "acc_tf", "acc_greedy", "exact_match", "seed"]
@@ -76,8 +79,8 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
     df["device"] = df["device"].fillna("").astype(str)
     df["task"] = df["task"].astype(str)
     # "copy-seq_len8" is the copy task at another size (a CPU preset): matched by segments only.
-    df["task_base"] = df["task"].str.split("-").str[0]
-    df["resized"] = df["task"] != df["task_base"]
+    df["task_base"] = df["task"].str.split("-").str[0].replace(TASK_ALIASES)
+    df["resized"] = df["task"].str.contains("-")
     return df
 
 
