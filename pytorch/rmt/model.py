@@ -22,11 +22,11 @@ from .memory import MemoryState
 
 
 @functools.lru_cache(maxsize=64)
-def _attn_mask_cpu(n_tokens, num_mem, mlen, mem_at_end, read_mem_from_cache, same_length, mem_len):
+def _attn_mask(n_tokens, num_mem, mlen, mem_at_end, read_mem_from_cache, same_length, mem_len, device):
     n_write = num_mem if mem_at_end else 0
     q_len = num_mem + n_tokens + n_write
     k_len = mlen + q_len
-    ones = torch.ones(q_len, k_len, dtype=torch.bool)
+    ones = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
     mask = ones.triu(1 + mlen)  # causal: query i sees the cache and current keys <= i
     if same_length:
         # Transformer-XL same-length window: every query sees the same number of keys.
@@ -51,9 +51,9 @@ def build_attn_mask(n_tokens, num_mem, mlen, *, mem_at_end, read_mem_from_cache,
                     device=None) -> torch.Tensor:
     """Boolean (Q, K) mask, True = blocked. Read tokens never see the segment; tokens never see
     the write memory; write tokens see everything in the segment. Built once per shape."""
-    mask = _attn_mask_cpu(n_tokens, num_mem, mlen, bool(mem_at_end and num_mem), read_mem_from_cache,
-                          same_length, mem_len)
-    return mask if device is None else mask.to(device, non_blocking=True)
+    # Cached per shape and device: no host-to-device copy per segment. Callers must not modify it.
+    return _attn_mask(n_tokens, num_mem, mlen, bool(mem_at_end and num_mem), read_mem_from_cache, same_length,
+                      mem_len, torch.device(device) if device is not None else torch.device("cpu"))
 
 
 class MemTransformerLM(nn.Module):
