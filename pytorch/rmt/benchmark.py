@@ -26,8 +26,8 @@ import time
 import torch
 
 from .results import run_metadata
+from .runtime import REPO_ROOT as REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 CSV_DIR = REPO / "experiments" / "benchmarks"
 
 # Shapes of the paper's models. Memory size = the cache for txl, memory tokens for rmt.

@@ -94,7 +94,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scale", default="paper", help="label for the results row: paper, cpu-preset, smoke, ...")
     g.add_argument("--no_results", action="store_true", help="do not append a results row")
     # Accepted so that original command lines still run; they have no effect here.
-    for flag in ("--multi_gpu", "--debug", "--varlen_unused"):
+    for flag in ("--multi_gpu", "--debug"):
         g.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
     g.add_argument("--gpu0_bsz", type=int, default=-1, help=argparse.SUPPRESS)
     g.add_argument("--device_ids", type=int, nargs="*", default=None, help=argparse.SUPPRESS)

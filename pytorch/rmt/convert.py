@@ -16,7 +16,6 @@ import json
 import re
 import sys
 
-import torch
 
 from .checkpoint import CheckpointError, load_file, save_atomic
 from .config import ModelConfig
@@ -78,16 +77,11 @@ def to_original(state_dict: dict, d_model: int) -> dict:
     return out
 
 
-def original_config(config: dict) -> ModelConfig:
-    """ModelConfig from original constructor kwargs (extra keys such as batch_size are ignored)."""
-    return ModelConfig.from_dict(config)
-
-
 def load_original_model(state_dict: dict, config: dict):
     """Build our model holding the weights of an original-code state dict."""
     from .model import MemTransformerLM
 
-    model = MemTransformerLM.from_config(original_config(config))
+    model = MemTransformerLM.from_config(ModelConfig.from_dict(config))  # extra keys ignored
     missing, unexpected = model.load_state_dict(from_original(state_dict), strict=False)
     if missing or unexpected:
         raise ValueError(f"state dict does not match the config: missing {missing}, unexpected {unexpected}")

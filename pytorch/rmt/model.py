@@ -114,10 +114,6 @@ class MemTransformerLM(nn.Module):
 
     # ---- one segment ------------------------------------------------------------------------
 
-    def init_state(self) -> MemoryState:
-        """The state before the first segment: learned initial memory, empty cache."""
-        return MemoryState()
-
     def encode(self, x: torch.Tensor, state: MemoryState | None = None):
         """x (B, T) -> token hidden states (B, T, C) after the final dropout, and the new state."""
         cfg = self.config

@@ -94,8 +94,7 @@ class Carry:
 
     def load_state_dict(self, d: dict, rows: slice, device) -> None:
         def unpack(p: dict) -> MemoryState:
-            return MemoryState(None if p["mem"] is None else p["mem"].to(device),
-                               None if p["xl"] is None else tuple(t.to(device) for t in p["xl"])).select(rows)
+            return MemoryState(p["mem"], None if p["xl"] is None else tuple(p["xl"])).to(device).select(rows)
         self.state = unpack(d["state"])
         self.history = deque((Segment(h["x"][rows].to(device), h["y"][rows].to(device), unpack(h["state"]))
                               for h in d["history"]), maxlen=self.depth)

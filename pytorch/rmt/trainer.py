@@ -53,7 +53,6 @@ class Trainer:
         self.select_by = select_by  # "loss" (lower is better) or a metric name (higher is better)
         self.step = 0
         self.best = None
-        self.history: list[dict] = []
 
     # ---- checkpoints --------------------------------------------------------------------------
 
@@ -136,7 +135,6 @@ class Trainer:
                         self.best = metrics["loss"] if self.select_by == "loss" else metrics[self.select_by]
                         self.save(BEST, extra_state())
                     self.save(LAST, extra_state())
-                    self.history.append({"step": self.step, **metrics})
                     log.log(f"eval step {self.step} | " + " | ".join(f"valid {k} {v:.4f}" for k, v in metrics.items())
                             + (" | best" if improved else ""))
                     log.scalars(self.step, {f"valid/{k}": v for k, v in metrics.items()})
