@@ -19,10 +19,21 @@ def bench(tmp_path, mode, *args):
 
 
 def test_throughput_rows(tmp_path):
-    rows = bench(tmp_path, "throughput", "--steps", "2", "--warmup", "1")
-    assert list(rows.kind) == ["baseline", "txl", "rmt"] and set(rows.impl) == {"ours"}
+    rows = bench(tmp_path, "throughput", "--steps", "2", "--warmup", "1", "--variants", "eager", "fused")
+    assert list(rows.kind) == ["baseline", "baseline", "txl", "txl", "rmt", "rmt"]
+    assert set(rows.impl) == {"ours-eager", "ours-fused"}
     assert (rows.train_tok_s > 0).all() and (rows.eval_tok_s > 0).all()
     assert rows.device.str.startswith("cpu").all() and rows.torch_version.notna().all()
+    # Model FLOPs: memory tokens and the cache cost extra; mfu is achieved over measured matmul rate.
+    flops = rows.groupby("kind").flops_per_token.first()
+    assert flops["rmt"] > flops["baseline"] and flops["txl"] > flops["baseline"]
+    assert ((rows.mfu / (rows.train_tflops * 1e3 / rows.matmul_gflops) - 1).abs() < 1e-2).all()  # rate rounded
+
+
+def test_bad_variant_is_refused(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "rmt.benchmark", "throughput", "--variants", "eager+fp8"],
+                         cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "bad variant 'eager+fp8'" in run.stderr
 
 
 def test_bptt_and_stream_rows(tmp_path):

@@ -18,7 +18,7 @@ def test_golden_files_present():
     assert {p.stem for p in GOLDEN} == {"base", "txl", "rmt", "adaptive"}
 
 
-@pytest.mark.parametrize("attn_impl", ["eager", "fused"])
+@pytest.mark.parametrize("attn_impl", ["eager", "fused", "flex"])
 @pytest.mark.parametrize("path", GOLDEN, ids=lambda p: p.stem)
 def test_matches_original(path, attn_impl):
     golden = torch.load(path, weights_only=True)

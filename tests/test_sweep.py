@@ -90,7 +90,8 @@ def test_expand_names_flags_and_per_tgt_len_axes():
 
 
 @pytest.mark.parametrize("name, n_runs, memory_is_segment",
-                         [("copy_cpu", 27, True), ("reverse_cpu", 18, False), ("retrieval_cpu", 21, True)])
+                         [("copy_cpu", 27, True), ("reverse_cpu", 18, False), ("reverse_cpu_m4", 27, False),
+                          ("retrieval_cpu", 21, True)])
 def test_committed_grids(name, n_runs, memory_is_segment):
     s = sweep.load_grid(ROOT / "experiments" / "grids" / f"{name}.json")
     assert s.name == name and len(s.runs) == n_runs and s.env == {"RMT_PRESET": "cpu"}
@@ -116,6 +117,16 @@ def test_bad_grids_are_refused(tmp_path, fake_script, over, message):
 
 
 # --- running -------------------------------------------------------------------------------------
+
+def test_shards_split_a_grid_between_side_by_side_sweeps(tmp_path, fake_script):
+    grid = _grid(tmp_path, fake_script)
+    assert sweep.main([str(grid), "--shard", "1/2", "--log-dir", str(tmp_path / "logs")]) == 0
+    assert [c.split("--seed ")[1].split()[0] for c in _calls(tmp_path)] == ["1", "2"]  # runs 1 and 3 of 4
+    assert sweep.main([str(grid), "--shard", "0/2", "--log-dir", str(tmp_path / "logs")]) == 0
+    assert len(read_results(tmp_path / "results.csv")) == 4 and len(_calls(tmp_path)) == 4
+    with pytest.raises(SystemExit):
+        sweep.main([str(grid), "--shard", "2/2"])
+
 
 def test_sweep_skips_finished_runs_reports_failures_and_resumes(tmp_path, fake_script, capsys, monkeypatch):
     grid = _grid(tmp_path, fake_script)

@@ -166,11 +166,22 @@ def test_resume_after_hard_kill_is_bit_identical(tmp_path):
         assert torch.equal(a["model"][name], b["model"][name]), name
 
 
+def test_time_limit_stops_training_then_tests_and_records_the_steps_run(tmp_path):
+    run = run_driver(tmp_path, "--run_name", "timed", "--max_step", "1000000", "--max_time", "0.05")
+    assert "time limit of 0.05 min reached" in run.stdout + run.stderr
+    row = pd.read_csv(tmp_path / "res.csv").iloc[0]
+    assert 0 < row.max_step < 1000000 and row.split == "test"
+    ckpt = torch.load(tmp_path / "runs" / "timed" / "checkpoint_last.pt", weights_only=True)
+    assert ckpt["step"] == row.max_step  # validated and saved at the step where time ran out
+
+
 def test_bad_flags_and_missing_checkpoint_give_one_line(tmp_path):
     run = run_driver(tmp_path, "--tgt_len", "0", check=False)
     assert run.returncode == 2 and "--tgt_len must be positive" in run.stderr and "Traceback" not in run.stderr
     run = run_driver(tmp_path, "--eval_only", "--eval_checkpoint", str(tmp_path / "nope.pt"), check=False)
     assert run.returncode != 0 and "no checkpoint file" in run.stderr and "Traceback" not in run.stderr
+    run = run_driver(tmp_path, "--attn_impl", "flex", check=False)
+    assert run.returncode == 2 and "flex trains only on CUDA" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_script_runs_from_another_directory(tmp_path):

@@ -1,7 +1,8 @@
 """Benchmarks: throughput against the original code and the pip peer, long BPTT, long streams.
 
     PYTHONPATH=pytorch python -m rmt.benchmark throughput --configs copy enwik8 \\
-        [--original /path/to/LM-RMT] [--peer] [--kinds baseline txl rmt] [--steps 20]
+        [--original /path/to/LM-RMT] [--peer] [--kinds baseline txl rmt] [--steps 20] \\
+        [--variants eager fused flex+bf16+compile]
     PYTHONPATH=pytorch python -m rmt.benchmark bptt --segments 1 8 64      # peak memory, plain vs recomputed
     PYTHONPATH=pytorch python -m rmt.benchmark stream --tokens 8192 1048576  # constant-memory evaluation
 
@@ -10,6 +11,13 @@ allocated; CPU: peak resident set above the process's size after building the mo
 appended to experiments/benchmarks/<mode>.csv with device, torch version and commit.
 `--original` points at a checkout of the original LM-RMT code (nothing of it is copied here);
 `--peer` needs `pip install recurrent-memory-transformer-pytorch`.
+
+Our implementation runs once per `--variants` entry: an attention implementation (eager, fused,
+flex) optionally joined with `+bf16` (autocast) and `+compile` (torch.compile). The peers always
+run as they come (fp32, eager). Every throughput row carries the model FLOPs per token, the
+achieved training TFLOP/s and its fraction of the matrix-product rate measured in the same run
+(`mfu`, against the fp32 rate, or the bf16 rate for +bf16 variants), and, for our variants,
+the ratio to the original (`vs_original`) and to the pip peer (`vs_peer`).
 """
 from __future__ import annotations
 
@@ -18,6 +26,7 @@ import csv
 import json
 import os
 import pathlib
+import re
 import resource
 import subprocess
 import sys
@@ -25,6 +34,7 @@ import time
 
 import torch
 
+from .config import ATTN_IMPLS
 from .results import run_metadata
 from .runtime import REPO_ROOT as REPO
 
@@ -56,21 +66,33 @@ def _sync(device):
 
 # ---- the three implementations, each as (build, train_step, eval_step) ---------------------------
 
-def _ours(cfg, kind, device, attn_impl="eager"):
+def parse_variant(variant: str) -> dict:
+    """'flex+bf16+compile' -> {'attn_impl': 'flex', 'bf16': True, 'compile': True}."""
+    impl, *opts = variant.split("+")
+    if impl not in ATTN_IMPLS or not set(opts) <= {"bf16", "compile"}:
+        raise ValueError(f"bad variant {variant!r}: an attention implementation {ATTN_IMPLS}, then +bf16, +compile")
+    return {"attn_impl": impl, "bf16": "bf16" in opts, "compile": "compile" in opts}
+
+
+def _ours(cfg, kind, device, variant):
     from .memory import MemoryState
     from .model import MemTransformerLM, init_weights
 
+    opts = parse_variant(variant)
     model = MemTransformerLM(cfg["n_token"], cfg["n_layer"], cfg["n_head"], cfg["d_model"], cfg["d_head"],
                              cfg["d_inner"], tgt_len=cfg["tgt_len"], cutoffs=cfg.get("cutoffs", []),
                              mem_len=cfg["mem"] if kind == "txl" else 0,
-                             num_mem_tokens=cfg["mem"] if kind == "rmt" else 0, attn_impl=attn_impl).to(device)
+                             num_mem_tokens=cfg["mem"] if kind == "rmt" else 0,
+                             attn_impl=opts["attn_impl"]).to(device)
     init_weights(model)
+    run_model = torch.compile(model, dynamic=False) if opts["compile"] else model
     state = {"s": MemoryState()}
 
     def step(x, y, train):
-        nll, new = model(x, y, state["s"])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts["bf16"]):
+            nll, new = run_model(x, y, state["s"])
         state["s"] = new.detach()  # LM-style: memory carried along the stream, detached each step
-        return nll.mean()
+        return nll.float().mean()
 
     return model, step
 
@@ -127,7 +149,7 @@ def measure_throughput(spec: dict) -> dict:
     device = torch.device(spec["device"])
     cfg, kind, impl = CONFIGS[spec["config"]] | spec.get("override", {}), spec["kind"], spec["impl"]
     if impl.startswith("ours"):
-        model, step = _ours(cfg, kind, device, "fused" if impl == "ours-fused" else "eager")
+        model, step = _ours(cfg, kind, device, impl.removeprefix("ours-"))
     elif impl == "original":
         model, step = _original(cfg, kind, device, spec["original"])
     else:
@@ -222,8 +244,25 @@ def measure_stream(spec: dict) -> dict:
             "peak_mem_mb": _peak_mb(device, rss0), "mean_nll": total / tokens}
 
 
-def matmul_gflops(device: torch.device, n: int = 1024, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def train_flops_per_token(cfg: dict, kind: str) -> float:
+    """Model FLOPs of one training step per input token (forward + backward = 3x forward).
+
+    Counted: every matrix product. Linear layers over all Q = T + 2M positions (memory tokens
+    cost like tokens), the relative-position projection over the K keys, the three attention
+    products (content, position, values: Q x K x H*D each), and the output softmax over T.
+    Not counted: element-wise work, norms, the embedding lookup.
+    """
+    t, c, hd, n_layer = cfg["tgt_len"], cfg["d_model"], cfg["n_head"] * cfg["d_head"], cfg["n_layer"]
+    m = cfg["mem"] if kind == "rmt" else 0
+    q = t + 2 * m
+    k = q + (cfg["mem"] if kind == "txl" else 0)
+    per_layer = 2 * q * (3 * c * hd + hd * c + 2 * c * cfg["d_inner"]) + 2 * k * c * hd + 3 * 2 * q * k * hd
+    softmax = 2 * t * c * cfg["n_token"]
+    return 3 * (n_layer * per_layer + softmax) / t
+
+
+def matmul_gflops(device: torch.device, n: int = 1024, reps: int = 10, dtype=torch.float32) -> float:
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     _sync(device)
     t0 = time.perf_counter()
@@ -242,23 +281,28 @@ def _child(kind: str, spec: dict) -> dict:
     cmd = [sys.executable, "-m", "rmt.benchmark", "_child", kind, json.dumps(spec)]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if run.returncode != 0:
-        last = (run.stderr.strip().splitlines() or ["failed"])[-1]
-        return {"error": last}
+        lines = run.stderr.strip().splitlines() or ["failed"]
+        # The exception line, not the hints some libraries print after it.
+        errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception)\b", ln)]
+        return {"error": (errors or lines)[-1][:300]}
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def _append(rows: list[dict], path: pathlib.Path) -> None:
+    """Append rows; a column the file lacks widens its header (older rows get blanks there)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fields = sorted({k for r in rows for k in r})
-    new = not path.exists() or path.stat().st_size == 0
-    if not new:
-        with open(path) as f:
-            fields = next(csv.reader(f))
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    old, fields = [], []
+    if path.exists() and path.stat().st_size:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields, old = list(reader.fieldnames or []), list(reader)
+    fields += sorted({k for r in rows for k in r} - set(fields))
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(old + rows)
+    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -276,53 +320,75 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batch", type=int, default=None, help="override the config's batch size")
     p.add_argument("--original", default=None, help="path to a checkout of the original LM-RMT code")
-    p.add_argument("--fused", action="store_true", help="also time our fused-attention path (--attn_impl fused)")
+    p.add_argument("--variants", nargs="+", default=["eager"],
+                   help="our variants to time: eager|fused|flex, optionally +bf16 and/or +compile")
     p.add_argument("--peer", action="store_true", help="also time recurrent-memory-transformer-pytorch (rmt only)")
     p.add_argument("--segments", type=int, nargs="+", default=[1, 8, 64], help="bptt: segments per step")
     p.add_argument("--tokens", type=int, nargs="+", default=[8192, 1 << 20], help="stream: tokens to evaluate")
     p.add_argument("--csv", default=None, help="default: experiments/benchmarks/<mode>.csv")
     args = p.parse_args(argv)
+    for variant in args.variants:
+        try:
+            parse_variant(variant)
+        except ValueError as err:
+            p.error(str(err))
     device = torch.device(args.device)
     meta = run_metadata(str(device) if device.type == "cpu" else torch.cuda.get_device_name(device))
     meta["device"] += f" ({os.cpu_count()} cores)" if device.type == "cpu" else ""
-    gflops = matmul_gflops(device)
-    print(f"device {meta['device']}, torch {meta['torch_version']}, fp32 matmul {gflops:.1f} GFLOP/s")
+    n = 8192 if device.type == "cuda" else 1024
+    gflops = matmul_gflops(device, n)
+    bf16_gflops = matmul_gflops(device, n, dtype=torch.bfloat16) if device.type == "cuda" else None
+    print(f"device {meta['device']}, torch {meta['torch_version']}, fp32 matmul {gflops:.1f} GFLOP/s"
+          + (f", bf16 matmul {bf16_gflops:.1f} GFLOP/s" if bf16_gflops else ""))
     override = {"batch": args.batch} if args.batch else {}
+    out = pathlib.Path(args.csv) if args.csv else CSV_DIR / f"{args.mode}.csv"
     rows = []
     for config in args.configs:
         if args.mode == "throughput":
             for kind in args.kinds:
-                impls = ["ours"] + (["ours-fused"] if args.fused else []) + (["original"] if args.original else []) \
-                    + (["peer"] if args.peer and kind == "rmt" else [])
-                res = {}
+                ours = [f"ours-{v}" for v in args.variants]
+                impls = ours + (["original"] if args.original else []) + (["peer"] if args.peer and kind == "rmt" else [])
+                cfg = CONFIGS[config] | override
+                flops = train_flops_per_token(cfg, kind)
+                res, kind_rows = {}, []
                 for impl in impls:
                     spec = dict(config=config, kind=kind, impl=impl, device=args.device, steps=args.steps,
                                 warmup=args.warmup, original=args.original, override=override)
                     res[impl] = _child("throughput", spec)
                     row = {**meta, "mode": "throughput", "config": config, "kind": kind, "impl": impl,
-                           "batch": args.batch or CONFIGS[config]["batch"], "tgt_len": CONFIGS[config]["tgt_len"],
-                           "steps": args.steps, "matmul_gflops": round(gflops, 1), **res[impl]}
-                    if not impl.startswith("ours") and "error" not in res[impl] and "error" not in res["ours"]:
-                        row["ours_train_speedup"] = res["ours"]["train_tok_s"] / res[impl]["train_tok_s"]
-                        row["ours_eval_speedup"] = res["ours"]["eval_tok_s"] / res[impl]["eval_tok_s"]
+                           "batch": cfg["batch"], "tgt_len": cfg["tgt_len"], "steps": args.steps,
+                           "matmul_gflops": round(gflops, 1), "flops_per_token": flops, **res[impl]}
+                    if "error" not in res[impl]:
+                        bf16 = impl in ours and parse_variant(impl.removeprefix("ours-"))["bf16"]
+                        rate = bf16_gflops if bf16 and bf16_gflops else gflops
+                        row["train_tflops"] = res[impl]["train_tok_s"] * flops / 1e12
+                        row["mfu"] = row["train_tflops"] * 1e3 / rate
+                    kind_rows.append(row)
+                for row in kind_rows:  # ratios once every implementation has run
+                    for peer in ("original", "peer"):
+                        if row["impl"] in ours and "error" not in res[row["impl"]] \
+                                and "error" not in res.get(peer, {"error": 1}):
+                            row[f"vs_{peer}"] = res[row["impl"]]["train_tok_s"] / res[peer]["train_tok_s"]
+                            row[f"vs_{peer}_eval"] = res[row["impl"]]["eval_tok_s"] / res[peer]["eval_tok_s"]
                     rows.append(row)
-                    print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()
+                    _append([row], out)  # row by row: an interrupted run keeps what it measured
+                    print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
                                       if k in ("config", "kind", "impl", "train_tok_s", "eval_tok_s", "peak_mem_mb",
-                                               "ours_train_speedup", "ours_eval_speedup", "error")}))
+                                               "mfu", "vs_original", "vs_peer", "error")}))
         elif args.mode == "bptt":
             for recompute in (False, True):
                 for s in args.segments:
                     res = _child("bptt", dict(config=config, segments=s, recompute=recompute, device=args.device))
                     rows.append({**meta, "mode": "bptt", "config": config, "segments": s, "recompute": recompute,
                                  **res})
+                    _append(rows[-1:], out)
                     print(json.dumps(rows[-1] | {"command": None}))
         else:
             for n in args.tokens:
                 res = _child("stream", dict(config=config, tokens=n, batch=args.batch or 8, device=args.device))
                 rows.append({**meta, "mode": "stream", "config": config, **res})
+                _append(rows[-1:], out)
                 print(json.dumps(rows[-1] | {"command": None}))
-    out = pathlib.Path(args.csv) if args.csv else CSV_DIR / f"{args.mode}.csv"
-    _append(rows, out)
     print(f"{len(rows)} rows appended to {out}")
     return 0
 

@@ -11,7 +11,7 @@ import json
 import pathlib
 import warnings
 
-from .config import ModelConfig
+from .config import ATTN_IMPLS, ModelConfig
 
 BOOL = argparse.BooleanOptionalAction
 
@@ -43,8 +43,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="memory tokens may attend to the Transformer-XL cache")
     g.add_argument("--mem_init", choices=["distinct", "identical"], default="distinct",
                    help="initial memory rows: distinct N(0,1) rows, or the original's identical rows")
-    g.add_argument("--attn_impl", choices=["eager", "fused"], default="eager",
-                   help="fused: scaled_dot_product_attention, relative positions and memory mask as one bias")
+    g.add_argument("--attn_impl", choices=ATTN_IMPLS, default="eager",
+                   help="fused: scaled_dot_product_attention, relative positions and memory mask as one bias; "
+                        "flex: FlexAttention (training needs CUDA; no --dropatt)")
     g.add_argument("--mem_backprop_depth", type=int, default=0,
                    help="segments of memory the gradient flows through (see the driver's help)")
     g.add_argument("--recompute_segments", action="store_true",
@@ -70,6 +71,8 @@ def add_optim_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--patience", type=int, default=0, help="dev_perf patience (evaluations)")
     g.add_argument("--clip", type=float, default=0.25, help="gradient-norm clipping")
     g.add_argument("--max_step", type=int, default=100000, help="optimiser steps")
+    g.add_argument("--max_time", type=float, default=0,
+                   help="stop after this many minutes of training (0: no limit); validates and tests as usual")
     g.add_argument("--batch_size", type=int, default=60, help="global batch size")
     g.add_argument("--batch_chunk", type=int, default=1, help="split each batch into this many accumulation chunks")
 
@@ -107,6 +110,13 @@ def base_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     add_optim_args(p)
     add_run_args(p)
     return p
+
+
+def check_device(args: argparse.Namespace, device, parser: argparse.ArgumentParser, training: bool = True) -> None:
+    """Reject flag combinations the chosen device cannot run, before anything is built."""
+    if training and args.attn_impl == "flex" and device.type != "cuda":
+        parser.error("--attn_impl flex trains only on CUDA (FlexAttention has no backward on CPU); "
+                     "use --attn_impl fused here, flex works for evaluation")
 
 
 def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 
 ATTN_TYPES = {0: "relative (Transformer-XL)", 2: "absolute (Vaswani)"}
 MEM_INITS = ("distinct", "identical")
+# eager: explicit scores; fused: scaled_dot_product_attention with one additive bias;
+# flex: FlexAttention, the position term as a score modification and the mask as a block mask.
+ATTN_IMPLS = ("eager", "fused", "flex")
 
 
 @dataclass
@@ -39,7 +42,7 @@ class ModelConfig:
     clamp_len: int = -1
     sample_softmax: int = -1  # kept for config compatibility; sampled softmax is not supported
     mem_init: str = "distinct"  # "identical" reproduces the original's M equal rows
-    attn_impl: str = "eager"  # "fused": scaled_dot_product_attention with one additive bias (attn_type 0)
+    attn_impl: str = "eager"  # one of ATTN_IMPLS; fused and flex apply to attn_type 0
 
     def __post_init__(self) -> None:
         if self.d_embed is None or self.d_embed <= 0:
@@ -88,8 +91,10 @@ class ModelConfig:
             raise ValueError("same_length needs mem_len > 0 (it sizes the attention window)")
         if self.sample_softmax > 0:
             raise ValueError("sample_softmax is not supported (it was broken in the original code)")
-        if self.attn_impl not in ("eager", "fused"):
-            raise ValueError(f"attn_impl must be 'eager' or 'fused', got {self.attn_impl!r}")
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
+        if self.attn_impl == "flex" and self.dropatt > 0:
+            raise ValueError("attn_impl 'flex' has no attention dropout; set --dropatt 0 or use eager/fused")
         if self.mem_init not in MEM_INITS:
             raise ValueError(f"mem_init must be one of {MEM_INITS}, got {self.mem_init!r}")
 

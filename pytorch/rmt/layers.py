@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import flex_attention as flex
 
 
 class PositionalEmbedding(nn.Module):
@@ -51,6 +52,33 @@ def rel_shift(x: torch.Tensor) -> torch.Tensor:
     return x.view(b, h, k + 1, q)[:, :, 1:].reshape(b, h, q, k)
 
 
+class FlexMask:
+    """What FlexAttention needs for one boolean (Q, K) mask: the block mask (fully blocked tiles
+    are skipped) and, per (query, key), the index of its position term in the flattened padded
+    scores (see RelPartialLearnableAttention._attend_flex). Built once per segment shape, outside
+    any compiled graph (model.flex_mask), so graphs see plain tensors rather than symbolic sizes."""
+
+    def __init__(self, mask: torch.Tensor):
+        q_len, k_len = mask.shape
+        self.block = flex.create_block_mask(lambda b, h, q, k: ~mask[q, k], None, None, q_len, k_len,
+                                            device=mask.device)
+        self.shift_index = torch.arange(q_len, q_len + q_len * k_len, device=mask.device).view(q_len, k_len)
+
+
+# Compiled once per process on CUDA, where it becomes one fused kernel. On CPU FlexAttention runs
+# forward only (no backward), so there it stays eager: for evaluation.
+_compiled_flex = None
+
+
+def _flex_attention(*args, **kwargs):
+    global _compiled_flex
+    if not args[0].is_cuda or torch.compiler.is_compiling():  # inside a compiled model: Inductor fuses it
+        return flex.flex_attention(*args, **kwargs)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex.flex_attention, dynamic=False)
+    return _compiled_flex(*args, **kwargs)
+
+
 def _masked_softmax(score: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     # Fill in fp32 so -inf is safe under half precision, then return to the score dtype.
     return score.float().masked_fill(mask, float("-inf")).softmax(dim=-1).type_as(score)
@@ -60,10 +88,10 @@ class _Attention(nn.Module):
     """What both attention types share: output projection, dropouts, residual and LayerNorm."""
 
     def __init__(self, n_head: int, d_model: int, d_head: int, dropout: float, dropatt: float, pre_lnorm: bool,
-                 fused: bool = False):
+                 impl: str = "eager"):
         super().__init__()
         self.n_head, self.d_head = n_head, d_head
-        self.fused = fused  # scaled_dot_product_attention with the position term and mask as one bias
+        self.impl = impl  # eager, fused or flex (config.ATTN_IMPLS)
         self.o_net = nn.Linear(n_head * d_head, d_model, bias=False)
         self.layer_norm = nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
@@ -84,6 +112,24 @@ class _Attention(nn.Module):
                                              dropout_p=self.dropatt.p if self.training else 0.0, scale=self.scale)
         return self._output(h, vec.transpose(1, 2).reshape(h.size(0), h.size(1), -1))
 
+    def _attend_flex(self, h, q, k, v, bd_raw, mask: FlexMask):
+        """q (B, Q, H, D), k and v (B, K, H, D); bd_raw (B, H, Q, K): the position term before rel_shift.
+
+        The relative shift happens inside the kernel: shifted[i, j] is element Q + i*K + j of the
+        unshifted scores padded with one zero column and flattened (see rel_shift), wrap-around
+        included; `mask.shift_index` holds those indices.
+        """
+        b, n_head = bd_raw.shape[:2]
+        flat = F.pad(bd_raw, (1, 0)).reshape(b, n_head, -1)  # (B, H, Q*(K+1))
+        index, scale = mask.shift_index, self.scale
+
+        def score_mod(score, bi, hi, qi, ki):
+            return score + flat[bi, hi, index[qi, ki]] * scale
+
+        vec = _flex_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), score_mod=score_mod,
+                              block_mask=mask.block, scale=scale)
+        return self._output(h, vec.transpose(1, 2).reshape(h.size(0), h.size(1), -1))
+
     def _output(self, h, vec):
         out = self.drop(self.o_net(vec))
         return h + out if self.pre_lnorm else self.layer_norm(h + out)
@@ -93,13 +139,14 @@ class RelPartialLearnableAttention(_Attention):
     """attn_type 0: Transformer-XL relative attention with global content/position biases."""
 
     def __init__(self, n_head: int, d_model: int, d_head: int, dropout: float, dropatt: float, pre_lnorm: bool,
-                 fused: bool = False):
-        super().__init__(n_head, d_model, d_head, dropout, dropatt, pre_lnorm, fused)
+                 impl: str = "eager"):
+        super().__init__(n_head, d_model, d_head, dropout, dropatt, pre_lnorm, impl)
         self.qkv_net = nn.Linear(d_model, 3 * n_head * d_head, bias=False)
         self.r_net = nn.Linear(d_model, n_head * d_head, bias=False)
 
     def forward(self, h, r, r_w_bias, r_r_bias, mask, cache=None):
-        """h (B, Q, C); r (K, C) positional embeddings for distances K-1..0; mask (Q, K) True = blocked."""
+        """h (B, Q, C); r (K, C) positional embeddings for distances K-1..0; mask (Q, K) True = blocked
+        (for impl "flex" its FlexMask)."""
         b, q_len, _ = h.shape
         cat = h if cache is None else torch.cat([cache, h], dim=1)  # (B, K, C)
         k_len = cat.size(1)
@@ -107,8 +154,11 @@ class RelPartialLearnableAttention(_Attention):
         q, k, v = heads.view(b, k_len, 3, self.n_head, self.d_head).unbind(2)  # (B, K, H, D) each
         q = q[:, -q_len:]  # (B, Q, H, D)
         r_k = self.r_net(r).view(k_len, self.n_head, self.d_head)  # (K, H, D)
-        bd = rel_shift(torch.einsum("bqhd,khd->bhqk", q + r_r_bias, r_k))  # position terms (b) + (d)
-        if self.fused:
+        bd = torch.einsum("bqhd,khd->bhqk", q + r_r_bias, r_k)  # position terms (b) + (d), unshifted
+        if self.impl == "flex":
+            return self._attend_flex(h, q + r_w_bias, k, v, bd, mask)
+        bd = rel_shift(bd)
+        if self.impl == "fused":
             return self._attend_fused(h, q + r_w_bias, k, v, bd, mask)
         ac = torch.einsum("bqhd,bkhd->bhqk", q + r_w_bias, k)  # content terms (a) + (c)
         return self._attend(h, ac + bd, mask, v)

@@ -17,7 +17,8 @@ from torch import nn
 
 from .adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
 from .config import ModelConfig
-from .layers import AbsoluteAttention, DecoderLayer, PositionalEmbedding, PositionwiseFF, RelPartialLearnableAttention
+from .layers import (AbsoluteAttention, DecoderLayer, FlexMask, PositionalEmbedding, PositionwiseFF,
+                     RelPartialLearnableAttention)
 from .memory import MemoryState
 
 
@@ -56,6 +57,13 @@ def build_attn_mask(n_tokens, num_mem, mlen, *, mem_at_end, read_mem_from_cache,
                       mem_len, torch.device(device) if device is not None else torch.device("cpu"))
 
 
+@torch.compiler.disable  # a graph break per segment: compiled graphs get the mask as an input
+@functools.lru_cache(maxsize=64)
+def flex_mask(*args, **kwargs) -> FlexMask:
+    """build_attn_mask's mask (same arguments) prepared for FlexAttention, once per shape."""
+    return FlexMask(build_attn_mask(*args, **kwargs))
+
+
 class MemTransformerLM(nn.Module):
     """Accepts the original constructor arguments (see `ModelConfig`)."""
 
@@ -69,7 +77,7 @@ class MemTransformerLM(nn.Module):
         def attention():
             if cfg.attn_type == 0:
                 return RelPartialLearnableAttention(n_head, d_model, d_head, dropout, dropatt, cfg.pre_lnorm,
-                                                    fused=cfg.attn_impl == "fused")
+                                                    impl=cfg.attn_impl)
             return AbsoluteAttention(n_head, d_model, d_head, dropout, dropatt, cfg.pre_lnorm)
 
         self.layers = nn.ModuleList(
@@ -134,8 +142,9 @@ class MemTransformerLM(nn.Module):
         mlen = cache[0].size(1) if cache else 0
         q_len = h.size(1)
         k_len = mlen + q_len
-        mask = build_attn_mask(t, m, mlen, mem_at_end=cfg.mem_at_end, read_mem_from_cache=cfg.read_mem_from_cache,
-                               same_length=cfg.same_length, mem_len=cfg.mem_len, device=x.device)
+        masking = flex_mask if cfg.attn_impl == "flex" and cfg.attn_type == 0 else build_attn_mask
+        mask = masking(t, m, mlen, mem_at_end=cfg.mem_at_end, read_mem_from_cache=cfg.read_mem_from_cache,
+                       same_length=cfg.same_length, mem_len=cfg.mem_len, device=x.device)
 
         # Distances K-1 .. 0: memory tokens occupy positions like any other token.
         pos_seq = torch.arange(k_len - 1, -1, -1.0, device=x.device, dtype=h.dtype)
@@ -175,10 +184,11 @@ class MemTransformerLM(nn.Module):
         # (The original passed mlen and qlen in swapped order; equal results only when ext_len = 0.)
         end = mlen + max(0, q_len - self.config.ext_len)
         beg = max(0, end - self.config.mem_len)
+        # Contiguous, so the cache has the same strides whatever the segment: no recompiles.
         with torch.no_grad():
             if cache is None:
-                return tuple(h[:, beg:end].detach() for h in hids)
-            return tuple(torch.cat([c, h], dim=1)[:, beg:end].detach() for c, h in zip(cache, hids))
+                return tuple(h[:, beg:end].detach().contiguous() for h in hids)
+            return tuple(torch.cat([c, h], dim=1)[:, beg:end].detach().contiguous() for c, h in zip(cache, hids))
 
     def nll(self, hidden: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-token NLL in nats, (B, T), for the last y.size(1) positions of `hidden`."""

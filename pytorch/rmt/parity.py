@@ -15,6 +15,7 @@ import sys
 import torch
 
 from .checkpoint import CheckpointError, load_file
+from .config import ATTN_IMPLS
 from .convert import load_original_model
 from .memory import MemoryState
 
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rmt.parity", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", metavar="FILE")
     parser.add_argument("--tol", type=float, default=1e-4, help="largest acceptable max abs error (default 1e-4)")
-    parser.add_argument("--attn_impl", choices=["eager", "fused"], default="eager", help="attention implementation")
+    parser.add_argument("--attn_impl", choices=ATTN_IMPLS, default="eager", help="attention implementation")
     args = parser.parse_args(argv)
     worst_overall, status = 0.0, 0
     for path in args.files:

@@ -1,6 +1,6 @@
 """Run a grid of algorithmic-task runs one after another, resumably.
 
-    bash scripts/sweep.sh experiments/grids/copy_cpu.json [--dry-run] [--results CSV]
+    bash scripts/sweep.sh experiments/grids/copy_cpu.json [--dry-run] [--results CSV] [--shard I/N]
 
 A grid file (JSON) names a run script and the axes to cross; every combination becomes one
 `bash SCRIPT train ...` run with a deterministic name, passed as --run_name (the results row's
@@ -23,6 +23,8 @@ that CSV is skipped, so an interrupted sweep continues where it stopped when sta
 
 Run names are sweep-<name>-<kind>-t<tgt_len>-m<mem>-s<seed> (baseline: m0, once per tgt_len).
 Runs are ordered seed by seed, so a partly finished sweep already covers every configuration.
+`--shard I/N` takes every N-th run from the I-th: N sweeps started side by side (one per core,
+with OMP_NUM_THREADS=1) share a grid without running anything twice.
 The output of each run goes to runs/sweeps/<name>/<run name>.log (tail -f it to watch a run).
 """
 from __future__ import annotations
@@ -251,7 +253,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the commands (and which runs are done), run nothing")
     ap.add_argument("--results", default=None, help="results CSV to write and to skip by (default: the grid's)")
     ap.add_argument("--log-dir", default=None, help="where the runs' output goes (default runs/sweeps/<name>)")
+    ap.add_argument("--shard", default=None, metavar="I/N",
+                    help="run only every N-th run, starting at I (0-based): N sweeps side by side split a grid")
     args = ap.parse_args(argv)
+    shard = None
+    if args.shard:
+        try:
+            shard = tuple(int(v) for v in args.shard.split("/"))
+            assert len(shard) == 2 and 0 <= shard[0] < shard[1]
+        except (ValueError, AssertionError):
+            ap.error(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}")
     grid = pathlib.Path(args.grid)
     grid = grid if grid.exists() or grid.is_absolute() else ROOT / grid  # also from the repository root
     try:
@@ -259,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     except GridError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if shard:
+        sweep = dataclasses.replace(sweep, runs=sweep.runs[shard[0]::shard[1]])
     if args.dry_run:
         done = set(_results(sweep.results_csv).index)
         for run in sweep.runs:

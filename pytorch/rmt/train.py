@@ -190,6 +190,7 @@ def main(argv=None) -> int:
     if args.mem_backprop_depth < 0:
         parser.error(f"--mem_backprop_depth must be >= 0, got {args.mem_backprop_depth}")
     runtime = Runtime(args.device, args.amp, args.cuda)
+    cli.check_device(args, runtime.device, parser)
     seed_all(args.seed)
     if args.batch_size % runtime.world:
         parser.error(f"--batch_size {args.batch_size} is not divisible by {runtime.world} processes")
@@ -223,7 +224,7 @@ def main(argv=None) -> int:
     model = MemTransformerLM.from_config(model_cfg)
     init_weights(model, args.init, args.init_std, args.init_range, args.proj_init_std)
     model.to(runtime.device)
-    run_model = torch.compile(model) if args.compile else model
+    run_model = torch.compile(model, dynamic=False) if args.compile else model  # once per segment shape
     if run_dir is not None:
         cli.write_config(run_dir, args, model_cfg, {"dataset": args.dataset, "data_dir": args.data,
                                                      "vocab_size": n_token, "device": runtime.describe()})

@@ -116,6 +116,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cli.check_args(args, parser)
     runtime = Runtime(args.device, args.amp, args.cuda)
+    cli.check_device(args, runtime.device, parser, training=not args.eval_only)
     seed_all(args.seed)
     try:
         spec, name, data_dir, sizes = resolve_task(args)
@@ -155,7 +156,7 @@ def main(argv=None) -> int:
         model = MemTransformerLM.from_config(model_cfg)
         init_weights(model, args.init, args.init_std, args.init_range, args.proj_init_std)
     model.to(runtime.device)
-    run_model = torch.compile(model) if args.compile else model
+    run_model = torch.compile(model, dynamic=False) if args.compile else model  # once per segment shape
     n_segments = math.ceil(spec.sample_len / args.tgt_len)
     if run_dir is not None:
         cli.write_config(run_dir, args, model_cfg, {"task": name, "data_dir": str(data_dir), "n_segments": n_segments,
@@ -185,9 +186,11 @@ def main(argv=None) -> int:
 
     def on_eval(metrics: dict) -> None:
         i = stage["index"]
-        # Earlier stages share at most half of max_step, so every model ends on the real task.
-        deadline = (i + 1) * args.max_step // (2 * max(len(stages) - 1, 1))
-        if i < len(stages) - 1 and (metrics["acc_tf"] >= args.curriculum_threshold or trainer.step >= deadline):
+        # Earlier stages share at most half of max_step (and of max_time), so every model ends on
+        # the real task.
+        share = (i + 1) / (2 * max(len(stages) - 1, 1))
+        late = trainer.step >= int(share * args.max_step) or 0 < args.max_time * 60 * share <= time.time() - t0
+        if i < len(stages) - 1 and (metrics["acc_tf"] >= args.curriculum_threshold or late):
             stage["index"] += 1
             trainer.best = None  # selection restarts on the harder stage
             logger.log(f"curriculum: segments of {stages[stage['index']]} from step {trainer.step}")

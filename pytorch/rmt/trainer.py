@@ -109,6 +109,7 @@ class Trainer:
         stop = StopRequest()
         kill_after = int(os.environ.get("RMT_KILL_AFTER_STEP", "-1"))  # fault injection for resume tests
         window = {"loss": 0.0, "tokens": 0, "steps": 0, "t0": time.time(), "grad_norm": 0.0}
+        t_start, time_limit = time.time(), getattr(args, "max_time", 0) * 60
         self.model.train()
         try:
             while self.step < args.max_step:
@@ -127,24 +128,32 @@ class Trainer:
                 log.advance(1, loss=f"{out['loss']:.3f}")
                 if self.step % args.log_interval == 0 or self.step == args.max_step:
                     self._log_window(window, lr, out)
-                if self.step % args.eval_interval == 0 or self.step == args.max_step:
-                    metrics = evaluate("valid")
-                    self.schedule.observe(metrics["loss"])
-                    improved = self._is_better(metrics)
-                    if improved:
-                        self.best = metrics["loss"] if self.select_by == "loss" else metrics[self.select_by]
-                        self.save(BEST, extra_state())
-                    self.save(LAST, extra_state())
-                    log.log(f"eval step {self.step} | " + " | ".join(f"valid {k} {v:.4f}" for k, v in metrics.items())
-                            + (" | best" if improved else ""))
-                    log.scalars(self.step, {f"valid/{k}": v for k, v in metrics.items()})
-                    if on_eval is not None:
-                        on_eval(metrics)
-                    self.model.train()
+                out_of_time = time_limit > 0 and self.runtime.any_rank(time.time() - t_start > time_limit)
+                if self.step % args.eval_interval == 0 or self.step == args.max_step or out_of_time:
+                    self._validate(evaluate, extra_state, on_eval)
+                if out_of_time:
+                    log.log(f"time limit of {args.max_time:g} min reached at step {self.step}")
+                    args.max_step = self.step  # results rows record the steps actually run
+                    break
                 if self.step == kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)
         finally:
             stop.restore()
+
+    def _validate(self, evaluate, extra_state, on_eval) -> None:
+        metrics = evaluate("valid")
+        self.schedule.observe(metrics["loss"])
+        improved = self._is_better(metrics)
+        if improved:
+            self.best = metrics["loss"] if self.select_by == "loss" else metrics[self.select_by]
+            self.save(BEST, extra_state())
+        self.save(LAST, extra_state())
+        self.logger.log(f"eval step {self.step} | " + " | ".join(f"valid {k} {v:.4f}" for k, v in metrics.items())
+                        + (" | best" if improved else ""))
+        self.logger.scalars(self.step, {f"valid/{k}": v for k, v in metrics.items()})
+        if on_eval is not None:
+            on_eval(metrics)
+        self.model.train()
 
     def _log_window(self, window: dict, lr: float, out: dict) -> None:
         n = max(window["steps"], 1)
