@@ -345,6 +345,28 @@ def test_recomputed_segments_give_the_same_gradients(mem_len, depth):
         assert all(torch.equal(a, b) for a, b in zip(s0.xl, s1.xl))
 
 
+@pytest.mark.parametrize("mem_len", [0, 4])
+def test_recomputed_bptt_keeps_only_the_memory_state_per_segment(mem_len):
+    """What backward holds grows by one (B, M, C) memory per segment: nothing else of a segment,
+    and no view that pins the segment's whole (B, Q, C) output."""
+    model = make(num_mem_tokens=3, mem_len=mem_len).train()
+
+    def held_bytes(n_segments):
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        xs, ys = segments(n_segments)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            run_segments(model, xs, ys, depth=None, recompute=True)
+        return sum(storages.values())
+
+    b, m, c = 3, 3, SMALL["d_model"]
+    assert (held_bytes(8) - held_bytes(4)) / 4 == b * m * c * 4  # fp32 bytes of one memory state
+
+
 # ---- fused and flex attention --------------------------------------------------------------
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -188,3 +188,17 @@ def test_resized_task_matches_by_segments_and_largest_paper_memory(tmp_path):
     assert len(hit) == 1 and len(only) == 0
     row = hit.iloc[0]
     assert (row["task"], row["model_kind"], row["n_segments"], row["num_mem_tokens"]) == ("copy", "rmt", 6, 12)
+
+
+def test_resized_runs_are_averaged_per_configuration_of_their_own(tmp_path):
+    # Two CPU-preset grids at 6 segments with different memory sizes stand for the same paper row,
+    # but are never averaged together: one record each, labelled with our configuration.
+    for run_id, mem, acc in (("m4", 4, 0.9), ("m2", 2, 0.3)):
+        append_result(tmp_path / "synthetic.csv", {
+            "run_id": run_id, "scale": "cpu-preset", "device": "cpu", "task": "copy-seq_len8", "tgt_len": 4,
+            "n_segments": 6, "num_mem_tokens": mem, "mem_len": 0, "mem_at_end": True, "split": "test",
+            "max_step": 3000, "metric_name": "acc_greedy", "metric_value": acc, "acc_greedy": acc})
+    pairs, _ = compare.match(compare.load_paper(PAPER), compare.load_ours(tmp_path, "test")[0])
+    hit = pairs[pairs["n"] > 0].set_index("ours_config")
+    assert sorted(hit.index) == ["copy-seq_len8, tgt_len 4, M=2, 3000 steps", "copy-seq_len8, tgt_len 4, M=4, 3000 steps"]
+    assert hit.loc["copy-seq_len8, tgt_len 4, M=4, 3000 steps", "mean"] == 0.9 and (hit["n"] == 1).all()

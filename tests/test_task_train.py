@@ -180,6 +180,8 @@ def test_bad_flags_and_missing_checkpoint_give_one_line(tmp_path):
     assert run.returncode == 2 and "--tgt_len must be positive" in run.stderr and "Traceback" not in run.stderr
     run = run_driver(tmp_path, "--eval_only", "--eval_checkpoint", str(tmp_path / "nope.pt"), check=False)
     assert run.returncode != 0 and "no checkpoint file" in run.stderr and "Traceback" not in run.stderr
+    run = run_driver(tmp_path, "--task_seq_len", "1", "--num_tokens", "4", "--n_train", "100", check=False)
+    assert run.returncode == 1 and "sample space is too small" in run.stderr and "Traceback" not in run.stderr
     run = run_driver(tmp_path, "--attn_impl", "flex", check=False)
     assert run.returncode == 2 and "flex trains only on CUDA" in run.stderr and "Traceback" not in run.stderr
 

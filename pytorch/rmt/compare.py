@@ -5,8 +5,11 @@
 
 Matching: same task (dataset for LM), model_kind, memory (mem_len and num_mem_tokens; an empty paper
 cell is a wildcard), mem_backprop_depth where the paper gives it, and tgt_len (synthetic rows without
-tgt_len fall back to the paper's nominal n_segments). Ours are grouped by (scale, device) and reported
-as mean ± std over runs; runs at another scale than "paper" are flagged, they are not a reproduction.
+tgt_len fall back to the paper's nominal n_segments). A resized task (e.g. copy-seq_len8, a CPU preset)
+stands for the paper row with the same number of segments and the paper's largest memory there.
+Ours are grouped by (scale, device), and resized runs also by their own task, tgt_len, memory and steps,
+then reported as mean ± std over runs; runs at another scale than "paper" are flagged, they are
+not a reproduction, and the scale cell names a resized run's own configuration.
 --readme FILE puts the tables and links to the plots between the markers README_BEGIN and README_END.
 """
 from __future__ import annotations
@@ -128,18 +131,24 @@ def match(paper: pd.DataFrame, ours: pd.DataFrame) -> tuple[pd.DataFrame, pd.Dat
         mem_col = "mem_len" if p["model_kind"] == "txl" else "num_mem_tokens"
         is_largest = pd.isna(p[mem_col]) or p[mem_col] == largest[mem_col].max()
         resized = resized[resized["n_segments"] == p["n_segments"]] if len(resized) and is_largest else resized.iloc[:0]
-        m = pd.concat([exact, resized])
+        # Resized runs are averaged per configuration of their own (task size, segment, memory, steps).
+        resized = resized.assign(_cfg=[f"{r.task}, tgt_len {int(r.tgt_len)}, "
+                                       f"{_memory(r.model_kind, r.mem_len, r.num_mem_tokens)}"
+                                       + ("" if pd.isna(r.max_step) else f", {int(r.max_step)} steps")
+                                       for r in resized.itertuples()])
+        m = pd.concat([exact.assign(_cfg=""), resized])
         if len(m):
             vals = _values(m, p["our_col"], p["metric"]) if len(m) else pd.Series(dtype=float)
             m = m.assign(_v=vals)[vals.notna()]
-        groups = list(m.groupby(["scale", "device"], sort=True)) if len(m) else []
-        for (scale, device), g in groups:
+        groups = list(m.groupby(["scale", "device", "_cfg"], sort=True)) if len(m) else []
+        for (scale, device, cfg), g in groups:
             used.update(g.index)
             v = g["_v"].astype(float)
-            records.append({**p.to_dict(), "paper_row": i, "scale": scale, "device": device, "mean": v.mean(),
-                            "std": v.std(ddof=1) if len(v) > 1 else np.nan, "n": len(v)})
+            records.append({**p.to_dict(), "paper_row": i, "scale": scale, "device": device, "ours_config": cfg,
+                            "mean": v.mean(), "std": v.std(ddof=1) if len(v) > 1 else np.nan, "n": len(v)})
         if not groups:
-            records.append({**p.to_dict(), "paper_row": i, "scale": "", "device": "", "mean": np.nan, "std": np.nan, "n": 0})
+            records.append({**p.to_dict(), "paper_row": i, "scale": "", "device": "", "ours_config": "",
+                            "mean": np.nan, "std": np.nan, "n": 0})
     only = ours[~ours.index.isin(used)] if len(ours) else ours
     return pd.DataFrame(records), only
 
@@ -203,7 +212,8 @@ def render(pairs: pd.DataFrame, only: pd.DataFrame, results_dir: str, n_ours: in
                          _memory(r["model_kind"], r["mem_len"], r["num_mem_tokens"]), metric, _num(r["value"]),
                          "—" if pd.isna(r["n_runs"]) else str(int(r["n_runs"])), _ours(r["mean"], r["std"], r["n"]),
                          "—" if pd.isna(diff) else f"{diff:+.4f}", r["device"] or "—",
-                         SCALE_LABEL.get(r["scale"], f"{r['scale']} [!]") if r["scale"] else "—"])
+                         (SCALE_LABEL.get(r["scale"], f"{r['scale']} [!]") if r["scale"] else "—")
+                         + (f": {r['ours_config']}" if r["ours_config"] else "")])
         n_hit = t.loc[t["n"] > 0, "paper_row"].nunique()
         out += [f"## {name} (experiments/paper/{name}.csv): {n_hit} of {n_all} paper rows matched",
                 "", _table(head, rows), ""]
@@ -265,7 +275,8 @@ def make_plots(paper: pd.DataFrame, ours: pd.DataFrame, out_dir: str | pathlib.P
             pk = pk.dropna(subset=["mean"]).sort_values("mem").drop_duplicates("n_segments", keep="last")
             _series(ax, pk, "n_segments", f"{kind} paper", color, paper=True)
             ok = o[o["model_kind"] == kind].assign(mem=o["mem_len"] + o["num_mem_tokens"])
-            ok = ok[ok["mem"] == ok.groupby("n_segments")["mem"].transform("max")]  # largest memory per point
+            # One memory size per point: the smallest we ran there (the tightest equal-memory comparison).
+            ok = ok[ok["mem"] == ok.groupby(["scale", "n_segments"])["mem"].transform("min")]
             for scale, g in _agg(ok["acc"], ok[["scale", "n_segments"]]).groupby("scale"):
                 _series(ax, g, "n_segments", f"{kind} ours ({SCALE_LABEL.get(scale, scale)})", color, paper=False)
         ax.set(xlabel="number of segments", ylabel="accuracy", title=f"{task}: accuracy vs segments", ylim=(0, 1.05))

@@ -177,7 +177,9 @@ class MemTransformerLM(nn.Module):
         else:
             # Start-only memory: the read outputs never see the segment, so nothing is written.
             tokens, new_mem = core[:, m:], core[:, :m]
-        return tokens, MemoryState(new_mem, new_xl)
+        # A compact copy: a view would keep the whole (B, Q, C) output alive as long as the state
+        # lives, which is every segment's output under recomputed BPTT and across LM steps.
+        return tokens, MemoryState(new_mem.contiguous(), new_xl)
 
     def _update_cache(self, hids, cache, mlen: int, q_len: int):
         # Keep the last mem_len positions of [cache ; segment], stopping ext_len before the end.

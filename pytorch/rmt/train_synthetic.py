@@ -79,7 +79,10 @@ def ensure_data(spec, name, data_dir, sizes, seed, runtime, log) -> None:
     except FileNotFoundError:
         if runtime.is_main:
             log(f"generating {name} into {data_dir} (seed {seed}, sizes {sizes})")
-            write_dataset(spec, data_dir, seed, sizes, name)
+            try:
+                write_dataset(spec, data_dir, seed, sizes, name)
+            except ValueError as e:  # e.g. more samples asked for than the task has
+                raise SystemExit(f"error: {e}; ask for fewer with --n_train/--n_val/--n_test")
     runtime.barrier()
 
 
