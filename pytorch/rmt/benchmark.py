@@ -36,7 +36,7 @@ import torch
 
 from .config import ATTN_IMPLS
 from .results import run_metadata
-from .runtime import REPO_ROOT as REPO
+from .runtime import REPO_ROOT as REPO, compile_model
 
 CSV_DIR = REPO / "experiments" / "benchmarks"
 
@@ -85,7 +85,7 @@ def _ours(cfg, kind, device, variant):
                              num_mem_tokens=cfg["mem"] if kind == "rmt" else 0,
                              attn_impl=opts["attn_impl"]).to(device)
     init_weights(model)
-    run_model = torch.compile(model, dynamic=False) if opts["compile"] else model
+    run_model = compile_model(model) if opts["compile"] else model
     state = {"s": MemoryState()}
 
     def step(x, y, train):
@@ -289,17 +289,24 @@ def _child(kind: str, spec: dict) -> dict:
 
 
 def _append(rows: list[dict], path: pathlib.Path) -> None:
-    """Append rows; a column the file lacks widens its header (older rows get blanks there)."""
+    """Append rows; only a column the file lacks makes it rewrite the file with a wider header."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    old, fields = [], []
+    fields = []
     if path.exists() and path.stat().st_size:
         with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            fields, old = list(reader.fieldnames or []), list(reader)
-    fields += sorted({k for r in rows for k in r} - set(fields))
+            fields = next(csv.reader(f))
+    new = sorted({k for r in rows for k in r} - set(fields))
+    if fields and not new:
+        with open(path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=fields).writerows(rows)
+        return
+    old = []
+    if fields:
+        with open(path, newline="") as f:
+            old = list(csv.DictReader(f))
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
+        writer = csv.DictWriter(f, fieldnames=fields + new)
         writer.writeheader()
         writer.writerows(old + rows)
     os.replace(tmp, path)
@@ -335,11 +342,12 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     meta = run_metadata(str(device) if device.type == "cpu" else torch.cuda.get_device_name(device))
     meta["device"] += f" ({os.cpu_count()} cores)" if device.type == "cpu" else ""
-    n = 8192 if device.type == "cuda" else 1024
-    gflops = matmul_gflops(device, n)
-    bf16_gflops = matmul_gflops(device, n, dtype=torch.bfloat16) if device.type == "cuda" else None
-    print(f"device {meta['device']}, torch {meta['torch_version']}, fp32 matmul {gflops:.1f} GFLOP/s"
-          + (f", bf16 matmul {bf16_gflops:.1f} GFLOP/s" if bf16_gflops else ""))
+    print(f"device {meta['device']}, torch {meta['torch_version']}")
+    if args.mode == "throughput":  # the rates behind mfu, measured in the same run
+        n = 8192 if device.type == "cuda" else 1024
+        gflops = matmul_gflops(device, n)
+        bf16_gflops = matmul_gflops(device, n, dtype=torch.bfloat16) if device.type == "cuda" else None
+        print(f"fp32 matmul {gflops:.1f} GFLOP/s" + (f", bf16 matmul {bf16_gflops:.1f} GFLOP/s" if bf16_gflops else ""))
     override = {"batch": args.batch} if args.batch else {}
     out = pathlib.Path(args.csv) if args.csv else CSV_DIR / f"{args.mode}.csv"
     rows = []
@@ -371,7 +379,7 @@ def main(argv=None) -> int:
                             row[f"vs_{peer}"] = res[row["impl"]]["train_tok_s"] / res[peer]["train_tok_s"]
                             row[f"vs_{peer}_eval"] = res[row["impl"]]["eval_tok_s"] / res[peer]["eval_tok_s"]
                     rows.append(row)
-                    _append([row], out)  # row by row: an interrupted run keeps what it measured
+                    _append([row], out)  # kind by kind: an interrupted run keeps what it finished
                     print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
                                       if k in ("config", "kind", "impl", "train_tok_s", "eval_tok_s", "peak_mem_mb",
                                                "mfu", "vs_original", "vs_peer", "error")}))

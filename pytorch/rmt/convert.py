@@ -16,7 +16,6 @@ import json
 import re
 import sys
 
-
 from .checkpoint import CheckpointError, load_file, save_atomic
 from .config import ModelConfig
 from .layers import PositionalEmbedding

@@ -110,7 +110,7 @@ class _Attention(nn.Module):
         bias = (bias.float() * self.scale).masked_fill(mask, float("-inf")).to(q.dtype)
         vec = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=bias,
                                              dropout_p=self.dropatt.p if self.training else 0.0, scale=self.scale)
-        return self._output(h, vec.transpose(1, 2).reshape(h.size(0), h.size(1), -1))
+        return self._output(h, vec.transpose(1, 2).flatten(2))  # (B, Q, H*D)
 
     def _attend_flex(self, h, q, k, v, bd_raw, mask: FlexMask):
         """q (B, Q, H, D), k and v (B, K, H, D); bd_raw (B, H, Q, K): the position term before rel_shift.
@@ -128,7 +128,7 @@ class _Attention(nn.Module):
 
         vec = _flex_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), score_mod=score_mod,
                               block_mask=mask.block, scale=scale)
-        return self._output(h, vec.transpose(1, 2).reshape(h.size(0), h.size(1), -1))
+        return self._output(h, vec.transpose(1, 2).flatten(2))  # (B, Q, H*D)
 
     def _output(self, h, vec):
         out = self.drop(self.o_net(vec))

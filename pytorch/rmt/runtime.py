@@ -122,6 +122,11 @@ class Runtime:
             dist.destroy_process_group()
 
 
+def compile_model(model):
+    """torch.compile with static shapes: one graph per segment shape, no recompiles while training."""
+    return torch.compile(model, dynamic=False)
+
+
 def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

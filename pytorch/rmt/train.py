@@ -36,7 +36,7 @@ from .memory import MemoryState, Recomputed, Segment, forward_with_replay
 from .model import MemTransformerLM, init_weights
 from .optim import LRSchedule, build_optimizer
 from .results import append_result, model_kind
-from .runtime import REPO_ROOT, Runtime, RunLogger, prepare_run_dir, seed_all
+from .runtime import REPO_ROOT, Runtime, RunLogger, compile_model, prepare_run_dir, seed_all
 from .trainer import BEST, LAST, Trainer, result_row
 
 
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
     model = MemTransformerLM.from_config(model_cfg)
     init_weights(model, args.init, args.init_std, args.init_range, args.proj_init_std)
     model.to(runtime.device)
-    run_model = torch.compile(model, dynamic=False) if args.compile else model  # once per segment shape
+    run_model = compile_model(model) if args.compile else model
     if run_dir is not None:
         cli.write_config(run_dir, args, model_cfg, {"dataset": args.dataset, "data_dir": args.data,
                                                      "vocab_size": n_token, "device": runtime.describe()})
@@ -255,12 +255,13 @@ def main(argv=None) -> int:
     def extra_state() -> dict:  # called on every rank: the carried rows of all ranks are gathered
         return {"stream": stream.state_dict(), "carry": carry.state_dict(runtime.all_gather_rows)}
 
+    step_model = Recomputed(run_model) if args.recompute_segments else run_model
+
     def train_batch(step: int) -> dict:
         x, y, new_epoch = stream.next()
         if new_epoch:
             carry.reset()
         x, y = x.to(runtime.device), y.to(runtime.device)
-        step_model = Recomputed(run_model) if args.recompute_segments else run_model
         loss = train_step(step_model, carry, x, y, args.batch_chunk, args.bptt_bp,
                           backward=lambda l: runtime.scaler.scale(l).backward(), autocast=runtime.autocast)
         out = {"loss": loss.item(), "tokens": y.numel(), "epoch": stream.epoch}

@@ -24,7 +24,7 @@ from .checkpoint import CheckpointError, load_file, load_model
 from .model import MemTransformerLM, init_weights
 from .optim import LRSchedule, build_optimizer
 from .results import append_result
-from .runtime import REPO_ROOT, Runtime, RunLogger, prepare_run_dir, seed_all
+from .runtime import REPO_ROOT, Runtime, RunLogger, compile_model, prepare_run_dir, seed_all
 from .tasks.files import load_meta, load_split, write_dataset
 from .tasks.registry import TASK_NAMES, task_spec
 from .tasks.runner import answer_loss, evaluate_batches
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
         model = MemTransformerLM.from_config(model_cfg)
         init_weights(model, args.init, args.init_std, args.init_range, args.proj_init_std)
     model.to(runtime.device)
-    run_model = torch.compile(model, dynamic=False) if args.compile else model  # once per segment shape
+    run_model = compile_model(model) if args.compile else model
     n_segments = math.ceil(spec.sample_len / args.tgt_len)
     if run_dir is not None:
         cli.write_config(run_dir, args, model_cfg, {"task": name, "data_dir": str(data_dir), "n_segments": n_segments,
