@@ -202,3 +202,17 @@ def test_resized_runs_are_averaged_per_configuration_of_their_own(tmp_path):
     hit = pairs[pairs["n"] > 0].set_index("ours_config")
     assert sorted(hit.index) == ["copy-seq_len8, tgt_len 4, M=2, 3000 steps", "copy-seq_len8, tgt_len 4, M=4, 3000 steps"]
     assert hit.loc["copy-seq_len8, tgt_len 4, M=4, 3000 steps", "mean"] == 0.9 and (hit["n"] == 1).all()
+
+
+def test_paper_size_runs_of_different_recipes_are_not_averaged(tmp_path):
+    # Retrieval's CPU preset keeps the paper's task size, so its rows match the paper row exactly;
+    # a 3,000-step and a 15,000-step recipe must still be two records, not one mean.
+    for run_id, steps, acc in (("short", 3000, 0.25), ("long", 15000, 0.99)):
+        append_result(tmp_path / "synthetic.csv", {
+            "run_id": run_id, "scale": "cpu-preset", "device": "cpu", "task": "retrieval", "tgt_len": 5,
+            "n_segments": 2, "num_mem_tokens": 5, "mem_len": 0, "mem_at_end": True, "split": "test",
+            "max_step": steps, "metric_name": "acc_tf", "metric_value": acc, "acc_tf": acc})
+    pairs, _ = compare.match(compare.load_paper(PAPER), compare.load_ours(tmp_path, "test")[0])
+    hit = pairs[pairs["n"] > 0].set_index("ours_config")
+    assert sorted(hit.index) == ["15000 steps", "3000 steps"]
+    assert hit.loc["15000 steps", "mean"] == 0.99 and (hit["n"] == 1).all()

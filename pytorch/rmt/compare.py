@@ -136,7 +136,11 @@ def match(paper: pd.DataFrame, ours: pd.DataFrame) -> tuple[pd.DataFrame, pd.Dat
                                        f"{_memory(r.model_kind, r.mem_len, r.num_mem_tokens)}"
                                        + ("" if pd.isna(r.max_step) else f", {int(r.max_step)} steps")
                                        for r in resized.itertuples()])
-        m = pd.concat([exact.assign(_cfg=""), resized])
+        # Runs of the paper's own task size but another recipe (a CPU preset, a time limit) are
+        # kept apart by their step count: a 3,000-step preset is not averaged with a 15,000-step one.
+        exact = exact.assign(_cfg=["" if r.scale == "paper" or pd.isna(r.max_step) else f"{int(r.max_step)} steps"
+                                   for r in exact.itertuples()])
+        m = pd.concat([exact, resized])
         if len(m):
             vals = _values(m, p["our_col"], p["metric"]) if len(m) else pd.Series(dtype=float)
             m = m.assign(_v=vals)[vals.notna()]
@@ -277,6 +281,9 @@ def make_plots(paper: pd.DataFrame, ours: pd.DataFrame, out_dir: str | pathlib.P
             ok = o[o["model_kind"] == kind].assign(mem=o["mem_len"] + o["num_mem_tokens"])
             # One memory size per point: the smallest we ran there (the tightest equal-memory comparison).
             ok = ok[ok["mem"] == ok.groupby(["scale", "n_segments"])["mem"].transform("min")]
+            # and of those, the longest training (the current preset, not an earlier shorter recipe)
+            steps = ok["max_step"].fillna(0)
+            ok = ok[steps == steps.groupby([ok["scale"], ok["n_segments"]]).transform("max")]
             for scale, g in _agg(ok["acc"], ok[["scale", "n_segments"]]).groupby("scale"):
                 _series(ax, g, "n_segments", f"{kind} ours ({SCALE_LABEL.get(scale, scale)})", color, paper=False)
         ax.set(xlabel="number of segments", ylabel="accuracy", title=f"{task}: accuracy vs segments", ylim=(0, 1.05))
