@@ -15,6 +15,7 @@ not a reproduction, and the scale cell names a resized run's own configuration.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import pathlib
@@ -134,11 +135,10 @@ def match(paper: pd.DataFrame, ours: pd.DataFrame) -> tuple[pd.DataFrame, pd.Dat
         # Resized runs are averaged per configuration of their own (task size, segment, memory, steps).
         resized = resized.assign(_cfg=[f"{r.task}, tgt_len {int(r.tgt_len)}, "
                                        f"{_memory(r.model_kind, r.mem_len, r.num_mem_tokens)}"
-                                       + ("" if pd.isna(r.max_step) else f", {int(r.max_step)} steps")
-                                       for r in resized.itertuples()])
+                                       + _recipe(r) for r in resized.itertuples()])
         # Runs of the paper's own task size but another recipe (a CPU preset, a time limit) are
         # kept apart by their step count: a 3,000-step preset is not averaged with a 15,000-step one.
-        exact = exact.assign(_cfg=["" if r.scale == "paper" or pd.isna(r.max_step) else f"{int(r.max_step)} steps"
+        exact = exact.assign(_cfg=["" if r.scale == "paper" else _recipe(r).removeprefix(", ")
                                    for r in exact.itertuples()])
         m = pd.concat([exact, resized])
         if len(m):
@@ -155,6 +155,14 @@ def match(paper: pd.DataFrame, ours: pd.DataFrame) -> tuple[pd.DataFrame, pd.Dat
                             "mean": np.nan, "std": np.nan, "n": 0})
     only = ours[~ours.index.isin(used)] if len(ours) else ours
     return pd.DataFrame(records), only
+
+
+def _recipe(r) -> str:
+    """', N steps' plus ', init std S' when a run's saved configuration used another init than 0.02."""
+    out = "" if pd.isna(r.max_step) else f", {int(r.max_step)} steps"
+    cfg = getattr(r, "config_json", None)
+    std = json.loads(cfg).get("init_std", 0.02) if isinstance(cfg, str) and cfg.startswith("{") else 0.02
+    return out + ("" if std == 0.02 else f", init std {std:g}")
 
 
 def _num(x: object) -> str:
