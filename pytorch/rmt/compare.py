@@ -115,6 +115,8 @@ def match(paper: pd.DataFrame, ours: pd.DataFrame) -> tuple[pd.DataFrame, pd.Dat
     Returns (pairs: paper columns + scale, device, mean, std, n; ours_only: unmatched rows).
     """
     records, used = [], set()
+    if len(ours):  # each run's recipe, parsed once rather than once per paper row
+        ours = ours.assign(recipe=[_recipe(r) for r in ours.itertuples()])
     for i, p in paper.iterrows():
         m = ours[(ours["task_base"] == p["task"]) & (ours["model_kind"] == p["model_kind"])] if len(ours) else ours
         exact, resized = (m[~m["resized"]], m[m["resized"]]) if len(m) else (m, m)
@@ -135,14 +137,14 @@ def match(paper: pd.DataFrame, ours: pd.DataFrame) -> tuple[pd.DataFrame, pd.Dat
         # Resized runs are averaged per configuration of their own (task size, segment, memory, steps).
         resized = resized.assign(_cfg=[f"{r.task}, tgt_len {int(r.tgt_len)}, "
                                        f"{_memory(r.model_kind, r.mem_len, r.num_mem_tokens)}"
-                                       + _recipe(r) for r in resized.itertuples()])
+                                       + r.recipe for r in resized.itertuples()])
         # Runs of the paper's own task size but another recipe (a CPU preset, a time limit) are
         # kept apart by their step count: a 3,000-step preset is not averaged with a 15,000-step one.
-        exact = exact.assign(_cfg=["" if r.scale == "paper" else _recipe(r).removeprefix(", ")
+        exact = exact.assign(_cfg=["" if r.scale == "paper" else r.recipe.removeprefix(", ")
                                    for r in exact.itertuples()])
         m = pd.concat([exact, resized])
         if len(m):
-            vals = _values(m, p["our_col"], p["metric"]) if len(m) else pd.Series(dtype=float)
+            vals = _values(m, p["our_col"], p["metric"])
             m = m.assign(_v=vals)[vals.notna()]
         groups = list(m.groupby(["scale", "device", "_cfg"], sort=True)) if len(m) else []
         for (scale, device, cfg), g in groups:
@@ -157,12 +159,16 @@ def match(paper: pd.DataFrame, ours: pd.DataFrame) -> tuple[pd.DataFrame, pd.Dat
     return pd.DataFrame(records), only
 
 
+DEFAULT_INIT_STD = 0.02  # the drivers' --init_std default (the original's)
+
+
 def _recipe(r) -> str:
-    """', N steps' plus ', init std S' when a run's saved configuration used another init than 0.02."""
+    """', N steps' plus ', init std S' when a run's saved configuration used another init than the default."""
     out = "" if pd.isna(r.max_step) else f", {int(r.max_step)} steps"
     cfg = getattr(r, "config_json", None)
-    std = json.loads(cfg).get("init_std", 0.02) if isinstance(cfg, str) and cfg.startswith("{") else 0.02
-    return out + ("" if std == 0.02 else f", init std {std:g}")
+    std = json.loads(cfg).get("init_std", DEFAULT_INIT_STD) if isinstance(cfg, str) and cfg.startswith("{") \
+        else DEFAULT_INIT_STD
+    return out + ("" if std == DEFAULT_INIT_STD else f", init std {std:g}")
 
 
 def _num(x: object) -> str:

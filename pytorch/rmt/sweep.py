@@ -25,8 +25,8 @@ Run names are sweep-<name>-<kind>-t<tgt_len>-m<mem>-s<seed> (baseline: m0, once 
 Runs are ordered seed by seed, so a partly finished sweep already covers every configuration.
 `--shard I/N` takes every N-th run from run I, counted from 0 (0/2 and 1/2 split a grid in two):
 N sweeps started side by side (one per core, with OMP_NUM_THREADS=1) share a grid without
-running anything twice. Do not edit a run script in
-place while a sweep runs: bash reads a script as it executes it (replace the file instead).
+running anything twice. Do not edit a run script in place while a sweep runs: bash reads a
+script as it executes it (replace the file instead).
 The output of each run goes to runs/sweeps/<name>/<run name>.log (tail -f it to watch a run).
 """
 from __future__ import annotations
