@@ -367,6 +367,28 @@ def test_recomputed_bptt_keeps_only_the_memory_state_per_segment(mem_len):
     assert (held_bytes(8) - held_bytes(4)) / 4 == b * m * c * 4  # fp32 bytes of one memory state
 
 
+@pytest.mark.parametrize("mem_len", [0, 4])
+def test_recomputed_bptt_keeps_a_few_graph_nodes_per_segment(mem_len):
+    """The graph backward holds must not keep every op of every segment (each node costs host
+    memory that grows with the number of segments): a recomputed segment is a few nodes."""
+    model = make(num_mem_tokens=3, mem_len=mem_len).train()
+
+    def graph_nodes(n_segments, recompute):
+        xs, ys = segments(n_segments)
+        nlls, _ = run_segments(model, xs, ys, depth=None, recompute=recompute)
+        seen, todo = set(), [sum(n.mean() for n in nlls).grad_fn]
+        while todo:
+            node = todo.pop()
+            if node is not None and node not in seen:
+                seen.add(node)
+                todo.extend(nxt for nxt, _ in node.next_functions)
+        return len(seen)
+
+    per_segment = (graph_nodes(8, True) - graph_nodes(4, True)) / 4
+    assert per_segment <= 8  # the checkpoint, the loss's mean and sum, the stored memory
+    assert graph_nodes(8, False) - graph_nodes(4, False) > 20 * 4  # what plain BPTT keeps
+
+
 # ---- fused and flex attention --------------------------------------------------------------
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

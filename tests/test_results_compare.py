@@ -3,6 +3,7 @@
     python -m pytest tests/test_results_compare.py -q
 """
 import csv
+import json
 import multiprocessing as mp
 import os
 import pathlib
@@ -216,3 +217,18 @@ def test_paper_size_runs_of_different_recipes_are_not_averaged(tmp_path):
     hit = pairs[pairs["n"] > 0].set_index("ours_config")
     assert sorted(hit.index) == ["15000 steps", "3000 steps"]
     assert hit.loc["15000 steps", "mean"] == 0.99 and (hit["n"] == 1).all()
+
+
+def test_plots_show_the_newest_recipe_at_each_point(tmp_path):
+    # An older, longer recipe and a newer one at the same point and memory: the curve shows the
+    # newer (the current preset); a larger memory at the same point is never shown.
+    rows = (("old", 20000, 0.02, 4, 0.75, "2026-01-01T00:00:00"), ("new", 10000, 0.1, 4, 1.0, "2026-02-01T00:00:00"),
+            ("big", 10000, 0.1, 8, 0.5, "2026-03-01T00:00:00"))
+    for run_id, steps, std, mem, acc, date in rows:
+        append_result(tmp_path / "synthetic.csv", {
+            "run_id": run_id, "date": date, "scale": "cpu-preset", "device": "cpu", "task": "reverse-seq_len8",
+            "tgt_len": 4, "n_segments": 4, "num_mem_tokens": mem, "mem_len": 0, "mem_at_end": True, "split": "test",
+            "max_step": steps, "config_json": json.dumps({"init_std": std}), "metric_name": "acc_greedy",
+            "metric_value": acc, "acc_greedy": acc})
+    ours = compare._normalise(compare.load_ours(tmp_path, "test")[0])
+    assert list(compare.plotted_runs(ours[ours["model_kind"] == "rmt"])["run_id"]) == ["new"]

@@ -166,6 +166,16 @@ def test_resume_after_hard_kill_is_bit_identical(tmp_path):
         assert torch.equal(a["model"][name], b["model"][name]), name
 
 
+def test_recomputed_segments_train_the_same_weights(tmp_path):
+    # Full BPTT over 4 segments with dropout, once plain and once recomputed segment by segment.
+    run_driver(tmp_path, "--run_name", "plain", "--no_results")
+    run_driver(tmp_path, "--run_name", "recomputed", "--no_results", "--recompute_segments")
+    a = torch.load(tmp_path / "runs" / "plain" / "checkpoint_last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "runs" / "recomputed" / "checkpoint_last.pt", weights_only=True)["model"]
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5), name
+
+
 def test_time_limit_stops_training_then_tests_and_records_the_steps_run(tmp_path):
     run = run_driver(tmp_path, "--run_name", "timed", "--max_step", "1000000", "--max_time", "0.05")
     assert "time limit of 0.05 min reached" in run.stdout + run.stderr

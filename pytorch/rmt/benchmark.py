@@ -333,6 +333,7 @@ def main(argv=None) -> int:
     p.add_argument("--segments", type=int, nargs="+", default=[1, 8, 64], help="bptt: segments per step")
     p.add_argument("--tokens", type=int, nargs="+", default=[8192, 1 << 20], help="stream: tokens to evaluate")
     p.add_argument("--csv", default=None, help="default: experiments/benchmarks/<mode>.csv")
+    p.add_argument("--note", default=None, help="recorded with every row (e.g. what else shared the machine)")
     args = p.parse_args(argv)
     for variant in args.variants:
         try:
@@ -342,6 +343,8 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     meta = run_metadata(str(device) if device.type == "cpu" else torch.cuda.get_device_name(device))
     meta["device"] += f" ({os.cpu_count()} cores)" if device.type == "cpu" else ""
+    if args.note:
+        meta["note"] = args.note
     print(f"device {meta['device']}, torch {meta['torch_version']}")
     if args.mode == "throughput":  # the rates behind mfu, measured in the same run
         n = 8192 if device.type == "cuda" else 1024

@@ -270,6 +270,17 @@ def _agg(values: pd.Series, keys: pd.DataFrame) -> pd.DataFrame:
     return d.groupby(list(keys.columns), as_index=False)["v"].agg(mean="mean", std="std")
 
 
+def plotted_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs one model's curve shows, per (scale, number of segments): the smallest memory we ran
+    there (the tightest equal-memory comparison), and of those the recipe (steps, init) of the
+    newest run, i.e. the current preset rather than an earlier one. The table lists them all."""
+    runs = runs.assign(mem=runs["mem_len"] + runs["num_mem_tokens"])
+    point = ["scale", "n_segments"]
+    runs = runs[runs["mem"] == runs.groupby(point)["mem"].transform("min")]
+    runs = runs.assign(recipe=[_recipe(r) for r in runs.itertuples()]).sort_values("date", kind="stable")
+    return runs[runs["recipe"] == runs.groupby(point)["recipe"].transform("last")]
+
+
 def make_plots(paper: pd.DataFrame, ours: pd.DataFrame, out_dir: str | pathlib.Path) -> list[pathlib.Path]:
     """Accuracy vs segments for copy/reverse/retrieval and LM metric vs memory size; returns the PNGs."""
     import matplotlib
@@ -292,12 +303,7 @@ def make_plots(paper: pd.DataFrame, ours: pd.DataFrame, out_dir: str | pathlib.P
             pk = p[p["model_kind"] == kind].assign(mem=p["mem_len"] + p["num_mem_tokens"], mean=p["value"])
             pk = pk.dropna(subset=["mean"]).sort_values("mem").drop_duplicates("n_segments", keep="last")
             _series(ax, pk, "n_segments", f"{kind} paper", color, paper=True)
-            ok = o[o["model_kind"] == kind].assign(mem=o["mem_len"] + o["num_mem_tokens"])
-            # One memory size per point: the smallest we ran there (the tightest equal-memory comparison).
-            ok = ok[ok["mem"] == ok.groupby(["scale", "n_segments"])["mem"].transform("min")]
-            # and of those, the longest training (the current preset, not an earlier shorter recipe)
-            steps = ok["max_step"].fillna(0)
-            ok = ok[steps == steps.groupby([ok["scale"], ok["n_segments"]]).transform("max")]
+            ok = plotted_runs(o[o["model_kind"] == kind])
             for scale, g in _agg(ok["acc"], ok[["scale", "n_segments"]]).groupby("scale"):
                 _series(ax, g, "n_segments", f"{kind} ours ({SCALE_LABEL.get(scale, scale)})", color, paper=False)
         ax.set(xlabel="number of segments", ylabel="accuracy", title=f"{task}: accuracy vs segments", ylim=(0, 1.05))

@@ -70,7 +70,15 @@ def forward_with_replay(model, x, y, state: MemoryState, history: Sequence[Segme
 class Recomputed:
     """Calls `model` under activation checkpointing: a segment keeps only its inputs (memory,
     cache, tokens) and recomputes its activations in the backward pass, so BPTT over S segments
-    holds one segment's activations at a time. Dropout masks are replayed exactly."""
+    holds one segment's activations at a time. Dropout masks and autocast are replayed exactly.
+
+    When gradient flows through the memory (RMT under BPTT), the segment is one reentrant
+    checkpoint: a single autograd node per segment. The non-reentrant kind keeps every op's
+    node of every segment alive until backward (about 1 KB each, a few hundred per layer),
+    which at the copy shape cost more than the memory states themselves. Reentrant needs an
+    input that requires grad, so segments without one (Transformer-XL, detached memory) use the
+    non-reentrant kind; both only ever run under `.backward()`, as the trainers do.
+    """
 
     def __init__(self, model):
         self.model = model
@@ -82,7 +90,11 @@ class Recomputed:
 
         if not torch.is_grad_enabled():
             return self.model(x, y, state)
-        nll, mem, xl = checkpoint(segment, state.mem, state.xl, use_reentrant=False)
+        mem = self.model.initial_memory(x.size(0)) if state.mem is None else state.mem
+        reentrant = mem is not None and mem.requires_grad
+        nll, mem, xl = checkpoint(segment, mem, state.xl, use_reentrant=reentrant)
+        if reentrant and xl is not None:  # the cache is never differentiated (the model detached
+            xl = tuple(t.detach() for t in xl)  # it); reentrant outputs all look differentiable
         return nll, MemoryState(mem, xl)
 
 

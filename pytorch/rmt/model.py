@@ -120,6 +120,10 @@ class MemTransformerLM(nn.Module):
         """Change segment/cache lengths for evaluation (e.g. a longer cache, as Transformer-XL does)."""
         self.config.tgt_len, self.config.ext_len, self.config.mem_len = tgt_len, ext_len, mem_len
 
+    def initial_memory(self, batch: int) -> torch.Tensor | None:
+        """The learned memory a sequence starts from, (B, M, C); None without memory tokens."""
+        return None if self.mem_tokens is None else self.mem_tokens.unsqueeze(0).expand(batch, -1, -1)
+
     # ---- one segment ------------------------------------------------------------------------
 
     def encode(self, x: torch.Tensor, state: MemoryState | None = None):
@@ -131,9 +135,7 @@ class MemTransformerLM(nn.Module):
         emb = self.word_emb(x)  # (B, T, C)
         mem = state.mem
         if m:
-            if mem is None:
-                mem = self.mem_tokens.unsqueeze(0).expand(b, -1, -1)
-            mem = mem.to(emb.dtype)
+            mem = (self.initial_memory(b) if mem is None else mem).to(emb.dtype)
             parts = [mem, emb, mem] if cfg.mem_at_end else [mem, emb]  # the same memory in both slots
             h = torch.cat(parts, dim=1)  # (B, Q, C)
         else:
