@@ -207,15 +207,18 @@ def test_resized_runs_are_averaged_per_configuration_of_their_own(tmp_path):
 
 def test_paper_size_runs_of_different_recipes_are_not_averaged(tmp_path):
     # Retrieval's CPU preset keeps the paper's task size, so its rows match the paper row exactly;
-    # a 3,000-step and a 15,000-step recipe must still be two records, not one mean.
-    for run_id, steps, acc in (("short", 3000, 0.25), ("long", 15000, 0.99)):
+    # a 3,000-step and a 15,000-step recipe, and one with a curriculum, must still be three
+    # records, not one mean.
+    for run_id, steps, curriculum, acc in (("short", 3000, [], 0.25), ("long", 15000, [], 0.99),
+                                           ("staged", 15000, [10], 0.5)):
         append_result(tmp_path / "synthetic.csv", {
             "run_id": run_id, "scale": "cpu-preset", "device": "cpu", "task": "retrieval", "tgt_len": 5,
             "n_segments": 2, "num_mem_tokens": 5, "mem_len": 0, "mem_at_end": True, "split": "test",
-            "max_step": steps, "metric_name": "acc_tf", "metric_value": acc, "acc_tf": acc})
+            "max_step": steps, "config_json": json.dumps({"curriculum": curriculum}), "metric_name": "acc_tf",
+            "metric_value": acc, "acc_tf": acc})
     pairs, _ = compare.match(compare.load_paper(PAPER), compare.load_ours(tmp_path, "test")[0])
     hit = pairs[pairs["n"] > 0].set_index("ours_config")
-    assert sorted(hit.index) == ["15000 steps", "3000 steps"]
+    assert sorted(hit.index) == ["15000 steps", "15000 steps, curriculum 10", "3000 steps"]
     assert hit.loc["15000 steps", "mean"] == 0.99 and (hit["n"] == 1).all()
 
 

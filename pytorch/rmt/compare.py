@@ -163,12 +163,14 @@ DEFAULT_INIT_STD = 0.02  # the drivers' --init_std default (the original's)
 
 
 def _recipe(r) -> str:
-    """', N steps' plus ', init std S' when a run's saved configuration used another init than the default."""
+    """How a run trained, for labels and grouping: ', N steps', then ', init std S' when its saved
+    configuration used another init than the default, and ', curriculum 16→8' when it had one."""
     out = "" if pd.isna(r.max_step) else f", {int(r.max_step)} steps"
     cfg = getattr(r, "config_json", None)
-    std = json.loads(cfg).get("init_std", DEFAULT_INIT_STD) if isinstance(cfg, str) and cfg.startswith("{") \
-        else DEFAULT_INIT_STD
-    return out + ("" if std == DEFAULT_INIT_STD else f", init std {std:g}")
+    cfg = json.loads(cfg) if isinstance(cfg, str) and cfg.startswith("{") else {}
+    std = cfg.get("init_std", DEFAULT_INIT_STD)
+    out += "" if std == DEFAULT_INIT_STD else f", init std {std:g}"
+    return out + (f", curriculum {'→'.join(map(str, cfg['curriculum']))}" if cfg.get("curriculum") else "")
 
 
 def _num(x: object) -> str:
