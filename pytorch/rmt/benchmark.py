@@ -7,8 +7,9 @@
     PYTHONPATH=pytorch python -m rmt.benchmark stream --tokens 8192 1048576  # constant-memory evaluation
 
 Every measurement runs in a fresh child process, so its peak memory is its own (CUDA: peak
-allocated; CPU: peak resident set above the process's size after building the model). Rows are
-appended to experiments/benchmarks/<mode>.csv with device, torch version and commit.
+allocated; CPU: peak resident set above the process's size after building the model; for throughput
+rows, which run under the default allocator, that includes what the heap kept). Rows are appended
+to experiments/benchmarks/<mode>.csv with device, torch version and commit.
 `--original` points at a checkout of the original LM-RMT code (nothing of it is copied here);
 `--peer` needs `pip install recurrent-memory-transformer-pytorch`.
 
@@ -274,10 +275,13 @@ def matmul_gflops(device: torch.device, n: int = 1024, reps: int = 10, dtype=tor
 
 def _child(kind: str, spec: dict) -> dict:
     """Run one measurement in a fresh interpreter; returns its JSON result (or an error)."""
-    # Large blocks through mmap: freed memory goes back to the OS, so the peak resident set
-    # tracks live tensors instead of what glibc's heap kept after earlier frees.
-    env = {**os.environ, "PYTHONPATH": str(REPO / "pytorch"), "MALLOC_MMAP_THRESHOLD_": "65536",
-           "MALLOC_TRIM_THRESHOLD_": "65536"}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "pytorch")}
+    if kind != "throughput":
+        # Memory modes: large blocks through mmap, so freed memory goes back to the OS and the peak
+        # resident set tracks live tensors instead of what glibc's heap kept after earlier frees.
+        # Never for timings: every large tensor then costs fresh page faults, which made CPU
+        # element-wise ops several times slower (an add of 2.4M floats: 4.7 ms against 0.8 ms).
+        env |= {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
     cmd = [sys.executable, "-m", "rmt.benchmark", "_child", kind, json.dumps(spec)]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if run.returncode != 0:
