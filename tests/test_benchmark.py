@@ -30,6 +30,22 @@ def test_throughput_rows(tmp_path):
     assert ((rows.mfu / (rows.train_tflops * 1e3 / rows.matmul_gflops) - 1).abs() < 1e-2).all()  # rate rounded
 
 
+def test_repeats_record_medians_and_spread(tmp_path):
+    rows = bench(tmp_path, "throughput", "--steps", "1", "--warmup", "0", "--kinds", "rmt", "--repeats", "3")
+    assert len(rows) == 1 and rows.repeats[0] == 3 and rows.train_spread[0] >= 0
+
+
+def test_median_trial():
+    from rmt.benchmark import median_trial
+
+    trials = [{"train_tok_s": r, "eval_tok_s": 2 * r, "peak_mem_mb": 10.0, "n_params": 5} for r in (90.0, 100.0, 130.0)]
+    m = median_trial(trials)
+    assert (m["train_tok_s"], m["eval_tok_s"], m["n_params"]) == (100.0, 200.0, 5)
+    assert abs(m["train_spread"] - 0.4) < 1e-12
+    assert "train_spread" not in median_trial(trials[:1])
+    assert median_trial(trials[:1] + [{"error": "boom"}]) == {"error": "boom"}
+
+
 def test_bad_variant_is_refused(tmp_path):
     run = subprocess.run([sys.executable, "-m", "rmt.benchmark", "throughput", "--variants", "eager+fp8"],
                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)

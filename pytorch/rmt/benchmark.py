@@ -18,7 +18,9 @@ flex) optionally joined with `+bf16` (autocast) and `+compile` (torch.compile). 
 run as they come (fp32, eager). Every throughput row carries the model FLOPs per token, the
 achieved training TFLOP/s and its fraction of the matrix-product rate measured in the same run
 (`mfu`, against the fp32 rate, or the bf16 rate for +bf16 variants), and, for our variants,
-the ratio to the original (`vs_original`) and to the pip peer (`vs_peer`).
+the ratio to the original (`vs_original`) and to the pip peer (`vs_peer`). On a shared machine,
+`--repeats N` runs N rounds over all implementations and records each one's medians and the spread
+of its training rate (`train_spread`), so a slow spell does not decide a ratio.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import os
 import pathlib
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -273,6 +276,22 @@ def matmul_gflops(device: torch.device, n: int = 1024, reps: int = 10, dtype=tor
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
+def median_trial(trials: list[dict]) -> dict:
+    """One throughput result from repeated runs: the median of each rate and of the peak memory,
+    with the spread of the training rate ((max - min) / median) when there are several; the first
+    error if any run failed."""
+    errors = [t for t in trials if "error" in t]
+    if errors:
+        return errors[0]
+    out = dict(trials[0])
+    for key in ("train_tok_s", "eval_tok_s", "peak_mem_mb"):
+        out[key] = statistics.median(t[key] for t in trials)
+    if len(trials) > 1:
+        rates = [t["train_tok_s"] for t in trials]
+        out["train_spread"] = (max(rates) - min(rates)) / out["train_tok_s"]
+    return out
+
+
 def _child(kind: str, spec: dict) -> dict:
     """Run one measurement in a fresh interpreter; returns its JSON result (or an error)."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "pytorch")}
@@ -329,6 +348,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=20, help="timed steps (after as many warm-up steps as --warmup)")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="throughput: rounds over all implementations; rows hold each one's median")
     p.add_argument("--batch", type=int, default=None, help="override the config's batch size")
     p.add_argument("--original", default=None, help="path to a checkout of the original LM-RMT code")
     p.add_argument("--variants", nargs="+", default=["eager"],
@@ -339,6 +360,8 @@ def main(argv=None) -> int:
     p.add_argument("--csv", default=None, help="default: experiments/benchmarks/<mode>.csv")
     p.add_argument("--note", default=None, help="recorded with every row (e.g. what else shared the machine)")
     args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats must be at least 1, got {args.repeats}")
     for variant in args.variants:
         try:
             parse_variant(variant)
@@ -365,14 +388,19 @@ def main(argv=None) -> int:
                 impls = ours + (["original"] if args.original else []) + (["peer"] if args.peer and kind == "rmt" else [])
                 cfg = CONFIGS[config] | override
                 flops = train_flops_per_token(cfg, kind)
-                res, kind_rows = {}, []
+                trials = {impl: [] for impl in impls}
+                for _ in range(args.repeats):  # rounds of every implementation, so slow spells hit all alike
+                    for impl in impls:
+                        spec = dict(config=config, kind=kind, impl=impl, device=args.device, steps=args.steps,
+                                    warmup=args.warmup, original=args.original, override=override)
+                        trials[impl].append(_child("throughput", spec))
+                res = {impl: median_trial(t) for impl, t in trials.items()}
+                kind_rows = []
                 for impl in impls:
-                    spec = dict(config=config, kind=kind, impl=impl, device=args.device, steps=args.steps,
-                                warmup=args.warmup, original=args.original, override=override)
-                    res[impl] = _child("throughput", spec)
                     row = {**meta, "mode": "throughput", "config": config, "kind": kind, "impl": impl,
                            "batch": cfg["batch"], "tgt_len": cfg["tgt_len"], "steps": args.steps,
-                           "matmul_gflops": round(gflops, 1), "flops_per_token": flops, **res[impl]}
+                           "repeats": args.repeats, "matmul_gflops": round(gflops, 1), "flops_per_token": flops,
+                           **res[impl]}
                     if "error" not in res[impl]:
                         bf16 = impl in ours and parse_variant(impl.removeprefix("ours-"))["bf16"]
                         rate = bf16_gflops if bf16 and bf16_gflops else gflops
