@@ -388,12 +388,12 @@ def main(argv=None) -> int:
                 impls = ours + (["original"] if args.original else []) + (["peer"] if args.peer and kind == "rmt" else [])
                 cfg = CONFIGS[config] | override
                 flops = train_flops_per_token(cfg, kind)
+                specs = {impl: dict(config=config, kind=kind, impl=impl, device=args.device, steps=args.steps,
+                                    warmup=args.warmup, original=args.original, override=override) for impl in impls}
                 trials = {impl: [] for impl in impls}
                 for _ in range(args.repeats):  # rounds of every implementation, so slow spells hit all alike
                     for impl in impls:
-                        spec = dict(config=config, kind=kind, impl=impl, device=args.device, steps=args.steps,
-                                    warmup=args.warmup, original=args.original, override=override)
-                        trials[impl].append(_child("throughput", spec))
+                        trials[impl].append(_child("throughput", specs[impl]))
                 res = {impl: median_trial(t) for impl, t in trials.items()}
                 kind_rows = []
                 for impl in impls:
