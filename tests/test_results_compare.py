@@ -119,7 +119,7 @@ def test_paper_known_values():
 # --- comparison ------------------------------------------------------------------------------------
 
 def _write_runs(results: pathlib.Path) -> None:
-    """3 seeds of copy RMT M=8 at 9 segments, 1 TXL run, 1 val row, 1 ours-only LM row."""
+    """3 seeds of copy RMT M=8 at 9 segments, 1 TXL run, 1 val row, 1 eval-mode row, 1 ours-only LM row."""
     for seed, acc in zip((1, 2, 3), (0.90, 0.95, 1.00)):
         append_result(results / "synthetic.csv", {
             "run_id": f"copy-rmt-{seed}", "scale": "cpu-preset", "device": "cpu", "task": "copy", "seed": seed,
@@ -131,6 +131,10 @@ def _write_runs(results: pathlib.Path) -> None:
     append_result(results / "synthetic.csv", {
         "run_id": "copy-txl", "scale": "paper", "task": "copy", "tgt_len": 8, "mem_len": 8,
         "split": "val", "metric_name": "acc_greedy", "metric_value": 0.1, "acc_greedy": 0.1})
+    append_result(results / "synthetic.csv", {  # eval mode re-measuring a checkpoint: not another seed
+        "run_id": "copy-rmt-1-eval", "scale": "cpu-preset", "device": "cpu", "task": "copy", "seed": 1,
+        "tgt_len": 8, "n_segments": 9, "num_mem_tokens": 8, "mem_len": 0, "mem_at_end": True, "split": "test",
+        "metric_name": "acc_greedy", "metric_value": 0.2, "acc_greedy": 0.2, "config_json": {"eval_only": True}})
     append_result(results / "lm.csv", {
         "run_id": "tiny-lm", "scale": "smoke", "device": "cpu", "task": "wt103", "tgt_len": 16, "mem_len": 0,
         "num_mem_tokens": 2, "mem_at_end": True, "split": "test", "metric_name": "ppl", "metric_value": 900.0})
@@ -140,7 +144,7 @@ def test_compare_aggregates_and_matches(tmp_path):
     _write_runs(tmp_path)
     paper = compare.load_paper(PAPER)
     ours, dropped = compare.load_ours(tmp_path, "test")
-    assert dropped == 1
+    assert dropped == 2 and "copy-rmt-1-eval" not in set(ours["run_id"])
     pairs, only = compare.match(paper, ours)
     rmt = _one(pairs[pairs["n"] > 0], task="copy", model_kind="rmt")
     assert (rmt["tgt_len"], rmt["num_mem_tokens"], rmt["value"], rmt["n"]) == (8, 8, 1.0, 3)

@@ -62,6 +62,20 @@ def test_retrieval_answer_is_value_of_query(num_pairs):
     assert g.retrieval_decode([11, 3, 36, 10, 0]) == "a3z|0"
 
 
+def test_retrieval_groups_samples_by_the_queried_pair():
+    spec = TASKS["retrieval"]
+    X, y = spec.sample(rng(), 400)
+    src, _ = g.stack_src_tgt(X, y)
+    pair = spec.group_of(src)  # numpy in, numpy out; torch alike
+    assert sorted(set(pair.tolist())) == [1, 2, 3, 4]
+    assert (X[np.arange(400), 2 * (pair - 1)] == X[:, -1]).all()  # the key of that pair is the query
+    assert (X[np.arange(400), 2 * pair - 1] == y[:, 1]).all()  # and its value is the answer
+    assert spec.group_of(torch.from_numpy(src)).tolist() == pair.tolist()
+    hand = torch.tensor([[11, 3, 12, 4, 13, 5, 14, 6, 13, 10], [11, 3, 12, 4, 13, 5, 14, 6, 11, 10]])
+    assert spec.group_of(hand).tolist() == [3, 1]
+    assert TASKS["copy"].group_of is None and TASKS["copy"].group_name == ""
+
+
 # ---- quadratic equations ------------------------------------------------------------------------------------
 
 def test_sqeq_known_examples():

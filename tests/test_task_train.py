@@ -7,11 +7,15 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from rmt.memory import MemoryState
+from rmt.results import read_results
+from rmt.tasks.generators import stack_src_tgt
+from rmt.tasks.registry import task_spec
 from rmt.tasks.runner import evaluate_batches, greedy, pad_to_segments, scored_mask, segments, teacher_forced
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -119,6 +123,33 @@ def test_greedy_never_feeds_ground_truth_inside_the_answer():
     assert tf[0, 4:].tolist() == [6, 7, 8, 9]  # teacher forcing sees the true inputs
 
 
+class LastTwoPairs(Oracle):
+    """Retrieval [k1 v1 .. k4 v4 q 10]: answers right when the query asks for pair 3 or 4, else v3 (wrong)."""
+
+    def predict(self, prefix):
+        if int((prefix[0] >= 0).sum()) - 1 != 9:  # only the answer position is scored
+            return torch.ones(prefix.size(0), dtype=torch.long)
+        keys, values, q = prefix[:, 0:8:2], prefix[:, 1:8:2], prefix[:, 8:9]
+        pair = ((keys == q) * 1).argmax(1).clamp(min=2)
+        return values.gather(1, pair[:, None])[:, 0]
+
+
+def test_accuracy_by_queried_pair_is_counted_by_hand():
+    spec = task_spec("retrieval")
+    X, y = spec.sample(np.random.default_rng(3), 64)
+    src, tgt = (torch.from_numpy(a) for a in stack_src_tgt(X, y))
+    pair = spec.group_of(src)
+    for tgt_len in (10, 5, 3):  # across segments the stand-in reads the earlier ones from its memory
+        m = evaluate_batches(LastTwoPairs(0, vocab=37), [(src[:40], tgt[:40]), (src[40:], tgt[40:])], 1, tgt_len,
+                             ignore_pad=False, group_of=spec.group_of)
+        assert m.acc_tf == pytest.approx((pair >= 3).float().mean().item()) == pytest.approx(m.acc_greedy)
+        assert sorted(m.by_group) == [1, 2, 3, 4]
+        for g, v in m.by_group.items():
+            assert v["n"] == (pair == g).sum().item()
+            assert v["acc_tf"] == v["acc_greedy"] == (1.0 if g >= 3 else 0.0)
+    assert evaluate_batches(LastTwoPairs(0, vocab=37), [(src, tgt)], 1, 10, ignore_pad=False).by_group == {}
+
+
 # ---- the driver -------------------------------------------------------------------------------
 
 TINY = ["--dataset", "copy", "--task_seq_len", "4", "--tgt_len", "3", "--eval_tgt_len", "3",
@@ -152,6 +183,22 @@ def test_driver_end_to_end_writes_logs_checkpoints_and_a_results_row(tmp_path):
     run_driver(tmp_path, "--eval_only", "--eval_checkpoint", str(run_dir / "checkpoint_best.pt"), "--run_name", "ev")
     rows = pd.read_csv(tmp_path / "res.csv")
     assert len(rows) == 2 and rows.acc_tf.iloc[1] == pytest.approx(row.acc_tf)
+
+
+def test_retrieval_run_records_accuracy_by_queried_pair_beside_the_results(tmp_path):
+    assert TINY[:4] == ["--dataset", "copy", "--task_seq_len", "4"]
+    args = [sys.executable, "-m", "rmt.train_synthetic", "--dataset", "retrieval", *TINY[4:], "--run_name", "pairs",
+            "--work_dir", str(tmp_path / "runs"), "--data", str(tmp_path / "data"),
+            "--results_csv", str(tmp_path / "res" / "synthetic.csv")]
+    run = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "valid acc_tf_pair1" in (tmp_path / "runs" / "pairs" / "log.txt").read_text()
+    row = pd.read_csv(tmp_path / "res" / "synthetic.csv").iloc[0]
+    pairs = pd.read_csv(tmp_path / "res" / "groups" / "synthetic.csv")
+    assert pairs.run_id.tolist() == ["pairs"] * 4 and pairs.group.tolist() == [1, 2, 3, 4]
+    assert (pairs.group_name == "pair").all() and pairs.n_samples.sum() == 16  # the whole test split
+    assert (pairs.acc_tf * pairs.n_samples).sum() / 16 == pytest.approx(row.acc_tf)
+    assert len(read_results(tmp_path / "res")) == 1  # the results directory still holds one row
 
 
 def test_resume_after_hard_kill_is_bit_identical(tmp_path):

@@ -91,15 +91,25 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
 def load_ours(results_dir: str | pathlib.Path, split: str = "test") -> tuple[pd.DataFrame, int]:
     """Our rows on `split` ("any" keeps all; rows with no split are kept), normalised for matching.
 
-    Returns (rows, number of rows dropped because they are on another split).
+    Rows of eval mode (`--eval_only`) re-measure a checkpoint whose training run has a row of its own, so they
+    are left out: counted, they would add a seed that was never trained.
+    Returns (rows, number of rows left out: on another split, or from eval mode).
     """
     df = _normalise(read_results(results_dir))
     with_id = df["run_id"].notna()  # a re-appended run counts once (its last row)
     df = pd.concat([df[with_id].drop_duplicates(["run_id", "split", "metric_name"], keep="last"), df[~with_id]])
+    reevaluated = pd.Series([_config(c).get("eval_only") is True for c in df["config_json"]], index=df.index,
+                            dtype=bool)
+    df = df[~reevaluated]
     if split == "any":
-        return df, 0
+        return df, int(reevaluated.sum())
     keep = df["split"].isna() | (df["split"].astype(str) == split)
-    return df[keep], int((~keep).sum())
+    return df[keep], int((~keep).sum() + reevaluated.sum())
+
+
+def _config(cell: object) -> dict:
+    """A row's config_json cell as a dict ({} when empty or not JSON)."""
+    return json.loads(cell) if isinstance(cell, str) and cell.startswith("{") else {}
 
 
 def _values(rows: pd.DataFrame, col: str, metric: str) -> pd.Series:
@@ -166,8 +176,7 @@ def _recipe(r) -> str:
     """How a run trained, for labels and grouping: ', N steps', then ', init std S' when its saved
     configuration used another init than the default, and ', curriculum 16→8' when it had one."""
     out = "" if pd.isna(r.max_step) else f", {int(r.max_step)} steps"
-    cfg = getattr(r, "config_json", None)
-    cfg = json.loads(cfg) if isinstance(cfg, str) and cfg.startswith("{") else {}
+    cfg = _config(getattr(r, "config_json", None))
     std = cfg.get("init_std", DEFAULT_INIT_STD)
     out += "" if std == DEFAULT_INIT_STD else f", init std {std:g}"
     return out + (f", curriculum {'→'.join(map(str, cfg['curriculum']))}" if cfg.get("curriculum") else "")
@@ -209,7 +218,7 @@ def render(pairs: pd.DataFrame, only: pd.DataFrame, results_dir: str, n_ours: in
     if n_ours == 0:
         out += [f"No runs found in `{results_dir}`; showing the paper's tables only.", ""]
     if dropped:
-        out += [f"{dropped} rows on other splits were ignored (see --split).", ""]
+        out += [f"{dropped} rows were left out: rows on other splits (see --split) and eval-mode re-evaluations.", ""]
     out += ["`[!]` = not paper scale (reduced hyper-parameters): a sanity check, not a reproduction.", ""]
     for name in PAPER_TABLES:
         t = pairs[pairs["table"] == name] if len(pairs) else pairs

@@ -32,6 +32,13 @@ RESULT_COLUMNS: list[str] = [
     "tokens_per_s", "peak_mem_mb", "train_time_s", "run_dir", "config_json",
 ]
 
+# Per-group accuracies of one run (retrieval: by queried pair), one row per group, joined to the run's row
+# by run_id. They live in groups/ beside the results CSV, so readers of the results directory never see them.
+GROUP_COLUMNS: list[str] = [
+    "run_id", "date", "git_commit", "task", "model_kind", "seed", "n_segments", "split",
+    "group_name", "group", "n_samples", "acc_tf", "acc_greedy",
+]
+
 SCALES = ("paper", "cpu-preset", "smoke")  # conventional values of the free-string `scale` column
 
 
@@ -78,32 +85,33 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def append_result(csv_path: str | os.PathLike, row: dict) -> None:
+def append_result(csv_path: str | os.PathLike, row: dict, columns: list[str] = RESULT_COLUMNS) -> None:
     """Append one row to `csv_path`, creating parent dirs and the header if needed.
 
     Missing columns are left empty; unknown keys raise ValueError. The write happens
     under an exclusive fcntl lock, as one write call, so concurrent runs never interleave.
+    `columns` is the file's schema (RESULT_COLUMNS, or GROUP_COLUMNS for a per-group file).
     """
-    unknown = sorted(set(row) - set(RESULT_COLUMNS))
+    unknown = sorted(set(row) - set(columns))
     if unknown:
         raise ValueError(f"unknown result columns: {', '.join(unknown)}")
     path = pathlib.Path(csv_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([_cell(row.get(c)) for c in RESULT_COLUMNS])
+    writer.writerow([_cell(row.get(c)) for c in columns])
     line = buf.getvalue()
     with open(path, "a+", encoding="utf-8", newline="") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             if os.fstat(f.fileno()).st_size == 0:
                 header = io.StringIO()
-                csv.writer(header, lineterminator="\n").writerow(RESULT_COLUMNS)
+                csv.writer(header, lineterminator="\n").writerow(columns)
                 line = header.getvalue() + line
             else:
                 f.seek(0)
                 existing = next(csv.reader([f.readline()]), [])
-                if existing != RESULT_COLUMNS:
+                if existing != columns:
                     raise ValueError(f"{path} has a different header; schema mismatch: {existing}")
                 f.seek(0, os.SEEK_END)
             f.write(line)
@@ -111,6 +119,12 @@ def append_result(csv_path: str | os.PathLike, row: dict) -> None:
             os.fsync(f.fileno())
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def groups_csv(results_csv: str | os.PathLike) -> pathlib.Path:
+    """Where the per-group rows of the runs recorded in `results_csv` go: groups/<same name>."""
+    path = pathlib.Path(results_csv)
+    return path.parent / "groups" / path.name
 
 
 def read_results(path_or_dir: str | os.PathLike) -> pd.DataFrame:

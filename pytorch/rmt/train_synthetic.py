@@ -23,7 +23,7 @@ from . import cli
 from .checkpoint import CheckpointError, load_file, load_model
 from .model import MemTransformerLM, init_weights
 from .optim import LRSchedule, build_optimizer
-from .results import append_result
+from .results import GROUP_COLUMNS, append_result, groups_csv
 from .runtime import REPO_ROOT, Runtime, RunLogger, compile_model, prepare_run_dir, seed_all
 from .tasks.files import load_meta, load_split, write_dataset
 from .tasks.registry import TASK_NAMES, task_spec
@@ -223,19 +223,26 @@ def main(argv=None) -> int:
                 break
             yield src[start : start + bsz].to(runtime.device), tgt[start : start + bsz].to(runtime.device)
 
-    def evaluate(split_name: str, greedy: bool = not args.no_greedy_valid) -> dict:
+    def measure(split_name: str, greedy: bool):
         split = valid if split_name == "valid" else test
         limit = args.max_eval_steps if split_name == "valid" else -1
         model.eval()
         with runtime.autocast():
-            m = evaluate_batches(model, batches(split, limit), answer_size, seg_len(evaluating=True), ignore_pad,
-                                 with_greedy=greedy, answer_slot=answer_slot)
+            return evaluate_batches(model, batches(split, limit), answer_size, seg_len(evaluating=True), ignore_pad,
+                                    with_greedy=greedy, answer_slot=answer_slot, group_of=spec.group_of)
+
+    def reported(m, greedy: bool) -> dict:
         out = {"loss": m.loss, "acc_tf": m.acc_tf}
         if greedy:
             out.update(acc_greedy=m.acc_greedy, exact_match=m.exact_match)
             if answer_slot:
                 out["answer_acc"] = m.answer_acc
+        # per group (retrieval: acc_tf_pair1 ..): logged and drawn in TensorBoard with the rest
+        out.update({f"acc_tf_{spec.group_name}{g}": v["acc_tf"] for g, v in m.by_group.items()})
         return out
+
+    def evaluate(split_name: str, greedy: bool = not args.no_greedy_valid) -> dict:
+        return reported(measure(split_name, greedy), greedy)
 
     if args.eval_only:
         trainer.step = args.max_step  # nothing to train
@@ -254,7 +261,8 @@ def main(argv=None) -> int:
         stage["index"] = len(stages) - 1
     elif not args.eval_only and runtime.is_main and (run_dir / BEST).is_file():
         model.load_state_dict(load_file(run_dir / BEST, runtime.device)["model"])
-    test_metrics = evaluate("test", greedy=True)
+    test_m = measure("test", greedy=True)
+    test_metrics = reported(test_m, greedy=True)
     logger.log("test | " + " | ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()) + f" | {len(test[0])} samples")
     if runtime.is_main and not args.no_results:
         csv = args.results_csv or REPO_ROOT / "experiments" / "results" / "synthetic.csv"
@@ -265,6 +273,12 @@ def main(argv=None) -> int:
                                                                     ("loss", "acc_tf", "acc_greedy", "exact_match")})
         append_result(csv, row)
         logger.log(f"results row appended to {csv}")
+        for g, v in test_m.by_group.items():
+            append_result(groups_csv(csv), {**{k: row[k] for k in GROUP_COLUMNS if k in row},
+                                            "group_name": spec.group_name, "group": g, "n_samples": v["n"],
+                                            "acc_tf": v["acc_tf"], "acc_greedy": v["acc_greedy"]}, GROUP_COLUMNS)
+        if test_m.by_group:
+            logger.log(f"accuracy by {spec.group_name} appended to {groups_csv(csv)}")
     logger.close()
     runtime.close()
     return 0

@@ -10,6 +10,7 @@ Metrics, over the last `answer_size` target positions:
   every input is the model's own previous prediction, across segment boundaries too;
 - exact_match: fraction of samples whose whole greedy answer is right.
 Positions whose target is padding are not counted when `ignore_pad` (quadratic equations).
+With a task's `group_of` (retrieval: the queried pair), acc_tf and acc_greedy are also given per group.
 """
 from __future__ import annotations
 
@@ -96,19 +97,33 @@ class TaskMetrics(NamedTuple):
     exact_match: float
     answer_acc: float  # quadratic equations: the final answer slot all right (greedy); else = exact_match
     n_samples: int
+    by_group: dict = {}  # group -> {"n": samples, "acc_tf": .., "acc_greedy": ..} when a group_of is given
+
+
+def _add_by_group(counts: dict, groups: torch.Tensor, hits: torch.Tensor, counted: torch.Tensor) -> None:
+    """counts[g] += (hits, counted positions) of the samples of each group g; hits and counted are (B,)."""
+    for g in groups.unique().tolist():
+        rows = groups == g
+        h, c, n = counts.get(g, (0, 0, 0))
+        counts[g] = (h + hits[rows].sum().item(), c + counted[rows].sum().item(), n + rows.sum().item())
 
 
 def evaluate_batches(model, batches, answer_size: int, tgt_len: int, ignore_pad: bool, with_greedy: bool = True,
-                     answer_slot: int = 0) -> TaskMetrics:
-    """Aggregate the metrics over an iterable of (src, tgt) batches."""
+                     answer_slot: int = 0, group_of=None) -> TaskMetrics:
+    """Aggregate the metrics over an iterable of (src, tgt) batches (per group too, with `group_of`)."""
     loss = tf_hits = gr_hits = exact = answer_ok = counted = n = 0
+    tf_groups, gr_groups = {}, {}
     for src, tgt in batches:
         batch_loss, tf_pred = teacher_forced(model, src, tgt, answer_size, tgt_len)
         mask = scored_mask(tgt, answer_size, ignore_pad)
         loss += batch_loss
-        tf_hits += (tf_pred.eq(tgt) & mask).sum().item()
+        tf_right = tf_pred.eq(tgt) & mask
+        tf_hits += tf_right.sum().item()
         counted += mask.sum().item()
         n += src.size(0)
+        groups = group_of(src) if group_of else None
+        if groups is not None:
+            _add_by_group(tf_groups, groups, tf_right.sum(1), mask.sum(1))
         if with_greedy:
             gr = greedy(model, src, answer_size, tgt_len)
             right = gr.eq(tgt)
@@ -116,10 +131,15 @@ def evaluate_batches(model, batches, answer_size: int, tgt_len: int, ignore_pad:
             exact += right[:, -answer_size:].all(1).sum().item()
             slot = answer_slot or answer_size
             answer_ok += right[:, -slot:].all(1).sum().item()
+            if groups is not None:
+                _add_by_group(gr_groups, groups, (right & mask).sum(1), mask.sum(1))
     nan = float("nan")
+    by_group = {g: {"n": s, "acc_tf": h / max(c, 1),
+                    "acc_greedy": gr_groups[g][0] / max(c, 1) if with_greedy else nan}
+                for g, (h, c, s) in sorted(tf_groups.items())}
     return TaskMetrics(
         loss=loss / max(n, 1), acc_tf=tf_hits / max(counted, 1),
         acc_greedy=gr_hits / max(counted, 1) if with_greedy else nan,
         exact_match=exact / max(n, 1) if with_greedy else nan,
-        answer_acc=answer_ok / max(n, 1) if with_greedy else nan, n_samples=n,
+        answer_acc=answer_ok / max(n, 1) if with_greedy else nan, n_samples=n, by_group=by_group,
     )
