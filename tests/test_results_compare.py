@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from rmt import compare
-from rmt.results import RESULT_COLUMNS, append_result, model_kind, read_results
+from rmt.results import GROUP_COLUMNS, RESULT_COLUMNS, append_result, groups_csv, model_kind, read_results
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAPER = ROOT / "experiments" / "paper"
@@ -239,3 +239,21 @@ def test_plots_show_the_newest_recipe_at_each_point(tmp_path):
             "metric_value": acc, "acc_greedy": acc})
     ours = compare._normalise(compare.load_ours(tmp_path, "test")[0])
     assert list(compare.plotted_runs(ours[ours["model_kind"] == "rmt"])["run_id"]) == ["new"]
+
+
+def test_group_section_shows_each_runs_accuracy_by_queried_pair(tmp_path):
+    assert compare.group_section(tmp_path) == ""  # no groups/ at all
+    for run, kind, mem, accs in (("r-rmt", "rmt", {"num_mem_tokens": 3}, (0.5, 0.25, 1.0, 1.0)),
+                                 ("r-base", "baseline", {}, (0.0, 0.0, 1.0, 1.0))):
+        append_result(tmp_path / "synthetic.csv", {"run_id": run, "task": "retrieval", "model_kind": kind,
+                                                   "n_segments": 4, "split": "test", **mem})
+        for k, a in enumerate(accs, 1):
+            append_result(groups_csv(tmp_path / "synthetic.csv"), {
+                "run_id": run, "task": "retrieval", "model_kind": kind, "seed": 7, "n_segments": 4, "split": "test",
+                "group_name": "pair", "group": k, "n_samples": 10 * k, "acc_tf": a, "acc_greedy": a}, GROUP_COLUMNS)
+    text = compare.group_section(tmp_path)
+    assert "## retrieval: test accuracy (tf) by pair" in text and "| pair 1 | pair 2 | pair 3 | pair 4 |" in text
+    base, rmt = [line for line in text.splitlines() if "`r-" in line]  # baseline first, as in the tables
+    assert base == "| 4 | baseline | – | 7 | `r-base` | 0.000 | 0.000 | 1.000 | 1.000 | 100 |"
+    assert rmt == "| 4 | rmt | M=3 | 7 | `r-rmt` | 0.500 | 0.250 | 1.000 | 1.000 | 100 |"
+    assert len(compare.load_ours(tmp_path)[0]) == 2  # group rows never count as results rows

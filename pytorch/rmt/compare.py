@@ -11,6 +11,8 @@ Ours are grouped by (scale, device), and resized runs also by their own task, tg
 then reported as mean ± std over runs; runs at another scale than "paper" are flagged, they are
 not a reproduction, and the scale cell names a resized run's own configuration.
 --readme FILE puts the tables and links to the plots between the markers README_BEGIN and README_END.
+Runs that recorded accuracy per group (results/groups/: retrieval by queried pair) get one more table,
+one row per run.
 """
 from __future__ import annotations
 
@@ -79,8 +81,8 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
         df[["mem_len", "num_mem_tokens", "mem_backprop_depth"]].fillna(0)
     kinds = [model_kind(m, l, _as_bool(e)) for m, l, e in zip(df["num_mem_tokens"], df["mem_len"], df["mem_at_end"])]
     df["model_kind"] = df["model_kind"].where(df["model_kind"].notna() & (df["model_kind"] != ""), kinds)
-    df["scale"] = df["scale"].fillna("unknown").astype(str)
-    df["device"] = df["device"].fillna("").astype(str)
+    df["scale"] = df["scale"].astype(object).fillna("unknown").astype(str)  # all-empty columns read as float
+    df["device"] = df["device"].astype(object).fillna("").astype(str)
     df["task"] = df["task"].astype(str)
     # "copy-seq_len8" is the copy task at another size (a CPU preset): matched by segments only.
     df["task_base"] = df["task"].str.split("-").str[0].replace(TASK_ALIASES)
@@ -348,6 +350,35 @@ def make_plots(paper: pd.DataFrame, ours: pd.DataFrame, out_dir: str | pathlib.P
     return paths
 
 
+def group_section(results_dir: str | pathlib.Path) -> str:
+    """Markdown: per-group test accuracy (retrieval: by queried pair) of every run in results_dir/groups/,
+    one row per run, with the run's memory from its results row; "" when there are none."""
+    files = sorted((pathlib.Path(results_dir) / "groups").glob("*.csv"))
+    frames = [pd.read_csv(f) for f in files if f.stat().st_size > 0]
+    if not frames:
+        return ""
+    g = pd.concat(frames, ignore_index=True).drop_duplicates(["run_id", "split", "group"], keep="last")
+    runs = _normalise(read_results(results_dir)).drop_duplicates("run_id", keep="last").set_index("run_id")
+    out = []
+    for (task, name), t in g.groupby(["task", "group_name"], sort=True):
+        groups = sorted(t["group"].unique())
+        rows = []
+        for run_id, r in t.groupby("run_id", sort=False):
+            first = r.iloc[0]
+            mem = runs.loc[run_id] if run_id in runs.index else None
+            acc = r.set_index("group")["acc_tf"]
+            rows.append((int(first["n_segments"]), first["model_kind"], int(first["seed"]), [
+                str(int(first["n_segments"])), first["model_kind"],
+                "?" if mem is None else _memory(first["model_kind"], mem["mem_len"], mem["num_mem_tokens"]),
+                str(int(first["seed"])), f"`{run_id}`", *[f"{acc[k]:.3f}" if k in acc else "—" for k in groups],
+                str(int(r["n_samples"].sum()))]))
+        rows = [cells for *_, cells in sorted(rows, key=lambda x: (x[0], list(KIND_COLOR).index(x[1])
+                                                                   if x[1] in KIND_COLOR else 9, x[2]))]
+        head = ["segments", "model", "memory", "seed", "run", *[f"{name} {k}" for k in groups], "samples"]
+        out += [f"## {task}: test accuracy (tf) by {name} ({_shown(results_dir)}/groups/)", "", _table(head, rows), ""]
+    return "\n".join(out)
+
+
 def readme_markdown(report: str, plots: list[pathlib.Path], readme_dir: str | pathlib.Path) -> str:
     """The report as a README section: its title dropped (the README has its own), headings one
     level down, then the plots as images linked relative to the README's directory."""
@@ -404,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     ours, dropped = load_ours(args.results, args.split)
     pairs, only = match(paper, ours)
-    text = render(pairs, only, _shown(args.results), len(ours), dropped)
+    by_group = group_section(args.results)
+    text = render(pairs, only, _shown(args.results), len(ours), dropped) + ("\n" + by_group if by_group else "")
     print(text)
     if args.markdown:
         pathlib.Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
@@ -414,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}", file=sys.stderr)
     if readme:  # with --no-plots, link the plots already there
         plots = plots or sorted(pathlib.Path(args.plots).glob("*.png"))
-        short = render(pairs, only, _shown(args.results), len(ours), dropped, matched_only=True)
+        short = render(pairs, only, _shown(args.results), len(ours), dropped, matched_only=True) \
+            + ("\n" + by_group if by_group else "")
         readme.write_text(replace_section(readme_text, readme_markdown(short, plots, readme.parent)), encoding="utf-8")
         print(f"updated {readme} between {README_BEGIN} and {README_END}", file=sys.stderr)
     return 0
