@@ -241,6 +241,27 @@ def test_plots_show_the_newest_recipe_at_each_point(tmp_path):
     assert list(compare.plotted_runs(ours[ours["model_kind"] == "rmt"])["run_id"]) == ["new"]
 
 
+def test_plots_keep_a_line_on_one_recipe_where_it_can(tmp_path):
+    # A newer recipe tried at one point only (a curriculum) does not replace, there, the recipe the
+    # rest of the line uses; once it covers as many points, the newest wins again.
+    def run(run_id, seg, date, cfg):
+        append_result(tmp_path / "synthetic.csv", {
+            "run_id": run_id, "date": date, "scale": "cpu-preset", "device": "cpu", "task": "retrieval",
+            "tgt_len": 10 // seg, "n_segments": seg, "num_mem_tokens": 5, "mem_len": 0, "mem_at_end": True,
+            "split": "test", "max_step": 15000, "config_json": json.dumps(cfg), "metric_name": "acc_tf",
+            "metric_value": 0.5, "acc_tf": 0.5})
+
+    def plotted():
+        return sorted(compare.plotted_runs(compare._normalise(compare.load_ours(tmp_path, "test")[0]))["run_id"])
+
+    run("grid2", 2, "2026-01-01T00:00:00", {})
+    run("grid4", 4, "2026-01-01T00:00:01", {})
+    run("cur2", 2, "2026-02-01T00:00:00", {"curriculum": [10]})
+    assert plotted() == ["grid2", "grid4"]
+    run("cur5", 5, "2026-02-01T00:00:01", {"curriculum": [10]})
+    assert plotted() == ["cur2", "cur5", "grid4"]
+
+
 def test_group_section_shows_each_runs_accuracy_by_queried_pair(tmp_path):
     assert compare.group_section(tmp_path) == ""  # no groups/ at all
     for run, kind, mem, accs in (("r-rmt", "rmt", {"num_mem_tokens": 3}, (0.5, 0.25, 1.0, 1.0)),

@@ -285,13 +285,17 @@ def _agg(values: pd.Series, keys: pd.DataFrame) -> pd.DataFrame:
 
 def plotted_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs one model's curve shows, per (scale, number of segments): the smallest memory we ran
-    there (the tightest equal-memory comparison), and of those the recipe (steps, init) of the
-    newest run, i.e. the current preset rather than an earlier one. The table lists them all."""
+    there (the tightest equal-memory comparison), and of those one recipe (steps, init, curriculum):
+    the one that covers the most points of the curve, so that a line is one recipe where it can be
+    (a recipe tried at one point only does not break it), then the newest, i.e. the current preset
+    rather than an earlier one. The table lists them all."""
     runs = runs.assign(mem=runs["mem_len"] + runs["num_mem_tokens"])
     point = ["scale", "n_segments"]
     runs = runs[runs["mem"] == runs.groupby(point)["mem"].transform("min")]
     runs = runs.assign(recipe=[_recipe(r) for r in runs.itertuples()]).sort_values("date", kind="stable")
-    return runs[runs["recipe"] == runs.groupby(point)["recipe"].transform("last")]
+    runs = runs.assign(reach=runs.groupby(["scale", "recipe"])["n_segments"].transform("nunique"))
+    runs = runs.sort_values("reach", kind="stable")  # stable: the newest last among equal reach
+    return runs[runs["recipe"] == runs.groupby(point)["recipe"].transform("last")].drop(columns="reach")
 
 
 def make_plots(paper: pd.DataFrame, ours: pd.DataFrame, out_dir: str | pathlib.Path) -> list[pathlib.Path]:
