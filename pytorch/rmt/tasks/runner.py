@@ -100,19 +100,11 @@ class TaskMetrics(NamedTuple):
     by_group: dict = {}  # group -> {"n": samples, "acc_tf": .., "acc_greedy": ..} when a group_of is given
 
 
-def _add_by_group(counts: dict, groups: torch.Tensor, hits: torch.Tensor, counted: torch.Tensor) -> None:
-    """counts[g] += (hits, counted positions) of the samples of each group g; hits and counted are (B,)."""
-    for g in groups.unique().tolist():
-        rows = groups == g
-        h, c, n = counts.get(g, (0, 0, 0))
-        counts[g] = (h + hits[rows].sum().item(), c + counted[rows].sum().item(), n + rows.sum().item())
-
-
 def evaluate_batches(model, batches, answer_size: int, tgt_len: int, ignore_pad: bool, with_greedy: bool = True,
                      answer_slot: int = 0, group_of=None) -> TaskMetrics:
     """Aggregate the metrics over an iterable of (src, tgt) batches (per group too, with `group_of`)."""
     loss = tf_hits = gr_hits = exact = answer_ok = counted = n = 0
-    tf_groups, gr_groups = {}, {}
+    per_sample = []  # with group_of: (group, tf hits, greedy hits, scored positions) of every sample
     for src, tgt in batches:
         batch_loss, tf_pred = teacher_forced(model, src, tgt, answer_size, tgt_len)
         mask = scored_mask(tgt, answer_size, ignore_pad)
@@ -121,9 +113,6 @@ def evaluate_batches(model, batches, answer_size: int, tgt_len: int, ignore_pad:
         tf_hits += tf_right.sum().item()
         counted += mask.sum().item()
         n += src.size(0)
-        groups = group_of(src) if group_of else None
-        if groups is not None:
-            _add_by_group(tf_groups, groups, tf_right.sum(1), mask.sum(1))
         if with_greedy:
             gr = greedy(model, src, answer_size, tgt_len)
             right = gr.eq(tgt)
@@ -131,12 +120,18 @@ def evaluate_batches(model, batches, answer_size: int, tgt_len: int, ignore_pad:
             exact += right[:, -answer_size:].all(1).sum().item()
             slot = answer_slot or answer_size
             answer_ok += right[:, -slot:].all(1).sum().item()
-            if groups is not None:
-                _add_by_group(gr_groups, groups, (right & mask).sum(1), mask.sum(1))
+        if group_of is not None:
+            gr_right = (right & mask).sum(1) if with_greedy else torch.zeros_like(mask.sum(1))
+            per_sample.append(torch.stack([group_of(src), tf_right.sum(1), gr_right, mask.sum(1)], 1))
     nan = float("nan")
-    by_group = {g: {"n": s, "acc_tf": h / max(c, 1),
-                    "acc_greedy": gr_groups[g][0] / max(c, 1) if with_greedy else nan}
-                for g, (h, c, s) in sorted(tf_groups.items())}
+    by_group = {}
+    if per_sample:
+        group, tf_g, gr_g, scored = torch.cat(per_sample).T
+        for g in group.unique().tolist():
+            rows = group == g
+            c = max(scored[rows].sum().item(), 1)
+            by_group[g] = {"n": rows.sum().item(), "acc_tf": tf_g[rows].sum().item() / c,
+                           "acc_greedy": gr_g[rows].sum().item() / c if with_greedy else nan}
     return TaskMetrics(
         loss=loss / max(n, 1), acc_tf=tf_hits / max(counted, 1),
         acc_greedy=gr_hits / max(counted, 1) if with_greedy else nan,
