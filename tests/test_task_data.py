@@ -109,7 +109,7 @@ def parse_poly(text):
     return coefs
 
 
-def check_sqeq_sample(slots):
+def check_sqeq_sample(slots, max_root=100, shuffle_limit=10):
     eq, canon, d_line, x1, x2, answer = slots
     a, b, c = parse_poly(eq)
     assert parse_poly(canon) == [1, b // a, c // a] and b % a == 0 and c % a == 0
@@ -120,6 +120,7 @@ def check_sqeq_sample(slots):
     assert abs_b == abs(cb) and c_shown == cc and d == cb * cb - 4 * cc
     if d < 0:  # fix (a): "no roots" means D < 0 strictly
         assert sqrt_d is None and x1 == x2 == answer == "" and a == 1 and b >= 0
+        assert b < 2 * max_root and c < max_root ** 2  # the original's 200 and 10000 at max_root 100
         return False
     assert int(sqrt_d) ** 2 == d
     roots = []
@@ -132,7 +133,7 @@ def check_sqeq_sample(slots):
     for r in roots:  # the roots really solve the scaled equation
         assert a * r * r + b * r + c == 0
     assert answer == ",".join(str(r) for r in sorted(set(roots)))
-    assert all(-99 <= r <= 99 for r in roots) and 1 <= abs(a) <= 10
+    assert all(abs(r) < max_root for r in roots) and 1 <= abs(a) <= shuffle_limit
     return True
 
 
@@ -149,6 +150,18 @@ def test_sqeq_samples_solve_and_align():
             assert (slot[:n] > 0).all() and (slot[n:] == 0).all()
         has_roots.append(check_sqeq_sample(g.sqeq_slots(row)))
     assert 0.17 < 1 - np.mean(has_roots) < 0.23  # prob_no_roots 0.2
+
+
+def test_sqeq_small_numbers_for_small_runs():
+    # --max_root/--shuffle_limit shrink every number, the "no roots" equations' too; all still solve
+    src, _ = g.sqeq_samples(rng(), 2000, max_root=10, shuffle_limit=2)
+    has_roots = [check_sqeq_sample(g.sqeq_slots(row), max_root=10, shuffle_limit=2) for row in src]
+    assert 0.17 < 1 - np.mean(has_roots) < 0.23
+    answers = {g.sqeq_slots(row)[5] for row in src}
+    assert {"-9", "9", ""} <= answers and "10" not in answers  # roots reach +-9, no further
+    assert task_spec("sqeq_cd", max_root=10).default_kwargs["max_root"] == 10
+    with pytest.raises(ValueError, match="max_root must be an integer >= 2"):
+        task_spec("sqeq_cd", max_root=1)
 
 
 def test_sqeq_eos_and_variants():
@@ -277,6 +290,9 @@ def test_cli_writes_files(tmp_path, capsys):
     (["copy", "--seq_len", "0"], "seq_len"),
     (["reverse", "--train", "-1"], "split sizes"),
     (["sqeq", "--num_tokens", "5"], "does not apply"),
+    (["copy", "--max_root", "10"], "does not apply"),
+    (["sqeq", "--max_root", "1"], "max_root must be an integer >= 2"),
+    (["sqeq", "--shuffle_limit", "0"], "shuffle_limit"),
     (["copy", "--seq_len", "2", "--num_tokens", "3", "--train", "5", "--val", "0", "--test", "0"], "too small"),
 ])
 def test_cli_bad_values(tmp_path, capsys, argv, words):

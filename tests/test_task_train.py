@@ -14,7 +14,8 @@ import torch
 
 from rmt.memory import MemoryState
 from rmt.results import read_results
-from rmt.tasks.generators import stack_src_tgt
+from rmt.tasks.files import load_arrays
+from rmt.tasks.generators import sqeq_slots, stack_src_tgt
 from rmt.tasks.registry import task_spec
 from rmt.tasks.runner import evaluate_batches, greedy, pad_to_segments, scored_mask, segments, teacher_forced
 
@@ -223,6 +224,26 @@ def test_recomputed_segments_train_the_same_weights(tmp_path):
         assert torch.allclose(a[name], b[name], atol=1e-5), name
 
 
+def test_sqeq_with_small_numbers_trains_and_names_its_task(tmp_path):
+    # the sqeq CPU preset's small-number variant: the flags reach the generator, the data and the results row
+    assert TINY[:4] == ["--dataset", "copy", "--task_seq_len", "4"]
+    args = [sys.executable, "-m", "rmt.train_synthetic", *TINY[4:], "--dataset", "sqeq_cd", "--max_root", "5",
+            "--shuffle_limit", "1", "--tgt_len", "30", "--eval_tgt_len", "30", "--num_mem_tokens", "4",
+            "--max_step", "2", "--eval_interval", "2", "--n_test", "8", "--no_greedy_valid", "--run_name", "sq",
+            "--work_dir", str(tmp_path / "runs"), "--data", str(tmp_path / "data"),
+            "--results_csv", str(tmp_path / "res.csv")]
+    run = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    row = pd.read_csv(tmp_path / "res.csv").iloc[-1]
+    assert row.task == "sqeq_cd-max_root5-shuffle_limit1" and row.n_segments == 6
+    assert row.metric_name == "answer_acc" and 0 <= row.metric_value <= 1
+    X, _ = load_arrays(tmp_path / "data", row.task, "train")
+    answers = {sqeq_slots(x)[5] for x in X}  # roots within +-4
+    assert answers and all(abs(int(r)) < 5 for a in answers if a for r in a.split(","))
+    eqs = [sqeq_slots(x)[0] for x in X]
+    assert not any(e.startswith(("2*", "-2*")) for e in eqs)  # shuffle_limit 1: the equation is +-monic
+
+
 def test_time_limit_stops_training_then_tests_and_records_the_steps_run(tmp_path):
     run = run_driver(tmp_path, "--run_name", "timed", "--max_step", "1000000", "--max_time", "0.05")
     assert "time limit of 0.05 min reached" in run.stdout + run.stderr
@@ -239,6 +260,8 @@ def test_bad_flags_and_missing_checkpoint_give_one_line(tmp_path):
     assert run.returncode != 0 and "no checkpoint file" in run.stderr and "Traceback" not in run.stderr
     run = run_driver(tmp_path, "--task_seq_len", "1", "--num_tokens", "4", "--n_train", "100", check=False)
     assert run.returncode == 1 and "sample space is too small" in run.stderr and "Traceback" not in run.stderr
+    run = run_driver(tmp_path, "--dataset", "sqeq_cd", "--task_seq_len", "4", check=False)
+    assert run.returncode == 1 and "longer than the slot length 4" in run.stderr and "--n_train" not in run.stderr
     run = run_driver(tmp_path, "--attn_impl", "flex", check=False)
     assert run.returncode == 2 and "flex trains only on CUDA" in run.stderr and "Traceback" not in run.stderr
 

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_tokens", type=int, default=None,
                    help="copy/reverse: vocabulary size; symbols are 2..num_tokens-1")
     p.add_argument("--num_pairs", type=int, default=None, help="retrieval: number K of key-value pairs")
+    p.add_argument("--max_root", type=int, default=None, help="sqeq: roots within +-(max_root-1) (default 100)")
+    p.add_argument("--shuffle_limit", type=int, default=None,
+                   help="sqeq: the equation is the monic one times +-k, k up to this (default 10)")
     p.add_argument("--eos", action=argparse.BooleanOptionalAction, default=None,
                    help="sqeq: end each part with an eos token (id 24, vocabulary 25)")
     p.add_argument("--task_name", default=None, help="file name prefix (default: TASK), e.g. sqeq_cd")
@@ -45,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    options = dict(seq_len=args.seq_len, num_tokens=args.num_tokens, num_pairs=args.num_pairs, add_eos=args.eos)
+    options = dict(seq_len=args.seq_len, num_tokens=args.num_tokens, num_pairs=args.num_pairs, add_eos=args.eos,
+                   max_root=args.max_root, shuffle_limit=args.shuffle_limit)
     kwargs = {k: v for k, v in options.items() if v is not None}
     flag = {"add_eos": "eos"}
     for key in kwargs:

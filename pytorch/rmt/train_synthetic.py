@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--task_seq_len", type=int, default=None, help="copy/reverse sequence length L (sqeq: slot)")
     g.add_argument("--num_tokens", type=int, default=None, help="copy/reverse vocabulary (symbols 2..N-1)")
     g.add_argument("--num_pairs", type=int, default=None, help="retrieval: key-value pairs K")
+    g.add_argument("--max_root", type=int, default=None, help="sqeq: roots within +-(max_root-1) (paper: 100)")
+    g.add_argument("--shuffle_limit", type=int, default=None,
+                   help="sqeq: the equation is the monic one times +-k, k up to this (paper: 10)")
     g.add_argument("--n_train", type=int, default=100_000, help="training samples when generating data")
     g.add_argument("--n_val", type=int, default=10_000, help="validation samples when generating data")
     g.add_argument("--n_test", type=int, default=20_000, help="test samples when generating data")
@@ -62,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_task(args):
     """The task spec and its data directory; the data is generated if it is not there yet."""
-    kwargs = {k: v for k, v in dict(seq_len=args.task_seq_len, num_tokens=args.num_tokens,
-                                     num_pairs=args.num_pairs).items() if v is not None}
+    options = dict(seq_len=args.task_seq_len, num_tokens=args.num_tokens, num_pairs=args.num_pairs,
+                   max_root=args.max_root, shuffle_limit=args.shuffle_limit)
+    kwargs = {k: v for k, v in options.items() if v is not None}
     spec = task_spec(args.dataset, **kwargs)
     tag = "-".join(f"{k}{v}" for k, v in sorted(kwargs.items()))
     name = spec.name + (f"-{tag}" if tag else "")
@@ -81,8 +85,9 @@ def ensure_data(spec, name, data_dir, sizes, seed, runtime, log) -> None:
             log(f"generating {name} into {data_dir} (seed {seed}, sizes {sizes})")
             try:
                 write_dataset(spec, data_dir, seed, sizes, name)
-            except ValueError as e:  # e.g. more samples asked for than the task has
-                raise SystemExit(f"error: {e}; ask for fewer with --n_train/--n_val/--n_test")
+            except ValueError as e:  # more samples asked for than the task has, or a slot too short
+                hint = "; ask for fewer with --n_train/--n_val/--n_test" if "too small" in str(e) else ""
+                raise SystemExit(f"error: {e}{hint}")
     runtime.barrier()
 
 

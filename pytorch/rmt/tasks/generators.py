@@ -9,7 +9,9 @@ Quadratic equations (sqeq) deviate from the original notebook on purpose:
       a real double root labelled "no roots";
   (b) the end-of-part token has its own id 24 (vocabulary 25) when `add_eos=True`; the original reused 22,
       the id of `;`. The default is no eos, as the paper's `sqeq_cd`, with vocabulary 24;
-  (c) `max_root` and `shuffle_limit` are honoured (the original ignored them and used 100 and 10: our defaults);
+  (c) `max_root` and `shuffle_limit` are honoured (the original ignored them and used 100 and 10: our defaults),
+      and the "no roots" coefficients scale with `max_root` (b < 2*max_root, c < max_root^2: at 100 the
+      original's 200 and 10000), so a smaller `max_root` shrinks every number in the data, for small runs;
   (d) tgt is defined as src shifted left by one (tgt[:, t] = src[:, t+1], last target 0): this is the original's
       alignment for every later slot, and it also fixes the targets inside the equation slot (never scored).
 """
@@ -37,7 +39,6 @@ for _i, _ch in enumerate(SQEQ_CHARS):
     _ENCODE[ord(_ch)] = _i + 2
 _ENCODE[ord(_PAD_CH)], _ENCODE[ord(_EOS_CH)] = 0, SQEQ_EOS_ID
 _DECODE = {i + 2: ch for i, ch in enumerate(SQEQ_CHARS)} | {0: "", 1: "?", SQEQ_EOS_ID: _EOS_CH}
-_NO_ROOTS_B_MAX, _NO_ROOTS_C_MAX = 200, 10_000  # original ranges: b in [0, 200), c < 10000
 
 
 def copy_samples(
@@ -147,8 +148,8 @@ def sqeq_samples(
     # astype(int) truncates toward 0 as the original: roots in -(max_root-1)..max_root-1, 0 twice as likely
     roots = rng.uniform(-max_root, max_root, size=(n, 2)).astype(np.int64)  # (n, 2)
     k = rng.choice([-1, 1], size=n) * np.round(rng.uniform(1, shuffle_limit, size=n)).astype(np.int64)
-    b = rng.integers(0, _NO_ROOTS_B_MAX, size=n)  # (n,)
-    c = rng.integers(b * b // 4 + 1, _NO_ROOTS_C_MAX)  # fix (a): c > b^2/4, so D < 0 strictly
+    b = rng.integers(0, 2 * max_root, size=n)  # (n,); the original's [0, 200) at max_root 100
+    c = rng.integers(b * b // 4 + 1, max_root * max_root)  # fix (a): c > b^2/4, so D < 0 strictly
     keep = [0] + ([1] if with_canonic and with_D else []) + ([2, 3, 4] if with_D else []) + [5]
     eos = _EOS_CH if add_eos else ""
     rows = []

@@ -83,7 +83,7 @@ _VARIANTS = {
 
 def _check(name: str, kw: dict) -> None:
     """Reject values the generators cannot honour, with one readable line."""
-    minimum = dict(seq_len=1, num_tokens=3, num_pairs=1, max_root=1, shuffle_limit=1)
+    minimum = dict(seq_len=1, num_tokens=3, num_pairs=1, max_root=2, shuffle_limit=1)  # max_root 2: c has a range
     for key, low in minimum.items():
         if key in kw and (not isinstance(kw[key], (int, np.integer)) or kw[key] < low):
             raise ValueError(f"{name}: {key} must be an integer >= {low}, got {kw[key]!r}")
