@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from rmt import compare
-from rmt.results import GROUP_COLUMNS, RESULT_COLUMNS, append_result, groups_csv, model_kind, read_results
+from rmt.results import GROUP_COLUMNS, RESULT_COLUMNS, append_result, git_commit, groups_csv, model_kind, read_results
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAPER = ROOT / "experiments" / "paper"
@@ -87,6 +87,27 @@ def test_concurrent_appends_are_well_formed(tmp_path):
     assert rows[0] == RESULT_COLUMNS
     assert len(rows) == 301 and all(len(r) == len(RESULT_COLUMNS) for r in rows)
     assert {r[0] for r in rows[1:]} == {f"p{t}-{i}" for t in range(2) for i in range(150)}
+
+
+def test_git_commit_says_when_the_code_differs_from_it(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    assert git_commit(tmp_path) == ""  # not a checkout
+    git("init", "-q")
+    (tmp_path / "pytorch").mkdir()
+    (tmp_path / "pytorch" / "m.py").write_text("x = 1\n")
+    (tmp_path / "notes.md").write_text("a\n")
+    git("add", ".")
+    git("commit", "-q", "-m", "c")
+    head = git_commit(tmp_path)
+    assert len(head) == 12 and "+" not in head
+    (tmp_path / "notes.md").write_text("b\n")  # outside the code: still clean
+    (tmp_path / "pytorch" / "new.py").write_text("")  # untracked files are left out
+    assert git_commit(tmp_path) == head
+    (tmp_path / "pytorch" / "m.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == head + "+dirty"
 
 
 def test_model_kind():

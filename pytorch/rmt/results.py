@@ -56,19 +56,30 @@ def model_kind(num_mem_tokens: int, mem_len: int, mem_at_end: bool) -> str:
     return "txl" if l > 0 else "baseline"
 
 
+def git_commit(root: pathlib.Path) -> str:
+    """HEAD of the checkout at `root`, with "+dirty" when tracked code (pytorch/, scripts/) differs from it.
+
+    A row must name code that can rerun its command: a run started on uncommitted changes says so.
+    "" outside a git checkout.
+    """
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = commit and git("status", "--porcelain", "--untracked-files=no", "--", "pytorch", "scripts")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return commit + ("+dirty" if dirty else "")
+
+
 def run_metadata(device: str = "cpu", argv: list[str] | None = None) -> dict[str, str]:
     """The provenance columns of a row: date, git_commit, command, device, torch_version."""
     import torch  # local import: reading results must not need torch
 
-    root = pathlib.Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
-                                capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
     return {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "git_commit": commit,
+        "git_commit": git_commit(pathlib.Path(__file__).resolve().parents[2]),
         # The run scripts export the command the user typed; otherwise the Python command line.
         "command": os.environ.get("RMT_COMMAND") or " ".join(argv if argv is not None else sys.argv),
         "device": device,
