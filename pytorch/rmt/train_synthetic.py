@@ -26,6 +26,7 @@ from .optim import LRSchedule, build_optimizer
 from .results import GROUP_COLUMNS, append_result, groups_csv
 from .runtime import REPO_ROOT, Runtime, RunLogger, compile_model, prepare_run_dir, seed_all
 from .tasks.files import load_meta, load_split, write_dataset
+from .tasks.generators import SampleSpaceTooSmall
 from .tasks.registry import TASK_NAMES, task_spec
 from .tasks.runner import answer_loss, evaluate_batches
 from .trainer import BEST, Trainer, result_row
@@ -85,9 +86,10 @@ def ensure_data(spec, name, data_dir, sizes, seed, runtime, log) -> None:
             log(f"generating {name} into {data_dir} (seed {seed}, sizes {sizes})")
             try:
                 write_dataset(spec, data_dir, seed, sizes, name)
-            except ValueError as e:  # more samples asked for than the task has, or a slot too short
-                hint = "; ask for fewer with --n_train/--n_val/--n_test" if "too small" in str(e) else ""
-                raise SystemExit(f"error: {e}{hint}")
+            except SampleSpaceTooSmall as e:
+                raise SystemExit(f"error: {e}; ask for fewer with --n_train/--n_val/--n_test")
+            except ValueError as e:  # e.g. a sqeq part longer than its slot
+                raise SystemExit(f"error: {e}")
     runtime.barrier()
 
 

@@ -190,6 +190,10 @@ def retrieval_decode(ids) -> str:
 
 # ---- splits --------------------------------------------------------------------------------------------------
 
+class SampleSpaceTooSmall(ValueError):
+    """More distinct samples asked for than the task's options can produce."""
+
+
 def make_splits(
     gen_fn: SampleFn,
     rng: np.random.Generator,
@@ -209,7 +213,7 @@ def make_splits(
     drawn = 0
     while len(X) < total:
         if drawn > 10 * total + 10_000:
-            raise ValueError(f"only {len(X)} distinct samples after {drawn} draws, {total} needed: "
+            raise SampleSpaceTooSmall(f"only {len(X)} distinct samples after {drawn} draws, {total} needed: "
                              f"the task's sample space is too small for these split sizes")
         batch = max(1024, (total - len(X)) * 11 // 10)  # ~10% spare for duplicates
         bx, by = gen_fn(rng, batch, **gen_kwargs)
