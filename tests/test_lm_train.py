@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import torch
 
+from rmt import cli
 from rmt import eval as lm_eval
 from rmt import train as lm_train
 from rmt.data.prepare import prepare
@@ -300,6 +301,16 @@ def test_evaluation_extends_cache_and_carries_memory_over_the_split():
 
 
 # ---- one-line errors ------------------------------------------------------------------------
+
+def test_original_flags_that_would_do_nothing_warn_or_fail(capsys):
+    parser = lm_train.build_parser()
+    with pytest.warns(UserWarning, match="--debug is ignored"):
+        cli.check_args(parser.parse_args(["--debug"]), parser)
+    with pytest.raises(SystemExit):  # the original looped forever; an empty validation would pass silently
+        cli.check_args(parser.parse_args(["--max_eval_steps", "0"]), parser)
+    assert "--max_eval_steps 0 would evaluate nothing" in capsys.readouterr().err
+    cli.check_args(parser.parse_args(["--max_eval_steps", "-1"]), parser)  # the whole split
+
 
 def test_missing_data_dir_is_one_line(tmp_path):
     p = run([sys.executable, "-m", "rmt.train", "--data", str(tmp_path / "nowhere"), "--dataset", "wt103",

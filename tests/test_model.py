@@ -225,10 +225,10 @@ def test_attention_mask_rules(same_length, read_mem_from_cache):
     assert mask[toks, col(write)].all()  # segment tokens never see the write tokens
     assert not mask[write, col(write)].any()
     assert not mask[write, col(read)].any()
+    assert not mask[write, col(toks)].any()  # write tokens see the whole segment, same_length or not
+    assert not mask[toks, col(read)].any()  # ... and tokens see the read memory
     if not same_length:
-        assert not mask[write, col(toks)].any()  # write tokens see the whole segment
-        assert not mask[toks, col(read)].any()
-        assert not mask[toks, :mlen].any()  # tokens always see the cache
+        assert not mask[toks, :mlen].any()  # tokens always see the cache (same_length windows it)
     # Memory sees the cache only with read_mem_from_cache.
     assert bool(mask[read, :mlen].all()) == (not read_mem_from_cache)
     assert bool(mask[write, :mlen].all()) == (not read_mem_from_cache)
@@ -292,6 +292,10 @@ def test_absolute_attention_runs_with_cache_and_memory():
     xs, ys = segments(3)
     nlls, state = run_segments(model, xs, ys)
     assert all(torch.isfinite(n).all() for n in nlls) and state.xl[0].shape == (3, 4, 16)
+    # absolute positions are added to the layer inputs; the original added them to the cache in place
+    kept = [c.clone() for c in state.xl]
+    model(xs[0], ys[0], state)
+    assert all(torch.equal(c, k) for c, k in zip(state.xl, kept))
 
 
 # ---- configuration errors ---------------------------------------------------------------------
@@ -309,6 +313,10 @@ def test_absolute_attention_runs_with_cache_and_memory():
     (dict(same_length=True), "same_length needs mem_len"),
     (dict(mem_init="zeros"), "mem_init"),
     (dict(tie_projs=[True, True]), "tie_projs"),
+    (dict(num_mem_tokens=None), "num_mem_tokens must be >= 0, got None"),
+    (dict(tgt_len=2.5), "tgt_len must be positive"),
+    (dict(ext_len=2, mem_len=4, num_mem_tokens=2), "ext_len > 0 does not combine"),
+    (dict(sample_softmax=8), "sample_softmax is not supported"),
 ])
 def test_bad_config_raises_clear_value_error(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -2,6 +2,7 @@
 
     python -m pytest tests/test_task_train.py
 """
+import argparse
 import os
 import pathlib
 import subprocess
@@ -12,12 +13,18 @@ import pandas as pd
 import pytest
 import torch
 
+from rmt.checkpoint import load_file
 from rmt.memory import MemoryState
+from rmt.model import MemTransformerLM
+from rmt.optim import LRSchedule
 from rmt.results import read_results
+from rmt.runtime import RunLogger, Runtime
 from rmt.tasks.files import load_arrays
 from rmt.tasks.generators import sqeq_slots, stack_src_tgt
 from rmt.tasks.registry import task_spec
 from rmt.tasks.runner import evaluate_batches, greedy, pad_to_segments, scored_mask, segments, teacher_forced
+from rmt.train_synthetic import BatchSampler
+from rmt.trainer import BEST, Trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "pytorch")}
@@ -38,6 +45,22 @@ def test_scored_mask_answer_only_and_pads():
     tgt = torch.tensor([[5, 5, 0, 3, 0]])
     assert scored_mask(tgt, 3, ignore_pad=False).tolist() == [[False, False, True, True, True]]
     assert scored_mask(tgt, 3, ignore_pad=True).tolist() == [[False, False, False, True, False]]
+
+
+def test_training_batches_reshuffle_every_epoch_and_resume_exactly():
+    sampler = BatchSampler(10, 3, seed=5)
+    epochs = [torch.cat([sampler.next() for _ in range(3)]) for _ in range(3)]  # 3 batches of 3 per epoch
+    for e in epochs:
+        assert len(set(e.tolist())) == 9  # each sample at most once; the short tail (1 sample) dropped
+    assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[1], epochs[2])
+    again = BatchSampler(10, 3, seed=5)
+    assert torch.equal(torch.cat([again.next() for _ in range(9)]), torch.cat(epochs))  # seeded
+    resumed, original = BatchSampler(10, 3, seed=5), BatchSampler(10, 3, seed=5)
+    for _ in range(4):
+        original.next()
+    resumed.load_state_dict(original.state_dict())
+    assert all(torch.equal(resumed.next(), original.next()) for _ in range(5))
+    assert not torch.equal(BatchSampler(10, 3, seed=6).next(), BatchSampler(10, 3, seed=5).next())
 
 
 # ---- metrics on hand-made predictors ----------------------------------------------------------
@@ -104,6 +127,71 @@ def test_metrics_of_a_constant_predictor_are_counted_by_hand():
     expected = (tgt[:, -8:] == 3).float().mean().item()
     assert m.acc_tf == pytest.approx(expected) and m.acc_greedy == pytest.approx(expected)
     assert m.exact_match == 0.0
+
+
+class Scripted(Oracle):
+    """Predicts the true target, except at the (sample, position) pairs in `wrong`; a sample is known by
+    its first input token. Its predictions never depend on what it was fed, so errors do not spread."""
+
+    def __init__(self, tgt, wrong, vocab=12):
+        super().__init__(0, vocab)
+        self.tgt, self.wrong = tgt, wrong
+
+    def predict(self, prefix):
+        pos = int((prefix[0] >= 0).sum()) - 1
+        rows = (prefix[:, 0] - 2).tolist()
+        return torch.tensor([(self.tgt[r, pos].item() + ((r, pos) in self.wrong)) % self.vocab for r in rows])
+
+
+def test_answer_acc_counts_a_sample_right_when_its_last_slot_is():
+    # sqeq's answer_acc, as the original: all targets of the last answer_slot positions right, pads included
+    torch.manual_seed(3)
+    src = torch.randint(2, 12, (4, 8))
+    src[:, 0] = torch.arange(2, 6)  # sample r starts with token r + 2
+    tgt = torch.cat([src[:, 1:], torch.zeros(4, 1, dtype=torch.long)], 1)
+    wrong = {(0, 7), (1, 3), (3, 4)}  # in the last slot / in the answer before it / just before the slot
+    m = evaluate_batches(Scripted(tgt, wrong), [(src, tgt)], answer_size=6, tgt_len=4, ignore_pad=False,
+                         answer_slot=3)
+    assert m.answer_acc == 3 / 4  # samples 1, 2, 3
+    assert m.exact_match == 1 / 4  # sample 2 only
+    assert m.acc_greedy == pytest.approx(21 / 24) and m.acc_tf == pytest.approx(21 / 24)
+    plain = evaluate_batches(Scripted(tgt, wrong), [(src, tgt)], answer_size=6, tgt_len=4, ignore_pad=False)
+    assert plain.answer_acc == plain.exact_match  # other tasks: the whole answer
+
+
+@pytest.mark.parametrize("select_by,kept", [("loss", 1), ("acc_tf", 2)])
+def test_best_checkpoint_follows_the_selection_metric(select_by, kept, tmp_path):
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(model.parameters())
+    args = argparse.Namespace(scheduler="constant", lr=1e-3, warmup_step=0, max_step=10, eta_min=0.0, lr_min=0.0,
+                              decay_rate=0.5, patience=0)
+    trainer = Trainer(model, model, opt, LRSchedule(opt, args), Runtime("cpu"), RunLogger(tmp_path, enabled=False),
+                      tmp_path, args, {}, select_by=select_by)
+    evals = [{"loss": 1.0, "acc_tf": 0.5}, {"loss": 0.8, "acc_tf": 0.6}, {"loss": 0.9, "acc_tf": 0.7},
+             {"loss": 0.85, "acc_tf": 0.65}]  # lowest loss at eval 1, highest accuracy at eval 2
+    for i, m in enumerate(evals):
+        trainer._validate(lambda split: m, lambda: {"eval": i}, None)
+    assert load_file(tmp_path / BEST)["extra"] == {"eval": kept}
+
+
+def test_samples_start_fresh_whatever_their_batch_or_the_batches_before():
+    # The original carried the XL cache from one sample to the next; here each sample's predictions and
+    # loss are those of the sample alone, with memory tokens and a cache both in play.
+    torch.manual_seed(0)
+    model = MemTransformerLM(n_token=12, n_layer=2, n_head=2, d_model=16, d_head=8, d_inner=32, dropout=0.0,
+                             tgt_len=4, mem_len=3, num_mem_tokens=2).eval()
+    src = torch.randint(2, 12, (4, 12))
+    tgt = torch.randint(2, 12, (4, 12))
+    loss, tf = teacher_forced(model, src, tgt, answer_size=6, tgt_len=4)
+    gr = greedy(model, src, answer_size=6, tgt_len=4)
+    alone = [teacher_forced(model, src[i:i + 1], tgt[i:i + 1], 6, 4) for i in range(4)]
+    assert loss == pytest.approx(sum(a[0] for a in alone), rel=1e-5)
+    assert torch.equal(tf, torch.cat([a[1] for a in alone]))
+    assert torch.equal(gr, torch.cat([greedy(model, src[i:i + 1], 6, 4) for i in range(4)]))
+    first, second = (src[:2], tgt[:2]), (src[2:], tgt[2:])
+    after = evaluate_batches(model, [first, second], 6, 4, ignore_pad=False)
+    before = evaluate_batches(model, [second, first], 6, 4, ignore_pad=False)
+    assert after.loss == pytest.approx(before.loss) and after.acc_greedy == before.acc_greedy
 
 
 class Peeker(Oracle):
@@ -264,6 +352,11 @@ def test_bad_flags_and_missing_checkpoint_give_one_line(tmp_path):
     assert run.returncode == 1 and "longer than the slot length 4" in run.stderr and "--n_train" not in run.stderr
     run = run_driver(tmp_path, "--attn_impl", "flex", check=False)
     assert run.returncode == 2 and "flex trains only on CUDA" in run.stderr and "Traceback" not in run.stderr
+    # flags the original took and this driver cannot honour fail loudly rather than doing nothing
+    run = run_driver(tmp_path, "--bptt_bp", check=False)
+    assert run.returncode == 2 and "--bptt_bp applies to language modelling" in run.stderr
+    run = run_driver(tmp_path, "--max_eval_steps", "0", check=False)
+    assert run.returncode == 2 and "--max_eval_steps 0 would evaluate nothing" in run.stderr
 
 
 def test_script_runs_from_another_directory(tmp_path):

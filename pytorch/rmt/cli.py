@@ -124,12 +124,16 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
     for name in ("max_step", "batch_size", "tgt_len", "eval_tgt_len", "log_interval", "eval_interval", "batch_chunk"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.max_eval_steps == 0:  # the original looped forever here; a silent empty validation is no better
+        parser.error("--max_eval_steps 0 would evaluate nothing: give a positive cap, or -1 for the whole split")
     if args.batch_size % args.batch_chunk:
         parser.error(f"--batch_size {args.batch_size} is not divisible by --batch_chunk {args.batch_chunk}")
     if args.fp16:
         args.amp = "fp16"
     if args.multi_gpu or args.gpu0_bsz >= 0 or args.device_ids:
         warnings.warn("--multi_gpu/--gpu0_bsz/--device_ids are ignored: launch with torchrun for several GPUs")
+    if args.debug:
+        warnings.warn("--debug is ignored: runs always write their directory (use --no_results to skip the CSV row)")
     if args.num_mem_tokens and not args.mem_at_end:
         warnings.warn("--no-mem_at_end: memory is read only and never written (the paper's 'MT' ablation)")
 

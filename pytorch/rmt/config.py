@@ -6,6 +6,7 @@ shell flags and onto the original code's constructor.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 
 ATTN_TYPES = {0: "relative (Transformer-XL)", 2: "absolute (Vaswani)"}
@@ -54,13 +55,15 @@ class ModelConfig:
     def _validate(self) -> None:
         def positive(*names: str) -> None:
             for name in names:
-                if getattr(self, name) <= 0:
-                    raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                value = getattr(self, name)
+                if not isinstance(value, numbers.Integral) or value <= 0:
+                    raise ValueError(f"{name} must be positive, got {value!r}")
 
         def non_negative(*names: str) -> None:
             for name in names:
-                if getattr(self, name) < 0:
-                    raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                value = getattr(self, name)  # None (a config written by hand) would fail later as a TypeError
+                if not isinstance(value, numbers.Integral) or value < 0:
+                    raise ValueError(f"{name} must be >= 0, got {value!r}")
 
         positive("n_token", "n_layer", "n_head", "d_model", "d_head", "d_inner", "tgt_len", "div_val")
         non_negative("ext_len", "mem_len", "num_mem_tokens")
@@ -89,6 +92,11 @@ class ModelConfig:
             raise ValueError(f"tie_projs has {len(self.tie_projs)} entries for {len(cuts) + 1} clusters")
         if self.same_length and self.mem_len <= 0:
             raise ValueError("same_length needs mem_len > 0 (it sizes the attention window)")
+        if self.ext_len and self.mem_len and self.num_mem_tokens and self.mem_at_end:
+            # The cache stops ext_len positions before the end, which would drop the write memory and
+            # keep the ext_len tokens that come back as the next prefix. The paper never sets ext_len.
+            raise ValueError("ext_len > 0 does not combine with memory tokens and a cache (mem_len > 0); "
+                             "set ext_len 0")
         if self.sample_softmax > 0:
             raise ValueError("sample_softmax is not supported (it was broken in the original code)")
         if self.attn_impl not in ATTN_IMPLS:

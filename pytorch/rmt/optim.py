@@ -5,7 +5,7 @@
   (the original did not shorten it by the warm-up);
 - inv_sqrt: step / warmup^1.5 while step <= warmup, then step^-0.5 (1 at step 0 without warm-up);
 - dev_perf: multiply by decay_rate after `patience` evaluations without improvement, not
-  below lr_min (ReduceLROnPlateau semantics);
+  below lr_min (ReduceLROnPlateau's defaults: an improvement beats the best by a relative 1e-4);
 - constant: warm-up only.
 """
 from __future__ import annotations
@@ -23,6 +23,9 @@ def build_optimizer(params, args) -> torch.optim.Optimizer:
     if args.optim == "adagrad":
         return torch.optim.Adagrad(params, lr=args.lr)
     raise ValueError(f"unknown optimiser {args.optim!r}")
+
+
+PLATEAU_THRESHOLD = 1e-4  # torch.optim.lr_scheduler.ReduceLROnPlateau's default (mode 'rel'), as the original
 
 
 class LRSchedule:
@@ -62,7 +65,7 @@ class LRSchedule:
     def observe(self, val_loss: float) -> None:
         if self.kind != "dev_perf":
             return
-        if val_loss < self.best:
+        if val_loss < self.best * (1 - PLATEAU_THRESHOLD):
             self.best, self.bad_evals = val_loss, 0
         else:
             self.bad_evals += 1

@@ -125,6 +125,9 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     cli.check_args(args, parser)
+    if args.bptt_bp:  # a language-modelling flag: here one backward pass already covers every segment's loss
+        parser.error("--bptt_bp applies to language modelling (rmt.train); the task loss of every segment "
+                     "is already back-propagated, to --mem_backprop_depth segments of memory")
     runtime = Runtime(args.device, args.amp, args.cuda)
     cli.check_device(args, runtime.device, parser, training=not args.eval_only)
     seed_all(args.seed)
