@@ -95,7 +95,7 @@ class TaskMetrics(NamedTuple):
     acc_tf: float
     acc_greedy: float
     exact_match: float
-    answer_acc: float  # quadratic equations: the final answer slot all right (greedy); else = exact_match
+    answer_acc: float  # quadratic equations: every character of the final answer slot right (greedy); else = exact_match
     n_samples: int
     by_group: dict = {}  # group -> {"n": samples, "acc_tf": .., "acc_greedy": ..} when a group_of is given
 
@@ -118,8 +118,11 @@ def evaluate_batches(model, batches, answer_size: int, tgt_len: int, ignore_pad:
             right = gr.eq(tgt)
             gr_hits += (right & mask).sum().item()
             exact += right[:, -answer_size:].all(1).sum().item()
-            slot = answer_slot or answer_size
-            answer_ok += right[:, -slot:].all(1).sum().item()
+            # The answer slot's characters are the targets of the slot's inputs, one position earlier:
+            # the original checked the slot's own target positions, which leave out the first answer
+            # character (teacher-forced there, generated here), so '8,11' passed for '9,11'.
+            span = min(answer_slot + 1, answer_size) if answer_slot else answer_size
+            answer_ok += right[:, -span:].all(1).sum().item()
         if group_of is not None:
             gr_right = (right & mask).sum(1) if with_greedy else torch.zeros_like(mask.sum(1))
             per_sample.append(torch.stack([group_of(src), tf_right.sum(1), gr_right, mask.sum(1)], 1))
