@@ -180,6 +180,34 @@ def test_compare_aggregates_and_matches(tmp_path):
     assert "Ours only" in text and "900.00" in text
 
 
+def test_a_reevaluated_best_checkpoint_replaces_its_runs_measurements(tmp_path):
+    # e.g. after a metric fix: eval mode on a run's best checkpoint, with the run's own settings
+    base = {"scale": "cpu-preset", "device": "cpu", "task": "sqeq_cd-max_root15", "seed": 1, "tgt_len": 30,
+            "eval_tgt_len": 30, "n_segments": 6, "num_mem_tokens": 30, "mem_len": 0, "mem_at_end": True,
+            "split": "test", "metric_name": "answer_acc", "max_step": 5000}
+    append_result(tmp_path / "synthetic.csv", {**base, "run_id": "sq-1", "metric_value": 0.5, "acc_tf": 0.9,
+                                               "config_json": {"init_std": 0.1}})
+    append_result(tmp_path / "synthetic.csv", {**base, "run_id": "sq-2", "metric_value": 0.7, "acc_tf": 0.9,
+                                               "config_json": {"init_std": 0.1}})
+    evals = [("sq-1-eval", "runs/sq-1/checkpoint_best.pt", 30, 0.4),  # applied
+             ("sq-1-last", "runs/sq-1/checkpoint_last.pt", 30, 0.1),  # another checkpoint than the row's
+             ("sq-1-long", "runs/sq-1/checkpoint_best.pt", 60, 0.2),  # another segment length: a new measurement
+             ("sq-3-eval", "runs/sq-3/checkpoint_best.pt", 30, 0.3)]  # a run with no row here
+    for run_id, ckpt, eval_tgt_len, value in evals:
+        append_result(tmp_path / "synthetic.csv", {
+            **base, "run_id": run_id, "eval_tgt_len": eval_tgt_len, "metric_value": value, "acc_tf": 0.8,
+            "config_json": {"eval_only": True, "eval_checkpoint": ckpt}})
+    ours, dropped = compare.load_ours(tmp_path, "test")
+    assert dropped == 4 and sorted(ours["run_id"]) == ["sq-1", "sq-2"]
+    one, two = (ours.set_index("run_id").loc[r] for r in ("sq-1", "sq-2"))
+    assert (one["metric_value"], one["acc_tf"], one["reevaluated_by"]) == (0.4, 0.8, "sq-1-eval")
+    assert compare._recipe(one) == ", 5000 steps, init std 0.1"  # the run's own recipe and config stay
+    assert (two["metric_value"], two["reevaluated_by"]) == (0.7, "")
+    text = compare.render(*compare.match(compare.load_paper(PAPER), ours), str(tmp_path), len(ours), dropped,
+                          reevaluated=1)
+    assert "0.55 ± 0.2121 (n=2)" in text and "1 runs show a later re-evaluation" in text
+
+
 def test_plots_written(tmp_path):
     _write_runs(tmp_path / "results")
     paper = compare.load_paper(PAPER)

@@ -90,11 +90,31 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+# What a re-evaluation replaces in its training run's row; the run's recipe and provenance stay.
+MEASURED = ["metric_name", "metric_value", "loss", "ppl", "bpc", "acc_tf", "acc_greedy", "exact_match"]
+
+
+def _supersede(df: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
+    """Training rows take the measurements of the newest eval-mode row of their own best checkpoint (same task,
+    split, eval_tgt_len and metric), e.g. after a metric fix; `reevaluated_by` names that row, else is empty."""
+    df = df.assign(reevaluated_by="")
+    for _, e in evals.iterrows():  # in file order, so the newest re-evaluation is applied last
+        ckpt = pathlib.PurePath(str(_config(e["config_json"]).get("eval_checkpoint") or ""))
+        if ckpt.name != "checkpoint_best.pt":
+            continue
+        same = ((df["run_id"] == ckpt.parent.name) & (df["task"] == e["task"]) & (df["split"] == e["split"])
+                & (df["eval_tgt_len"] == e["eval_tgt_len"]) & (df["metric_name"] == e["metric_name"]))
+        for col in MEASURED + ["reevaluated_by"]:
+            df.loc[same, col] = e["run_id"] if col == "reevaluated_by" else e[col]
+    return df
+
+
 def load_ours(results_dir: str | pathlib.Path, split: str = "test") -> tuple[pd.DataFrame, int]:
     """Our rows on `split` ("any" keeps all; rows with no split are kept), normalised for matching.
 
     Rows of eval mode (`--eval_only`) re-measure a checkpoint whose training run has a row of its own, so they
-    are left out: counted, they would add a seed that was never trained.
+    are left out: counted, they would add a seed that was never trained. A re-evaluation of a run's best
+    checkpoint under the run's own evaluation settings replaces that run's measurements instead.
     Returns (rows, number of rows left out: on another split, or from eval mode).
     """
     df = _normalise(read_results(results_dir))
@@ -102,7 +122,7 @@ def load_ours(results_dir: str | pathlib.Path, split: str = "test") -> tuple[pd.
     df = pd.concat([df[with_id].drop_duplicates(["run_id", "split", "metric_name"], keep="last"), df[~with_id]])
     reevaluated = pd.Series([_config(c).get("eval_only") is True for c in df["config_json"]], index=df.index,
                             dtype=bool)
-    df = df[~reevaluated]
+    df = _supersede(df[~reevaluated], df[reevaluated])
     if split == "any":
         return df, int(reevaluated.sum())
     keep = df["split"].isna() | (df["split"].astype(str) == split)
@@ -213,7 +233,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def render(pairs: pd.DataFrame, only: pd.DataFrame, results_dir: str, n_ours: int, dropped: int,
-           matched_only: bool = False) -> str:
+           matched_only: bool = False, reevaluated: int = 0) -> str:
     """The whole report as Markdown: one table per paper table, then our unmatched rows.
     matched_only keeps just the paper rows we have runs for (the README's short form)."""
     out = ["# Paper vs ours", ""]
@@ -221,6 +241,9 @@ def render(pairs: pd.DataFrame, only: pd.DataFrame, results_dir: str, n_ours: in
         out += [f"No runs found in `{results_dir}`; showing the paper's tables only.", ""]
     if dropped:
         out += [f"{dropped} rows were left out: rows on other splits (see --split) and eval-mode re-evaluations.", ""]
+    if reevaluated:
+        out += [f"{reevaluated} runs show a later re-evaluation of their best checkpoint (eval mode, the run's own "
+                "settings; its row is named in `reevaluated_by`).", ""]
     out += ["`[!]` = not paper scale (reduced hyper-parameters): a sanity check, not a reproduction.", ""]
     for name in PAPER_TABLES:
         t = pairs[pairs["table"] == name] if len(pairs) else pairs
@@ -439,8 +462,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     ours, dropped = load_ours(args.results, args.split)
     pairs, only = match(paper, ours)
+    reevaluated = int((ours["reevaluated_by"] != "").sum()) if len(ours) else 0
     by_group = group_section(args.results)
-    text = render(pairs, only, _shown(args.results), len(ours), dropped) + ("\n" + by_group if by_group else "")
+    text = render(pairs, only, _shown(args.results), len(ours), dropped, reevaluated=reevaluated) \
+        + ("\n" + by_group if by_group else "")
     print(text)
     if args.markdown:
         pathlib.Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
@@ -450,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}", file=sys.stderr)
     if readme:  # with --no-plots, link the plots already there
         plots = plots or sorted(pathlib.Path(args.plots).glob("*.png"))
-        short = render(pairs, only, _shown(args.results), len(ours), dropped, matched_only=True) \
+        short = render(pairs, only, _shown(args.results), len(ours), dropped, matched_only=True,
+                       reevaluated=reevaluated) \
             + ("\n" + by_group if by_group else "")
         readme.write_text(replace_section(readme_text, readme_markdown(short, plots, readme.parent)), encoding="utf-8")
         print(f"updated {readme} between {README_BEGIN} and {README_END}", file=sys.stderr)
