@@ -1,11 +1,19 @@
 """Shared test setup: make the `rmt` package in pytorch/ importable and seed every test."""
 import pathlib
+import re
+import shlex
 import sys
 
 import pytest
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def script_flags(script: str, name: str) -> list[str]:
+    """The flags of a script's NAME=(...) array (TRAIN, EVAL, CPU, ...), as the shell would split them."""
+    text = (ROOT / "scripts" / script).read_text()
+    return shlex.split(re.search(rf"^{name}=\((.*?)\)$", text, re.S | re.M).group(1))
 sys.path.insert(0, str(ROOT / "pytorch"))
 
 

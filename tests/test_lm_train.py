@@ -9,8 +9,6 @@ bit-for-bit comparisons between a subprocess and this process need the same redu
 import os
 import pathlib
 import random
-import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -21,6 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import script_flags
 from rmt import cli
 from rmt import eval as lm_eval
 from rmt import train as lm_train
@@ -130,12 +129,6 @@ def test_script_train_then_eval(script, data_fixture, unit, extra, request, tmp_
     assert rows[unit].notna().all() and (rows["loss"] > 0).all()
     assert rows["command"].str.startswith(f"bash scripts/{script}").all()
     assert rows["model_kind"].iloc[0] == ("rmt+txl" if "--mem_len" not in extra else "rmt")
-
-
-def script_flags(script, name):
-    """The TRAIN or EVAL flag array a run script passes (before the user's extra flags)."""
-    text = (ROOT / "scripts" / script).read_text()
-    return shlex.split(re.search(rf"^{name}=\((.*?)\)$", text, re.S | re.M).group(1))
 
 
 @pytest.mark.parametrize("script, data_fixture, unit, extra", [

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, script_flags
 from rmt import generate_data
 from rmt.tasks import files
 from rmt.tasks import generators as g
@@ -164,20 +164,14 @@ def test_sqeq_small_numbers_for_small_runs():
         task_spec("sqeq_cd", max_root=1)
 
 
-def _preset_flags(script: str, preset: str) -> dict[str, str]:
-    """The `--flag value` pairs of a task script's PRESET=(...) array."""
-    text = (ROOT / "scripts" / script).read_text()
-    body = re.search(rf"^{preset}=\((.*?)\)", text, re.S | re.M).group(1)
-    return dict(re.findall(r"--(\w+) (?!--)(\S+)", body))
-
-
 def test_sqeq_cpu_preset_splits_are_mostly_equations_with_roots():
     # A small sample space is mostly "no roots" equations (empty answer); when the splits nearly exhaust
     # it, a model that always answers nothing scores like one that solves (the old preset: 59% no roots).
-    flags = _preset_flags("sqeq.sh", "CPU")
-    sizes = {split: int(flags[f"n_{split}"]) for split in ("train", "val", "test")}
-    splits = g.make_splits(g.sqeq_samples, rng(), sizes, max_root=int(flags["max_root"]),
-                           shuffle_limit=int(flags["shuffle_limit"]))
+    flags = script_flags("sqeq.sh", "CPU")
+    value = lambda flag: int(flags[flags.index(f"--{flag}") + 1])  # noqa: E731
+    sizes = {split: value(f"n_{split}") for split in ("train", "val", "test")}
+    splits = g.make_splits(g.sqeq_samples, rng(), sizes, max_root=value("max_root"),
+                           shuffle_limit=value("shuffle_limit"))
     for split, (src, _) in splits.items():
         no_roots = (src[:, -30:] == 0).all(axis=1).mean()  # empty answer slot
         assert no_roots < 0.4, f"{split}: {no_roots:.0%} of the samples have no roots"

@@ -104,8 +104,9 @@ def _supersede(df: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
             continue
         same = ((df["run_id"] == ckpt.parent.name) & (df["task"] == e["task"]) & (df["split"] == e["split"])
                 & (df["eval_tgt_len"] == e["eval_tgt_len"]) & (df["metric_name"] == e["metric_name"]))
-        for col in MEASURED + ["reevaluated_by"]:
-            df.loc[same, col] = e["run_id"] if col == "reevaluated_by" else e[col]
+        for col in MEASURED:
+            df.loc[same, col] = e[col]
+        df.loc[same, "reevaluated_by"] = e["run_id"]
     return df
 
 
