@@ -22,6 +22,15 @@ usage_modes() {
     exit 2
 }
 
+# preset: paper or cpu. RMT_PRESET chooses; unset, it is cpu when no GPU is visible.
+preset() {
+    local p="${RMT_PRESET:-$([ "$NGPU" -gt 0 ] && echo paper || echo cpu)}"
+    case "$p" in
+        paper|cpu) echo "$p" ;;
+        *) echo "error: RMT_PRESET must be paper or cpu, got '$p'" >&2; exit 2 ;;
+    esac
+}
+
 # run_task_script SCRIPT MODE [flags...]: the algorithmic-task scripts share this. They set
 # PAPER (the paper's flags) and CPU (the preset added on top when no GPU is present).
 run_task_script() {
@@ -29,9 +38,8 @@ run_task_script() {
     [ -n "$mode" ] || usage_modes "$script"
     shift 2
     export RMT_COMMAND="bash scripts/$script $mode $*"
-    local preset="${RMT_PRESET:-$([ "$NGPU" -gt 0 ] && echo paper || echo cpu)}"
     local args=("${PAPER[@]}")
-    [ "$preset" = cpu ] && args+=("${CPU[@]}")
+    [ "$(preset)" = cpu ] && args+=("${CPU[@]}")
     case "$mode" in
         train) launch rmt.train_synthetic "${args[@]}" "$@" ;;
         eval) launch rmt.train_synthetic "${args[@]}" "$@" --eval_only ;;
@@ -39,16 +47,35 @@ run_task_script() {
     esac
 }
 
+# custom_scale FLAGS...: prints --scale custom when the flags resize the recipe (layers, widths,
+# steps) and do not name a scale themselves, so a results row never calls a resized run "paper"
+# or "cpu-preset". Segment, memory, batch and depth flags keep the label: the paper's own rows
+# are the base recipe with those appended.
+custom_scale() {
+    local flag
+    for flag in "$@"; do [ "${flag%%=*}" = --scale ] && return 0; done
+    for flag in "$@"; do
+        case "${flag%%=*}" in
+            --n_layer|--d_model|--n_head|--d_head|--d_inner|--d_embed|--max_step|--max_time) echo --scale custom; return 0 ;;
+        esac
+    done
+}
+
 # run_lm_script SCRIPT MODE [flags...]: the language-model scripts share this. They set TRAIN
-# (flags of rmt.train) and EVAL (flags of rmt.eval, which always runs as one process).
+# (the recipe's flags of rmt.train) and CPU (a small model added on top when no GPU is present,
+# or with RMT_PRESET=cpu). Eval mode runs rmt.eval (always one process) on --checkpoint with
+# the run's own segmentation and memory; --protocol txl-long gives Transformer-XL's long-cache
+# evaluation instead.
 run_lm_script() {
     local script="$1" mode="${2:-}"
     [ -n "$mode" ] || usage_modes "$script"
     shift 2
     export RMT_COMMAND="bash scripts/$script $mode $*"
+    local args=("${TRAIN[@]}")
+    [ "$(preset)" = cpu ] && args+=("${CPU[@]}")
     case "$mode" in
-        train) launch rmt.train "${TRAIN[@]}" "$@" ;;
-        eval) "$PYTHON" -m rmt.eval "${EVAL[@]}" "$@" ;;
+        train) launch rmt.train "${args[@]}" $(custom_scale "$@") "$@" ;;
+        eval) "$PYTHON" -m rmt.eval --split test "$@" ;;
         *) usage_modes "$script" ;;
     esac
 }

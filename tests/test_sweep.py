@@ -80,13 +80,49 @@ def test_expand_names_flags_and_per_tgt_len_axes():
     by_name = {r.name: list(r.argv) for r in s.runs}
     assert by_name["sweep-copy_cpu-rmt-t6-m2-s8"] == [
         "bash", "scripts/copy.sh", "train", "--max_step", "9", "--tgt_len", "6", "--eval_tgt_len", "6",
-        "--curriculum", "12", "--num_mem_tokens", "2", "--seed", "8", "--run_name", "sweep-copy_cpu-rmt-t6-m2-s8",
+        "--curriculum", "12", "--num_mem_tokens", "2", "--mem_len", "0", "--seed", "8",
+        "--run_name", "sweep-copy_cpu-rmt-t6-m2-s8",
         "--results_csv", "experiments/results/synthetic.csv"]
     txl = by_name["sweep-copy_cpu-txl-t4-m3-s7"]
     assert txl[txl.index("--curriculum") + 1:txl.index("--curriculum") + 3] == ["12", "6"]
     assert "--mem_len" in txl and "--num_mem_tokens" not in txl and txl[txl.index("--eval_tgt_len") + 1] == "8"
     base = by_name["sweep-copy_cpu-baseline-t12-m0-s7"]
-    assert "--curriculum" not in base and "--mem_len" not in base and "--num_mem_tokens" not in base
+    assert "--curriculum" not in base and "--num_mem_tokens" not in base
+    assert base[base.index("--mem_len") + 1] == "0"  # no cache, even where the script's recipe has one
+
+
+def test_depth_axis_and_rmt_txl_kind():
+    s = sweep.expand({
+        "name": "lm", "script": "scripts/run_enwik8_base.sh", "kinds": ["baseline"],
+        "tgt_len": [{"tgt_len": 128, "kinds": ["baseline", "txl", "rmt"], "memory": [10], "depth": [0, 2]},
+                    {"tgt_len": 128, "kinds": ["rmt+txl"], "memory": [20], "cache": 10, "depth": [0]}],
+        "seeds": [1]})
+    assert [r.name for r in s.runs] == [f"sweep-lm-{n}-s1" for n in (
+        "baseline-t128-m0", "txl-t128-m10", "rmt-t128-m10-d0", "rmt-t128-m10-d2", "rmt+txl-t128-m20-c10-d0")]
+    flags = {r.name.split("-", 2)[2]: r.argv for r in s.runs}
+
+    def value(argv, flag):
+        return argv[argv.index(flag) + 1] if flag in argv else None
+
+    assert value(flags["txl-t128-m10-s1"], "--mem_len") == "10"
+    assert value(flags["txl-t128-m10-s1"], "--mem_backprop_depth") is None  # depth is for memory tokens
+    assert value(flags["rmt-t128-m10-d2-s1"], "--mem_backprop_depth") == "2"
+    assert value(flags["rmt-t128-m10-d2-s1"], "--mem_len") == "0"
+    both = flags["rmt+txl-t128-m20-c10-d0-s1"]
+    assert (value(both, "--num_mem_tokens"), value(both, "--mem_len"), value(both, "--mem_backprop_depth")) == \
+        ("20", "10", "0")
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"tgt_len": 8, "kinds": ["rmt+txl"], "memory": [4]}, "needs a positive integer 'cache'"),
+    ({"tgt_len": 8, "kinds": ["rmt"], "memory": [4], "cache": 3}, "needs a positive integer 'cache'"),
+    ({"tgt_len": 8, "kinds": ["rmt"], "memory": [4], "depth": [1], "flags": ["--mem_backprop_depth", "2"]},
+     "also sets --mem_backprop_depth"),
+    ({"tgt_len": 8, "kinds": ["rmt"], "memory": [4], "depth": "2"}, "depth must be a non-empty list"),
+])
+def test_bad_depth_or_cache_entries(entry, message):
+    with pytest.raises(sweep.GridError, match=message):
+        sweep.expand({"script": "scripts/copy.sh", "kinds": ["rmt"], "tgt_len": [entry], "seeds": [1]})
 
 
 @pytest.mark.parametrize("name, n_runs, memory_is_segment",
@@ -172,9 +208,9 @@ def test_dry_run_prints_commands_and_runs_nothing(tmp_path, fake_script, capsys)
     append_result(tmp_path / "results.csv", {"run_id": "sweep-g-rmt-t6-m6-s2", "task": "copy", "split": "test"})
     assert sweep.main([str(grid), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == (f"RMT_PRESET=cpu bash {fake_script} train --max_step 5 --tgt_len 6 --eval_tgt_len 6 "
+    assert lines[0] == (f"RMT_PRESET=cpu bash {fake_script} train --max_step 5 --tgt_len 6 --eval_tgt_len 6 --mem_len 0 "
                         f"--seed 1 --run_name sweep-g-baseline-t6-m0-s1 --results_csv {tmp_path / 'results.csv'}")
-    assert "--num_mem_tokens 6 --seed 1 --run_name sweep-g-rmt-t6-m6-s1" in lines[1]
+    assert "--num_mem_tokens 6 --mem_len 0 --seed 1 --run_name sweep-g-rmt-t6-m6-s1" in lines[1]
     assert lines[3] == "# done: sweep-g-rmt-t6-m6-s2" and lines[4].startswith("# 4 runs, 1 already in")
     assert _calls(tmp_path) == []
 

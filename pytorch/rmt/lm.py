@@ -16,6 +16,7 @@ import pathlib
 import torch
 
 from .data.corpus import Corpus, get_lm_corpus
+from .data.prepare import read_meta
 from .memory import MemoryState
 from .runtime import REPO_ROOT
 
@@ -33,10 +34,23 @@ def default_data_dir(dataset: str) -> pathlib.Path:
 
 def load_corpus(data_dir, dataset: str) -> Corpus:
     """get_lm_corpus, with a missing or malformed directory turned into one line and exit 1."""
+    corpus_name(data_dir, dataset)  # a corpus of the other level fails here, before any encoding
     try:
         return get_lm_corpus(data_dir, dataset)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}")
+
+
+def corpus_name(data_dir, dataset: str) -> str:
+    """The name results rows give the corpus: the one `prepare text` recorded, else the dataset's.
+
+    A corpus of your own read as a paper dataset (enwik8 format, say) is not that dataset: its
+    rows must never be matched to the paper's enwik8 rows, so they carry their own name."""
+    meta = read_meta(data_dir)
+    if meta.get("dataset") and meta["dataset"] != dataset:
+        raise SystemExit(f"error: {data_dir} is a {meta.get('level')}-level corpus; train or evaluate it with "
+                         f"--dataset {meta['dataset']}, not {dataset}")
+    return str(meta.get("name") or dataset)
 
 
 def adaptive_softmax(dataset: str, n_token: int, cutoffs=None) -> tuple[list[int], list[bool]]:

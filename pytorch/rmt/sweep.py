@@ -1,4 +1,4 @@
-"""Run a grid of algorithmic-task runs one after another, resumably.
+"""Run a grid of training runs (algorithmic tasks or language modelling) one after another, resumably.
 
     bash scripts/sweep.sh experiments/grids/copy_cpu.json [--dry-run] [--results CSV] [--shard I/N]
 
@@ -14,14 +14,19 @@ that CSV is skipped, so an interrupted sweep continues where it stopped when sta
     flags         optional list of fixed extra flags for every run (["--max_step", "3000"])
     results_csv   optional results CSV, relative to the repository root
                   (default experiments/results/synthetic.csv; --results overrides it)
-    kinds         baseline (no memory), txl (--mem_len MEM) or rmt (--num_mem_tokens MEM)
+    kinds         baseline (no memory), txl (--mem_len MEM), rmt (--num_mem_tokens MEM) or rmt+txl
+                  (--num_mem_tokens MEM and a cache of --mem_len CACHE); kinds without a cache get
+                  --mem_len 0, so a script whose recipe has a cache (the LM base scripts) runs without it
     memory        optional default memory sizes, for tgt_len entries without their own
     tgt_len       list of segment lengths: an int, or {"tgt_len": 6, "memory": [6], "curriculum": [12],
-                  "kinds": [...], "eval_tgt_len": 6, "flags": [...]} (all but tgt_len optional;
-                  eval_tgt_len defaults to tgt_len, curriculum to none, kinds and memory to the grid's)
+                  "kinds": [...], "eval_tgt_len": 6, "depth": [0, 2], "cache": 10, "flags": [...]}
+                  (all but tgt_len optional; eval_tgt_len defaults to tgt_len, curriculum to none,
+                  kinds and memory to the grid's; depth is an axis of --mem_backprop_depth values for
+                  the kinds with memory tokens; cache is rmt+txl's --mem_len)
     seeds         list of --seed values
 
-Run names are sweep-<name>-<kind>-t<tgt_len>-m<mem>-s<seed> (baseline: m0, once per tgt_len).
+Run names are sweep-<name>-<kind>-t<tgt_len>-m<mem>[-c<cache>][-d<depth>]-s<seed> (baseline: m0, once
+per tgt_len; -c for rmt+txl, -d where the entry has a depth axis).
 Runs are ordered seed by seed, so a partly finished sweep already covers every configuration.
 `--shard I/N` takes every N-th run from run I, counted from 0 (0/2 and 1/2 split a grid in two):
 N sweeps started side by side (one per core, with OMP_NUM_THREADS=1) share a grid without
@@ -48,9 +53,10 @@ from rmt.results import read_results
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_CSV = "experiments/results/synthetic.csv"
-MEMORY_FLAG = {"baseline": None, "txl": "--mem_len", "rmt": "--num_mem_tokens"}
+MEMORY_FLAG = {"baseline": None, "txl": "--mem_len", "rmt": "--num_mem_tokens", "rmt+txl": "--num_mem_tokens"}
+TOKEN_KINDS = ("rmt", "rmt+txl")  # kinds with memory tokens: the ones a depth axis applies to
 GRID_KEYS = {"name", "script", "env", "flags", "results_csv", "kinds", "memory", "tgt_len", "seeds"}
-ENTRY_KEYS = {"tgt_len", "eval_tgt_len", "memory", "curriculum", "kinds", "flags"}
+ENTRY_KEYS = {"tgt_len", "eval_tgt_len", "memory", "curriculum", "kinds", "flags", "depth", "cache"}
 # Set by the sweep for every run; a grid's fixed flags may not set them too.
 RESERVED = {"--tgt_len", "--eval_tgt_len", "--curriculum", "--mem_len", "--num_mem_tokens", "--seed",
             "--run_name", "--results_csv", "--no_results", "--eval_only"}
@@ -144,22 +150,36 @@ def expand(grid: dict, default_name: str = "grid", results_csv: str | os.PathLik
         if e_memory is None and set(e_kinds) - {"baseline"}:
             raise GridError(f"{where}: kinds {e_kinds} need memory sizes (here or at the top level)")
         curriculum = _int_list(e.get("curriculum", []), f"{where}.curriculum", allow_empty=True)
-        entries.append((e, e_kinds, e_memory, curriculum, _flags(e.get("flags", []), f"{where}.flags")))
+        extra = _flags(e.get("flags", []), f"{where}.flags")
+        depths = _int_list(e["depth"], f"{where}.depth") if "depth" in e else None
+        if depths is not None and "--mem_backprop_depth" in [*fixed, *extra]:
+            raise GridError(f"{where} has a depth axis and also sets --mem_backprop_depth in flags")
+        cache = e.get("cache")
+        if ("rmt+txl" in e_kinds) != (cache is not None) or not (cache is None or isinstance(cache, int) and cache > 0):
+            raise GridError(f"{where}: kind rmt+txl needs a positive integer 'cache' (its --mem_len), "
+                            f"and 'cache' needs kind rmt+txl; got kinds {e_kinds}, cache {cache!r}")
+        entries.append((e, e_kinds, e_memory, curriculum, extra, depths, cache))
 
     runs = []
     for seed in seeds:
-        for e, e_kinds, e_memory, curriculum, extra in entries:
+        for e, e_kinds, e_memory, curriculum, extra, depths, cache in entries:
             t = e["tgt_len"]
             for kind in e_kinds:
                 for mem in ([0] if kind == "baseline" else e_memory):  # baseline has no memory axis
-                    run_name = f"sweep-{name}-{kind}-t{t}-m{mem}-s{seed}"
-                    flags = [*fixed, *extra, "--tgt_len", str(t), "--eval_tgt_len", str(e.get("eval_tgt_len", t))]
-                    if curriculum:
-                        flags += ["--curriculum", *map(str, curriculum)]
-                    if MEMORY_FLAG[kind]:
-                        flags += [MEMORY_FLAG[kind], str(mem)]
-                    flags += ["--seed", str(seed), "--run_name", run_name, "--results_csv", _shown(csv)]
-                    runs.append(Run(run_name, kind, t, mem, seed, ("bash", _shown(script), "train", *flags)))
+                    for depth in (depths if depths is not None and kind in TOKEN_KINDS else [None]):
+                        run_name = (f"sweep-{name}-{kind}-t{t}-m{mem}" + (f"-c{cache}" if kind == "rmt+txl" else "")
+                                    + ("" if depth is None else f"-d{depth}") + f"-s{seed}")
+                        flags = [*fixed, *extra, "--tgt_len", str(t), "--eval_tgt_len", str(e.get("eval_tgt_len", t))]
+                        if curriculum:
+                            flags += ["--curriculum", *map(str, curriculum)]
+                        if MEMORY_FLAG[kind]:
+                            flags += [MEMORY_FLAG[kind], str(mem)]
+                        flags += ["--mem_len", str(cache)] if kind == "rmt+txl" else \
+                            [] if kind == "txl" else ["--mem_len", "0"]
+                        if depth is not None:
+                            flags += ["--mem_backprop_depth", str(depth)]
+                        flags += ["--seed", str(seed), "--run_name", run_name, "--results_csv", _shown(csv)]
+                        runs.append(Run(run_name, kind, t, mem, seed, ("bash", _shown(script), "train", *flags)))
     names = [r.name for r in runs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

@@ -31,7 +31,7 @@ import torch
 from . import cli
 from .checkpoint import CheckpointError, load_file
 from .data.corpus import DATASETS
-from .lm import adaptive_softmax, default_data_dir, eval_lengths, evaluate_split, load_corpus, metric_name
+from .lm import adaptive_softmax, corpus_name, default_data_dir, eval_lengths, evaluate_split, load_corpus, metric_name
 from .memory import MemoryState, Recomputed, Segment, forward_with_replay
 from .model import MemTransformerLM, init_weights
 from .optim import LRSchedule, build_optimizer
@@ -199,6 +199,7 @@ def main(argv=None) -> int:
     if not runtime.is_main:
         runtime.barrier()  # rank 0 builds the corpus cache first
     corpus = load_corpus(args.data, args.dataset)
+    name = corpus_name(args.data, args.dataset)
     if runtime.is_main:
         runtime.barrier()
     n_token = len(corpus.vocab)
@@ -219,19 +220,19 @@ def main(argv=None) -> int:
         parser.error(f"--varlen needs an ordered corpus, not {args.dataset}")
 
     kind = model_kind(args.num_mem_tokens, args.mem_len, args.mem_at_end)
-    run_dir = prepare_run_dir(args, f"{args.dataset}-{kind}") if runtime.is_main else None
+    run_dir = prepare_run_dir(args, f"{name}-{kind}") if runtime.is_main else None
     logger = RunLogger(run_dir, runtime.is_main, total=args.max_step)
     model = MemTransformerLM.from_config(model_cfg)
     init_weights(model, args.init, args.init_std, args.init_range, args.proj_init_std)
     model.to(runtime.device)
     run_model = compile_model(model) if args.compile else model
     if run_dir is not None:
-        cli.write_config(run_dir, args, model_cfg, {"dataset": args.dataset, "data_dir": args.data,
+        cli.write_config(run_dir, args, model_cfg, {"dataset": args.dataset, "corpus": name, "data_dir": args.data,
                                                      "vocab_size": n_token, "device": runtime.describe()})
     n_all = sum(p.numel() for p in model.parameters())
     n_nonemb = sum(p.numel() for p in model.layers.parameters())  # the original's n_nonemb_param
     n_train = corpus.train.numel() if isinstance(corpus.train, torch.Tensor) else 0
-    logger.log(f"{args.dataset}: vocab {n_token}, {n_train:,} train tokens; {kind}; {n_all:,} parameters "
+    logger.log(f"{name} ({args.dataset} format): vocab {n_token}, {n_train:,} train tokens; {kind}; {n_all:,} parameters "
                f"({n_nonemb:,} non-embedding); device {runtime.describe()}; run dir {run_dir}")
 
     optimizer = build_optimizer(model.parameters(), args)
@@ -296,7 +297,7 @@ def main(argv=None) -> int:
         logger.log(f"test (best model) | loss {test['loss']:.4f} | {unit} {test[unit]:.4f}")
         if not args.no_results:
             csv = args.results_csv or REPO_ROOT / "experiments" / "results" / "lm.csv"
-            row = result_row(args, model_cfg, runtime, run_dir, args.dataset, "test", None, train_time,
+            row = result_row(args, model_cfg, runtime, run_dir, name, "test", None, train_time,
                              getattr(trainer, "last_tokens_per_s", 0.0), metric_name=unit,
                              metric_value=test[unit], **test)
             append_result(csv, row)
