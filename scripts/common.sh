@@ -33,6 +33,8 @@ preset() {
 
 # run_task_script SCRIPT MODE [flags...]: the algorithmic-task scripts share this. They set
 # PAPER (the paper's flags) and CPU (the preset added on top when no GPU is present).
+# Eval mode takes the evaluated run's own flags from the config.json beside --eval_checkpoint
+# (task, segments, memory), so it evaluates the run as it was trained; flags given here win.
 run_task_script() {
     local script="$1" mode="${2:-}"
     [ -n "$mode" ] || usage_modes "$script"
@@ -42,7 +44,7 @@ run_task_script() {
     [ "$(preset)" = cpu ] && args+=("${CPU[@]}")
     case "$mode" in
         train) launch rmt.train_synthetic "${args[@]}" "$@" ;;
-        eval) launch rmt.train_synthetic "${args[@]}" "$@" --eval_only ;;
+        eval) launch rmt.train_synthetic --eval_only "$@" ;;
         *) usage_modes "$script" ;;
     esac
 }

@@ -5,4 +5,4 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$ROOT/pytorch${PYTHONPATH:+:$PYTHONPATH}"
-exec python -m rmt.compare "$@"
+exec "${PYTHON:-python3}" -m rmt.compare "$@"

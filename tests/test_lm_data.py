@@ -4,6 +4,7 @@
 
 Every corpus is a tiny one written on the fly into a tmp dir.
 """
+import hashlib
 import io
 import json
 import os
@@ -22,7 +23,7 @@ import torch
 from rmt.data import corpus as corpus_mod
 from rmt.data.corpus import get_lm_corpus
 from rmt.data.iterators import LMMultiFileIterator, LMOrderedIterator, LMShuffledIterator
-from rmt.data.prepare import prepare
+from rmt.data.prepare import prepare, prepare_text
 from rmt.data.vocab import Vocab
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -133,6 +134,105 @@ def test_prepare_rejects_too_large_splits(tmp_path):
     (tmp_path / "raw").write_bytes(b"abc")
     with pytest.raises(ValueError, match="nothing would be left"):
         prepare("enwik8", str(tmp_path / "raw"), str(tmp_path / "o"), valid_size=2, test_size=1)
+
+
+# ---- any text via `prepare text` ----
+
+def prepare_cli(*args):
+    return subprocess.run([sys.executable, "-m", "rmt.data.prepare", "text", *map(str, args)], env=ENV,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_prepare_text_char_level_keeps_every_byte_newlines_included(tmp_path):
+    (tmp_path / "a.txt").write_text("h\u00e9\n", encoding="utf-8")  # 4 bytes: h, 0xc3 0xa9, newline
+    (tmp_path / "b.txt").write_bytes(b"xy")  # no final newline: one is added when joining
+    meta = prepare_text([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], tmp_path / "c", "char", (0.5, 0.25, 0.25))
+    joined = "h\u00e9\nxy\n".encode()  # 7 bytes; cuts at round(3.5) = 4 and round(5.25) = 5
+    assert meta["units"] == {"train": 4, "valid": 1, "test": 2} and meta["dataset"] == "enwik8"
+    assert (tmp_path / "c" / "train.txt").read_text() == "104 195 169 10\n"
+    assert (tmp_path / "c" / "valid.txt").read_text() == "120\n" and (tmp_path / "c" / "test.txt").read_text() == "121 10\n"
+    assert [src["path"] for src in meta["sources"]] == [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]
+    assert meta["sources"][1] == {"path": str(tmp_path / "b.txt"), "bytes": 2,
+                                  "sha256": hashlib.sha256(b"xy").hexdigest()}
+    assert json.loads((tmp_path / "c" / "meta.json").read_text()) == meta
+    c = get_lm_corpus(tmp_path / "c", "enwik8")
+    decoded = [int(sym) for split in ("train", "valid", "test") for sym in c.vocab.get_symbols(getattr(c, split))]
+    assert bytes(decoded) == joined  # the enwik8 loader reads every byte back, the newline (10) too
+
+
+def test_prepare_text_word_level_cuts_at_lines_and_maps_unseen_words_to_unk(tmp_path):
+    lines = ["a b a", "b c", "a a b", "d a", "e b"]  # units per line (tokens + <eos>): 4 3 4 3 3 = 17
+    (tmp_path / "w.txt").write_text("\n".join(lines) + "\n")
+    meta = prepare_text([str(tmp_path / "w.txt")], tmp_path / "w", "word", (0.6, 0.2, 0.2), name="tiny", min_count=2)
+    # cuts at round(10.2) = 10 and round(13.6) = 14 units: lines 0-2 train, line 3 valid, line 4 test
+    assert (tmp_path / "w" / "train.txt").read_text() == "a b a\nb <unk>\na a b\n"  # c is seen once: < min_count
+    assert (tmp_path / "w" / "valid.txt").read_text() == "<unk> a\n"  # d is not in train
+    assert (tmp_path / "w" / "test.txt").read_text() == "<unk> b\n"
+    assert meta["name"] == "tiny" and meta["dataset"] == "wt2" and meta["units"] == {"train": 11, "valid": 3, "test": 3}
+    assert meta["replaced_by_unk"] == {"train": 1, "valid": 1, "test": 1}
+    c = get_lm_corpus(tmp_path / "w", "wt2")
+    assert set(c.vocab.idx2sym) == {"<eos>", "a", "b", "<unk>"} and meta["vocab_size"] == 4
+    assert c.vocab.get_symbols(c.valid) == ["<unk>", "a", "<eos>"]
+
+
+def test_prepare_text_is_deterministic_and_replaces_its_own_corpus(tmp_path):
+    rng = random.Random(3)
+    text = "\n".join(" ".join(rng.choice(["the", "cat", "sat", "\u00e9t\u00e9"]) for _ in range(9)) for _ in range(50))
+    (tmp_path / "t.txt").write_text(text)
+    for level in ("char", "word"):
+        outs = [tmp_path / f"{level}1", tmp_path / f"{level}2"]
+        for out in outs + outs[:1]:  # the second write to the first directory replaces it
+            assert prepare_cli(tmp_path / "t.txt", "--level", level, "--out", out, "--name", "n").returncode == 0
+        for name in ("train.txt", "valid.txt", "test.txt", "meta.json"):
+            assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
+        assert sorted(p.name for p in outs[0].iterdir()) == ["meta.json", "test.txt", "train.txt", "valid.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left
+
+
+@pytest.mark.parametrize("make, flags, message", [
+    (None, [], "no such file"),
+    (b"", [], "is empty"),
+    (b"  \n\n", [], "is empty"),
+    (b"text\x00with a NUL", [], "binary file"),
+    (b"caf\xe9 latin-1", [], "is not UTF-8 text"),
+    (b"some text\n", ["--split", "0.9", "0.05", "0.1"], "must sum to 1"),
+    (b"some text\n", ["--split", "1.2", "-0.1", "-0.1"], "must lie in [0, 1]"),
+    (b"some text\n", ["--split", "1", "0", "0"], "the valid split would hold no bytes"),
+    (b"one line only\n", ["--level", "word"], "the valid split would hold no tokens"),
+])
+def test_prepare_text_bad_input_is_one_line_and_writes_nothing(tmp_path, make, flags, message):
+    src = tmp_path / "in.txt"
+    if make is not None:
+        src.write_bytes(make)
+    out = tmp_path / "corpus"
+    run = prepare_cli(src, *(["--level", "char"] if "--level" not in flags else []), *flags, "--out", out)
+    assert run.returncode != 0 and message in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == (["in.txt"] if make is not None else [])
+
+
+def test_prepare_text_failure_keeps_an_earlier_corpus_and_refuses_foreign_dirs(tmp_path):
+    (tmp_path / "good.txt").write_text("enough text for three splits\n" * 5)
+    (tmp_path / "empty.txt").write_text("")
+    assert prepare_cli(tmp_path / "good.txt", "--level", "char", "--out", tmp_path / "c").returncode == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "c").iterdir()}
+    assert prepare_cli(tmp_path / "empty.txt", "--level", "char", "--out", tmp_path / "c").returncode == 1
+    assert {p.name: p.read_bytes() for p in (tmp_path / "c").iterdir()} == before
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    run = prepare_cli(tmp_path / "good.txt", "--level", "char", "--out", tmp_path / "mine")
+    assert run.returncode == 1 and "is not a corpus made by this command" in run.stderr
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_a_prepared_corpus_trains_under_its_own_name_and_only_at_its_level(tmp_path):
+    from rmt.lm import corpus_name, load_corpus
+    (tmp_path / "t.txt").write_text("some words here\n" * 30)
+    prepare_text([str(tmp_path / "t.txt")], tmp_path / "mybooks", "char")
+    assert corpus_name(tmp_path / "mybooks", "enwik8") == "mybooks"
+    assert corpus_name(tmp_path, "enwik8") == "enwik8"  # a corpus without meta.json: the dataset's name
+    with pytest.raises(SystemExit, match="char-level corpus; train or evaluate it with --dataset enwik8"):
+        load_corpus(tmp_path / "mybooks", "wt103")
 
 
 # ---- lm1b ----

@@ -6,6 +6,7 @@ corpora built on the fly (a wt-style word corpus and an enwik8-style byte corpus
 Every run uses one CPU thread (OMP_NUM_THREADS=1): tiny models gain nothing from more, and
 bit-for-bit comparisons between a subprocess and this process need the same reduction order.
 """
+import json
 import os
 import pathlib
 import random
@@ -119,16 +120,18 @@ def test_script_train_then_eval(script, data_fixture, unit, extra, request, tmp_
          "--work_dir", str(tmp_path / "runs"), "--run_name", "r", *extra], cwd=tmp_path)
     ckpt = tmp_path / "runs" / "r" / "checkpoint_best.pt"
     assert ckpt.is_file() and (tmp_path / "runs" / "r" / "config.json").is_file()
-    eval_extra = ["--mem_len", "0", "--no-same_length", "--clamp_len", "-1"] if "--mem_len" in extra else []
-    out = run(["bash", str(ROOT / "scripts" / script), "eval", "--checkpoint", str(ckpt), *common, *eval_extra],
+    # No flags: the run is evaluated as it was trained, so the number is the training run's own test.
+    out = run(["bash", str(ROOT / "scripts" / script), "eval", "--checkpoint", str(ckpt), "--results_csv", str(csv)],
               cwd=tmp_path).stdout
-    assert "test  | loss" in out and unit in out
+    assert "test  | loss" in out and unit in out and "protocol trained" in out
     rows = pd.read_csv(csv)
     assert list(rows["split"]) == ["test", "test"]  # the training run's final test, then eval.py's
+    assert list(rows["run_id"]) == ["r", "r-eval"]
     assert list(rows["metric_name"]) == [unit, unit]
-    assert rows[unit].notna().all() and (rows["loss"] > 0).all()
+    assert rows[unit].iloc[1] == pytest.approx(rows[unit].iloc[0], rel=1e-9)
     assert rows["command"].str.startswith(f"bash scripts/{script}").all()
     assert rows["model_kind"].iloc[0] == ("rmt+txl" if "--mem_len" not in extra else "rmt")
+    assert (rows["scale"] == "custom").all()  # resized by the TINY flags: neither paper nor cpu-preset
 
 
 @pytest.mark.parametrize("script, data_fixture, unit, extra", [
@@ -145,11 +148,14 @@ def test_every_recipe_trains_and_evaluates(script, data_fixture, unit, extra, re
     assert f"data/{lm_train.default_data_dir(train[train.index('--dataset') + 1]).name}" in train
     assert lm_train.main([*train, *TINY, "--data", str(data), "--max_step", "2", "--eval_interval", "2",
                           "--work_dir", str(tmp_path), "--run_name", "r", "--results_csv", str(csv), *extra]) == 0
-    assert lm_eval.main([*script_flags(script, "EVAL"), "--checkpoint", str(tmp_path / "r" / "checkpoint_best.pt"),
-                         "--data", str(data), "--results_csv", str(csv)]) == 0
+    assert lm_eval.main(["--protocol", "txl-long", "--checkpoint", str(tmp_path / "r" / "checkpoint_best.pt"),
+                         "--split", "test", "--results_csv", str(csv)]) == 0
     rows = pd.read_csv(csv)
     assert list(rows["split"]) == ["test", "test"] and list(rows["metric_name"]) == [unit, unit]
     assert rows[unit].notna().all()
+    dataset = train[train.index("--dataset") + 1]
+    assert rows["eval_tgt_len"].iloc[1] == lm_eval.TXL_LONG_CACHE[dataset][0]
+    assert rows["mem_len"].iloc[1] == lm_eval.TXL_LONG_CACHE[dataset][1]
 
 
 def test_eval_all_splits_and_overrides(wt_dir, tmp_path, capsys):
@@ -165,8 +171,30 @@ def test_eval_all_splits_and_overrides(wt_dir, tmp_path, capsys):
     rows = pd.read_csv(csv)
     assert list(rows["split"]) == ["valid", "test", "valid"]
     assert list(rows["eval_tgt_len"]) == [8, 8, 5] and list(rows["mem_len"]) == [4, 4, 12]
+    protocols = [json.loads(c)["protocol"] for c in rows["config_json"]]
+    assert protocols == ["trained", "trained", "trained+flags"]  # overridden settings are not the run's own
     with pytest.raises(SystemExit):  # same_length needs a cache: one argparse error
         lm_eval.main(["--checkpoint", str(ckpt), "--mem_len", "0", "--same_length", "--no_results"])
+
+
+@pytest.mark.parametrize("extra", [["--mem_len", "6"], ["--num_mem_tokens", "2"], ["--mem_len", "0"]])
+def test_eval_without_flags_uses_the_training_segmentation(wt_dir, tmp_path, capsys, extra):
+    """A run trained on segments of 6 and tested on 4 is evaluated on 4, with its cache lengthened by
+    the 2 positions the shorter segments leave out, exactly as its own final test; the old default
+    (Transformer-XL's long cache) is an explicit protocol."""
+    csv = tmp_path / "lm.csv"
+    lm_train.main([*TINY, "--dataset", "wt2", "--data", str(wt_dir), "--work_dir", str(tmp_path), "--run_name", "r",
+                   "--tgt_len", "6", "--eval_tgt_len", "4", "--max_step", "3", "--eval_interval", "3",
+                   "--results_csv", str(csv), *extra])
+    ckpt = str(tmp_path / "r" / "checkpoint_best.pt")
+    assert lm_eval.main(["--checkpoint", ckpt, "--split", "test", "--results_csv", str(csv)]) == 0
+    mem = int(extra[1]) + 2 if extra[0] == "--mem_len" and extra[1] != "0" else 0
+    assert f"protocol trained | tgt_len 4 | mem_len {mem} |" in capsys.readouterr().out
+    rows = pd.read_csv(csv)
+    assert rows["ppl"].iloc[1] == pytest.approx(rows["ppl"].iloc[0], rel=1e-9)
+    assert list(rows["eval_tgt_len"]) == [4, 4]
+    assert lm_eval.main(["--checkpoint", ckpt, "--split", "test", "--protocol", "txl-long", "--no_results"]) == 0
+    assert "protocol txl-long | tgt_len 64 | mem_len 640 | num_mem_tokens" in capsys.readouterr().out
 
 
 # ---- exact resume, signals ------------------------------------------------------------------
@@ -303,6 +331,23 @@ def test_original_flags_that_would_do_nothing_warn_or_fail(capsys):
         cli.check_args(parser.parse_args(["--max_eval_steps", "0"]), parser)
     assert "--max_eval_steps 0 would evaluate nothing" in capsys.readouterr().err
     cli.check_args(parser.parse_args(["--max_eval_steps", "-1"]), parser)  # the whole split
+
+
+def test_mem_backprop_depth_all_is_refused_and_zero_detaches(wt_dir, tmp_path, capsys):
+    """The LM driver shares the tasks' meaning: 0 detached, D truncated, all = full BPTT, which an
+    endless stream cannot have: a one-line error, not a silent choice."""
+    with pytest.raises(SystemExit) as e:
+        lm_train.main(train_args(wt_dir, tmp_path, "a", "--num_mem_tokens", "2", "--mem_backprop_depth", "all"))
+    assert e.value.code == 2 and "a language-model stream has no end" in capsys.readouterr().err
+    carry = lm_train.Carry(0)
+    model = MemTransformerLM(n_token=20, n_layer=1, n_head=2, d_model=16, d_head=8, d_inner=32, tgt_len=4,
+                             num_mem_tokens=2)
+    x = torch.randint(0, 20, (2, 4))
+    lm_train.train_step(model, carry, x, x)  # from the learned initial memory: it gets gradient
+    assert model.mem_tokens.grad is not None and len(carry.history) == 0 and not carry.state.mem.requires_grad
+    model.zero_grad(set_to_none=True)
+    lm_train.train_step(model, carry, x, x)  # from the carried, detached memory: no path back
+    assert model.mem_tokens.grad is None
 
 
 def test_missing_data_dir_is_one_line(tmp_path):

@@ -9,6 +9,7 @@ import os
 import pathlib
 import subprocess
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -327,3 +328,58 @@ def test_group_section_shows_each_runs_accuracy_by_queried_pair(tmp_path):
     assert base == "| 4 | baseline | – | 7 | `r-base` | 0.000 | 0.000 | 1.000 | 1.000 | 100 |"
     assert rmt == "| 4 | rmt | M=3 | 7 | `r-rmt` | 0.500 | 0.250 | 1.000 | 1.000 | 100 |"
     assert len(compare.load_ours(tmp_path)[0]) == 2  # group rows never count as results rows
+
+
+def _lm_rows(path, task="books-char", metric="bpc", scale="cpu-preset"):
+    """Three seeds of five configurations on a corpus of our own (lower is better)."""
+    means = {("baseline", 0, 0, 0): 2.10, ("txl", 10, 0, 0): 2.07, ("rmt", 0, 10, 0): 2.09,
+             ("rmt", 0, 10, 2): 2.05, ("rmt+txl", 10, 20, 0): 2.06}
+    for seed, noise in ((1, -0.001), (2, 0.0), (3, 0.001)):
+        for (kind, mem_len, m, depth), v in means.items():
+            append_result(path / "lm.csv", {
+                "run_id": f"{task}-{kind}-{m}-{depth}-{seed}", "task": task, "model_kind": kind, "seed": seed,
+                "tgt_len": 128, "eval_tgt_len": 128, "mem_len": mem_len, "num_mem_tokens": m,
+                "mem_backprop_depth": depth, "split": "test", "metric_name": metric, "metric_value": v + noise,
+                metric: v + noise, "scale": scale, "device": "cpu", "max_step": 2000})
+
+
+def test_other_corpus_lm_rows_are_shown_beside_the_paper_never_matched(tmp_path):
+    _lm_rows(tmp_path)
+    paper = compare.load_paper(PAPER)
+    ours, _ = compare.load_ours(tmp_path)
+    pairs, only = compare.match(paper, ours)
+    assert pairs.loc[pairs["table"] == "lm", "n"].sum() == 0  # the paper's enwik8 rows get none of ours
+    other = compare.other_corpus_rows(paper, only)
+    assert len(other) == len(only) == 15
+    groups = compare.other_corpus_groups(paper, other)
+    rmt = _one(groups, model_kind="rmt", mem_backprop_depth=2)
+    assert rmt["paper_task"] == "enwik8" and rmt["paper"] == 1.228  # enwik8, tgt_len 128, M=10, bpd 2
+    assert rmt["gain"] == pytest.approx(2.05 - 2.10) and rmt["paper_gain"] == pytest.approx(1.228 - 1.402)
+    assert pd.isna(_one(groups, model_kind="rmt", mem_backprop_depth=0)["paper"])  # the paper has no M=10 bpd 0
+    text = compare.render_other_corpora(groups)
+    assert "reduced scale, other corpus" in text and "CPU preset [!], other corpus" in text
+    checks = {row[0]: row for row in compare.lm_orderings(groups)}
+    assert checks["baseline worse than every rmt"][-1] == "holds"
+    assert checks["RMT (its deepest BPTT) at or below Transformer-XL at memory 10"][-1] == "holds"
+    assert checks["deeper BPTT better (M=10)"][2] == "2.05 vs 2.09 (-0.0400)"
+    assert checks["RMT + Transformer-XL best"][-1] == "does not hold"  # 2.06 against RMT's 2.05
+    assert "1.303 vs 1.228 (+0.0750)" in checks["RMT + Transformer-XL best"][3]
+
+
+def test_orderings_say_when_a_gap_is_within_the_seed_spread():
+    row = dict(task="c", tgt_len=128, scale="cpu-preset", device="cpu", metric="bpc", mem_len=0,
+               mem_backprop_depth=0, paper=np.nan, n=3)
+    groups = pd.DataFrame([{**row, "model_kind": "baseline", "num_mem_tokens": 0, "mean": 2.0, "std": 0.05},
+                           {**row, "model_kind": "rmt", "num_mem_tokens": 10, "mean": 1.99, "std": 0.05}])
+    (claim, *_, verdict), = compare.lm_orderings(groups)
+    assert claim == "baseline worse than every rmt" and verdict == "holds (gap within 2 s.e.)"
+
+
+def test_compare_command_prints_the_lm_section_and_draws_its_plot(tmp_path):
+    _lm_rows(tmp_path / "results")
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "compare.sh"), "--results", str(tmp_path / "results"),
+                          "--plots", str(tmp_path / "plots")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "The paper's orderings on books-char, tgt_len 128" in out.stdout
+    assert "Ours only" not in out.stdout  # the LM rows have their own section
+    assert (tmp_path / "plots" / "lm_books-char_t128_cpu-preset.png").stat().st_size > 10_000

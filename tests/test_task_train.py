@@ -275,6 +275,53 @@ def test_driver_end_to_end_writes_logs_checkpoints_and_a_results_row(tmp_path):
     assert len(rows) == 2 and rows.acc_tf.iloc[1] == pytest.approx(row.acc_tf)
 
 
+def test_script_eval_without_flags_uses_the_runs_own_segments(tmp_path):
+    """A CPU-preset copy run trained on 3 segments of 8 is evaluated on 3 segments of 8 by the script's
+    eval mode with no flags (the preset itself says 1 x 24): its task, data and segments come from
+    the run's config.json. A flag given on the command line still wins."""
+    csv, runs = tmp_path / "res.csv", tmp_path / "runs"
+    script = ["bash", str(ROOT / "scripts" / "copy.sh")]
+    train = [*script, "train", "--tgt_len", "8", "--eval_tgt_len", "8", "--num_mem_tokens", "2", "--max_step", "4",
+             "--eval_interval", "4", "--n_train", "300", "--n_val", "16", "--n_test", "32", "--work_dir", str(runs),
+             "--data", str(tmp_path / "data"), "--results_csv", str(csv), "--run_name", "r"]
+    env = {**ENV, "RMT_PRESET": "cpu"}
+    assert subprocess.run(train, cwd=tmp_path, env=env, capture_output=True, timeout=300).returncode == 0
+    ckpt = str(runs / "r" / "checkpoint_best.pt")
+    ev = subprocess.run([*script, "eval", "--eval_checkpoint", ckpt, "--work_dir", str(runs)], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    assert "evaluating as trained" in ev.stdout and "= 3 segments of 8" in ev.stdout
+    ev = subprocess.run([*script, "eval", "--eval_checkpoint", ckpt, "--work_dir", str(runs), "--tgt_len", "6",
+                         "--eval_tgt_len", "6", "--run_name", "r-eval6"], cwd=tmp_path, env=env, capture_output=True,
+                        text=True, timeout=300)
+    assert ev.returncode == 0 and "= 4 segments of 6" in ev.stdout
+    rows = pd.read_csv(csv)
+    assert list(rows["run_id"]) == ["r", "r-eval", "r-eval6"]
+    assert list(rows["n_segments"]) == [3, 3, 4] and list(rows["eval_tgt_len"]) == [8, 8, 6]
+    assert rows["acc_tf"].iloc[1] == pytest.approx(rows["acc_tf"].iloc[0])  # the run's own test, measured again
+    assert (rows["scale"] == "cpu-preset").all()  # the row of an evaluation keeps its run's scale
+
+
+def test_mem_backprop_depth_means_the_same_as_in_the_lm_driver(tmp_path):
+    """'all' (the default) is full BPTT, D truncates; the original's 0-for-full still trains exactly as
+    'all', with a deprecation warning, and its row records the meaning that ran (-1)."""
+    def weights(name, *flags):
+        run = run_driver(tmp_path, "--run_name", name, "--max_step", "3", "--eval_interval", "3", *flags)
+        return load_file(tmp_path / "runs" / name / "checkpoint_last.pt")["model"], run.stderr
+
+    full, _ = weights("default")
+    spelled, _ = weights("all", "--mem_backprop_depth", "all")
+    old, warning = weights("zero", "--mem_backprop_depth", "0")
+    truncated, _ = weights("one", "--mem_backprop_depth", "1")
+    assert all(torch.equal(full[k], spelled[k]) and torch.equal(full[k], old[k]) for k in full)
+    assert "FutureWarning" in warning and "Write --mem_backprop_depth all for full BPTT" in warning
+    assert any(not torch.equal(full[k], truncated[k]) for k in full)  # 4 segments: depth 1 cuts the gradient
+    rows = pd.read_csv(tmp_path / "res.csv").set_index("run_id")
+    assert list(rows.loc[["default", "all", "zero", "one"], "mem_backprop_depth"]) == [-1, -1, -1, 1]
+    bad = run_driver(tmp_path, "--mem_backprop_depth", "-2", check=False)
+    assert bad.returncode == 2 and "expected all, -1, 0 or a positive number of segments" in bad.stderr
+
+
 def test_retrieval_run_records_accuracy_by_queried_pair_beside_the_results(tmp_path):
     assert TINY[:4] == ["--dataset", "copy", "--task_seq_len", "4"]
     args = [sys.executable, "-m", "rmt.train_synthetic", "--dataset", "retrieval", *TINY[4:], "--run_name", "pairs",

@@ -5,6 +5,7 @@ optimizer, scheduler, scaler, RNG, data position and carried memory state to the
 """
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import pickle
@@ -66,3 +67,12 @@ def load_model(path: str | os.PathLike, map_location="cpu"):
     model = MemTransformerLM.from_config(ckpt["config"])
     model.load_state_dict(ckpt["model"])
     return model, ckpt
+
+
+def run_config(checkpoint: str | os.PathLike) -> dict:
+    """The training run's config.json beside a checkpoint (its flags under "args"), or {}."""
+    try:
+        cfg = json.loads((pathlib.Path(checkpoint).parent / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}

@@ -16,6 +16,22 @@ from .config import ATTN_IMPLS, ModelConfig
 BOOL = argparse.BooleanOptionalAction
 
 
+FULL_BPTT = -1  # --mem_backprop_depth all
+
+
+def backprop_depth(text: str) -> int:
+    """--mem_backprop_depth: 'all' (or -1) for full BPTT, 0 for detached memory, D > 0 for D segments."""
+    if text.strip().lower() == "all":
+        return FULL_BPTT
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected all, -1, 0 or a positive number of segments, got {text!r}")
+    if value < FULL_BPTT:
+        raise argparse.ArgumentTypeError(f"expected all, -1, 0 or a positive number of segments, got {value}")
+    return value
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--n_layer", type=int, default=12, help="number of layers")
@@ -46,8 +62,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--attn_impl", choices=ATTN_IMPLS, default="eager",
                    help="fused: scaled_dot_product_attention, relative positions and memory mask as one bias; "
                         "flex: FlexAttention (training needs CUDA; no --dropatt)")
-    g.add_argument("--mem_backprop_depth", type=int, default=0,
-                   help="segments of memory the gradient flows through (see the driver's help)")
+    g.add_argument("--mem_backprop_depth", type=backprop_depth, default=0, metavar="{all,-1,0,D}",
+                   help="how far back through memory the gradient flows, the same in every driver: 0 detached "
+                        "(memory is read, never trained to write), D the last D segments (truncated BPTT), "
+                        "all (or -1) every segment of a sample (tasks only); default: 0 for LM, all for tasks")
     g.add_argument("--recompute_segments", action="store_true",
                    help="activation checkpointing per segment: BPTT over many segments in one segment's memory")
     g.add_argument("--bptt_bp", action="store_true",
@@ -94,7 +112,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fp16", action="store_true", help="same as --amp fp16 (kept from the original)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--results_csv", default=None, help="CSV that gets one results row (default experiments/results/)")
-    g.add_argument("--scale", default="paper", help="label for the results row: paper, cpu-preset, smoke, ...")
+    g.add_argument("--scale", default="custom",
+                   help="label for the results row: paper, cpu-preset, smoke, ... (the run scripts set paper or "
+                        "cpu-preset, and custom when their recipe is resized; default custom)")
     g.add_argument("--no_results", action="store_true", help="do not append a results row")
     # Accepted so that original command lines still run; they have no effect here.
     for flag in ("--multi_gpu", "--debug"):

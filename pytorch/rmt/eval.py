@@ -1,33 +1,42 @@
 """Evaluate a language-model checkpoint (Transformer-XL or RMT) on valid and/or test.
 
-    PYTHONPATH=pytorch python -m rmt.eval --checkpoint runs/<run>/checkpoint_best.pt --dataset wt103 \\
-        --tgt_len 64 --mem_len 640 --clamp_len 400 --same_length --split test   # TXL base's eval settings
-    PYTHONPATH=pytorch python -m rmt.eval --checkpoint runs/<run>/checkpoint_best.pt   # as trained
+    PYTHONPATH=pytorch python -m rmt.eval --checkpoint runs/<run>/checkpoint_best.pt      # as trained
+    PYTHONPATH=pytorch python -m rmt.eval --checkpoint runs/<run>/checkpoint_best.pt --protocol txl-long
 
-Any of our checkpoints works (checkpoint_best.pt, checkpoint_last.pt). --tgt_len, --mem_len,
---clamp_len and --same_length override the trained values (unset: as trained); memory starts
-from the learned initial memory once per split and is carried across it (the original eval.py
-left RMT memory uninitialised, SEMANTICS 3.8). --dataset and --data default to the run's
-config.json next to the checkpoint. Prints loss and ppl (bpc for enwik8/text8) per split and
-appends one row per split to experiments/results/lm.csv (or --results_csv).
+Any of our checkpoints works (checkpoint_best.pt, checkpoint_last.pt). By default a run is
+evaluated the way its own training run tested it (--protocol trained): the segment length is
+the run's --eval_tgt_len, and a cache grows by tgt_len - eval_tgt_len so that it spans the
+training context, as in the original; memory tokens, clamp_len and same_length are the
+checkpoint's. --protocol txl-long is Transformer-XL's long-cache evaluation of its base recipes
+(short segments, a long cache, same_length, clamp_len; the table TXL_LONG_CACHE below).
+--tgt_len, --mem_len, --clamp_len and --same_length override either. Memory starts from the
+learned initial memory once per split and is carried across it (the original eval.py left RMT
+memory uninitialised). --dataset and --data default to the run's config.json next to the
+checkpoint. Prints loss and ppl (bpc for the byte and character corpora) per split and appends
+one row per split to experiments/results/lm.csv (or --results_csv), named <run>-eval.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import pathlib
 import sys
 import time
 
-from .checkpoint import CheckpointError, load_model
+from .checkpoint import CheckpointError, load_model, run_config
 from .cli import BOOL
 from .config import ModelConfig
 from .data.corpus import DATASETS
-from .lm import default_data_dir, evaluate_split, load_corpus, metric_name
+from .lm import corpus_name, default_data_dir, evaluate_split, load_corpus, metric_name
 from .results import append_result
 from .runtime import REPO_ROOT, Runtime
 from .trainer import result_row
+
+
+# Transformer-XL's evaluation of its base recipes: (tgt_len, mem_len, clamp_len), with same_length.
+TXL_LONG_CACHE = {"wt103": (64, 640, 400), "wt2": (64, 640, 400), "ptb": (64, 640, 400),
+                  "enwik8": (80, 2100, 820), "text8": (80, 2100, 820), "lm1b": (32, 128, -1)}
+PROTOCOLS = ("trained", "txl-long")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,12 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, choices=DATASETS, help="corpus (default: the run's, else wt103)")
     p.add_argument("--data", default=None, help="data directory (default: the run's, else data/<name>)")
     p.add_argument("--split", default="all", choices=["all", "valid", "test"], help="which split(s)")
-    p.add_argument("--batch_size", type=int, default=10, help="evaluation rows")
-    p.add_argument("--tgt_len", type=int, default=None, help="segment length (default: as trained)")
+    p.add_argument("--batch_size", type=int, default=None, help="evaluation rows (default: the run's, else 10)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="trained",
+                   help="trained: the run's own test settings (default); txl-long: Transformer-XL's long cache")
+    p.add_argument("--tgt_len", type=int, default=None, help="segment length (default: the protocol's)")
     p.add_argument("--ext_len", type=int, default=None, help="extended context length (default: as trained)")
-    p.add_argument("--mem_len", type=int, default=None, help="Transformer-XL cache length (default: as trained)")
-    p.add_argument("--clamp_len", type=int, default=None, help="clamp relative distances (default: as trained)")
-    p.add_argument("--same_length", action=BOOL, default=None, help="TXL same-length attention (default: as trained)")
+    p.add_argument("--mem_len", type=int, default=None, help="Transformer-XL cache length (default: the protocol's)")
+    p.add_argument("--clamp_len", type=int, default=None, help="clamp relative distances (default: the protocol's)")
+    p.add_argument("--same_length", action=BOOL, default=None,
+                   help="TXL same-length attention (default: the protocol's)")
     p.add_argument("--max_eval_steps", type=int, default=-1, help="cap on batches per split (-1: all)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--cuda", action="store_true", help="use a GPU (the default when one is present)")
@@ -52,18 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_config(checkpoint: pathlib.Path) -> dict:
-    """The training run's config.json next to the checkpoint, or {}."""
-    try:
-        return json.loads((checkpoint.parent / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
+def protocol_lengths(protocol: str, model_cfg: ModelConfig, train_args: dict, dataset: str) -> dict:
+    """tgt_len, mem_len, clamp_len, same_length under a protocol, before any explicit override.
+
+    trained: what the training run's final test used (rmt.lm.eval_lengths): segments of its
+    eval_tgt_len, and a cache lengthened by tgt_len - eval_tgt_len so it spans the training context.
+    txl-long: Transformer-XL's base-recipe evaluation for the dataset."""
+    if protocol == "txl-long":
+        tgt_len, mem_len, clamp_len = TXL_LONG_CACHE[dataset]
+        return {"tgt_len": tgt_len, "mem_len": mem_len, "clamp_len": clamp_len, "same_length": True}
+    train_len = model_cfg.tgt_len
+    tgt_len = int(train_args.get("eval_tgt_len") or train_len)
+    mem_len = max(1, model_cfg.mem_len + train_len - tgt_len) if model_cfg.mem_len > 0 else 0
+    return {"tgt_len": tgt_len, "mem_len": mem_len, "clamp_len": model_cfg.clamp_len,
+            "same_length": model_cfg.same_length}
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.batch_size <= 0:
+    if args.batch_size is not None and args.batch_size <= 0:
         parser.error(f"--batch_size must be positive, got {args.batch_size}")
     runtime = Runtime(args.device, args.amp, args.cuda)
     checkpoint = pathlib.Path(args.checkpoint)
@@ -77,10 +97,12 @@ def main(argv=None) -> int:
     dataset = args.dataset or train_args.get("dataset") or "wt103"
     data = args.data or (train_args.get("data") if train_args.get("dataset") == dataset else None) \
         or default_data_dir(dataset)
+    batch_size = args.batch_size or int(train_args.get("eval_batch_size") or 10)
 
-    overrides = {k: v for k, v in dict(tgt_len=args.tgt_len, ext_len=args.ext_len, mem_len=args.mem_len,
-                                        clamp_len=args.clamp_len, same_length=args.same_length).items()
-                 if v is not None}
+    explicit = dict(tgt_len=args.tgt_len, ext_len=args.ext_len, mem_len=args.mem_len, clamp_len=args.clamp_len,
+                    same_length=args.same_length)
+    overrides = {**protocol_lengths(args.protocol, model.config, train_args, dataset),
+                 **{k: v for k, v in explicit.items() if v is not None}}
     try:
         cfg = ModelConfig.from_dict({**model.config.to_dict(), **overrides})
     except ValueError as e:
@@ -90,25 +112,29 @@ def main(argv=None) -> int:
     model.to(runtime.device)
 
     corpus = load_corpus(data, dataset)
+    name = corpus_name(data, dataset)
     if len(corpus.vocab) != cfg.n_token:
         raise SystemExit(f"error: {checkpoint} has a vocabulary of {cfg.n_token}, {dataset} in {data} has "
                          f"{len(corpus.vocab)}; pass the --dataset/--data it was trained on")
-    print(f"{checkpoint}: {dataset} ({data}) | tgt_len {cfg.tgt_len} | mem_len {cfg.mem_len} | "
-          f"num_mem_tokens {cfg.num_mem_tokens} | clamp_len {cfg.clamp_len} | same_length {cfg.same_length} | "
-          f"batch {args.batch_size} | {runtime.describe()}", flush=True)
+    print(f"{checkpoint}: {name} ({data}) | protocol {args.protocol} | tgt_len {cfg.tgt_len} | mem_len {cfg.mem_len} "
+          f"| num_mem_tokens {cfg.num_mem_tokens} | clamp_len {cfg.clamp_len} | same_length {cfg.same_length} | "
+          f"batch {batch_size} | {runtime.describe()}", flush=True)
 
     unit = metric_name(dataset)
-    row_args = argparse.Namespace(**{  # the results row describes the trained run plus these settings
-        "scale": "paper", "seed": None, "mem_backprop_depth": None, "batch_size": None, "max_step": None,
-        "lr": None, **train_args, "eval": vars(args), "tgt_len": train_args.get("tgt_len", model.config.tgt_len),
-        "eval_tgt_len": cfg.tgt_len})
+    # The row describes the trained run plus how it was evaluated; compare lets a re-evaluation under
+    # the run's own protocol stand for the run, and keeps any other protocol apart.
+    row_args = argparse.Namespace(**{
+        "scale": "custom", "seed": None, "mem_backprop_depth": None, "batch_size": None, "max_step": None,
+        "lr": None, **train_args, "eval_only": True, "eval_checkpoint": str(checkpoint),
+        "protocol": args.protocol + ("+flags" if any(v is not None for v in explicit.values()) else ""),
+        "eval": vars(args), "tgt_len": train_args.get("tgt_len", model.config.tgt_len), "eval_tgt_len": cfg.tgt_len})
     if args.scale:
         row_args.scale = args.scale
     splits = ["valid", "test"] if args.split == "all" else [args.split]
     for split in splits:
         t0 = time.time()
         try:
-            m = evaluate_split(model, corpus, split, args.batch_size, cfg.tgt_len, cfg.ext_len,
+            m = evaluate_split(model, corpus, split, batch_size, cfg.tgt_len, cfg.ext_len,
                                args.max_eval_steps, runtime)
         except ValueError as e:
             raise SystemExit(f"error: {e}")
@@ -118,9 +144,9 @@ def main(argv=None) -> int:
         if not args.no_results:
             csv = args.results_csv or REPO_ROOT / "experiments" / "results" / "lm.csv"
             metrics = {k: m[k] for k in ("loss", unit)}
-            row = result_row(row_args, cfg, runtime, checkpoint.parent, dataset, split, None, math.nan,
+            row = result_row(row_args, cfg, runtime, checkpoint.parent, name, split, None, math.nan,
                              m["tokens"] / max(elapsed, 1e-9), metric_name=unit, metric_value=m[unit], **metrics)
-            append_result(csv, row)
+            append_result(csv, {**row, "run_id": f"{checkpoint.parent.name}-eval"})
     if not args.no_results:
         print(f"results rows appended to {args.results_csv or 'experiments/results/lm.csv'}")
     runtime.close()

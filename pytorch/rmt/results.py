@@ -39,7 +39,7 @@ GROUP_COLUMNS: list[str] = [
     "group_name", "group", "n_samples", "acc_tf", "acc_greedy",
 ]
 
-SCALES = ("paper", "cpu-preset", "smoke")  # conventional values of the free-string `scale` column
+SCALES = ("paper", "cpu-preset", "custom", "smoke")  # conventional values of the free-string `scale` column
 
 
 def model_kind(num_mem_tokens: int, mem_len: int, mem_at_end: bool) -> str:

@@ -9,10 +9,11 @@
 The corpus is read as B contiguous streams (`LMOrderedIterator`); the memory tokens and the XL
 cache are carried along them from step to step (detached) and reset at the start of every
 epoch, as the original did (SEMANTICS 3.4). The loss is the mean NLL per token.
---mem_backprop_depth D > 0 is real truncated BPTT: every step re-runs the last D segments from
-the memory D segments back (the original LM script meant to; its line was a no-op, SEMANTICS 9
-item 10), so the loss reaches the memory of D segments ago; --bptt_bp adds the re-run
-segments' losses. --batch_chunk k accumulates gradients over k chunks of the batch rows, each
+--mem_backprop_depth 0 (the default) detaches memory at every step: reading is trained, writing
+is not. D > 0 is real truncated BPTT: every step re-runs the last D segments from the memory D
+segments back (the original LM script meant to; its line re-ran from the current memory), so
+the loss reaches the memory of D segments ago; --bptt_bp adds the re-run segments' losses.
+'all' (full BPTT) has no meaning on an endless stream and is refused. --batch_chunk k accumulates gradients over k chunks of the batch rows, each
 carrying its own rows' memory. Validation every --eval_interval steps keeps checkpoint_best.pt
 by valid loss; the best model is tested at the end and one row goes to experiments/results/lm.csv.
 """
@@ -187,8 +188,9 @@ def main(argv=None) -> int:
         parser.error(f"--eval_batch_size must be positive, got {args.eval_batch_size}")
     if args.cutoffs is not None and not args.adaptive:
         parser.error("--cutoffs needs --adaptive")
-    if args.mem_backprop_depth < 0:
-        parser.error(f"--mem_backprop_depth must be >= 0, got {args.mem_backprop_depth}")
+    if args.mem_backprop_depth == cli.FULL_BPTT:
+        parser.error("--mem_backprop_depth all: a language-model stream has no end to back-propagate from; "
+                     "give a depth D (the paper's rows use 0 to 4)")
     runtime = Runtime(args.device, args.amp, args.cuda)
     cli.check_device(args, runtime.device, parser)
     seed_all(args.seed)

@@ -3,9 +3,11 @@
     PYTHONPATH=pytorch python -m rmt.train_synthetic --dataset copy --tgt_len 18 --num_mem_tokens 10 ...
 
 Each sample is split into segments of exactly --tgt_len tokens; memory and the XL cache start
-fresh for every sample; the loss covers the last --answer_size targets. --mem_backprop_depth 0
-(default) back-propagates through every segment of the sample (the paper's runs); D > 0
-truncates to D segments. Missing data is generated on first use (seeded). The test split is
+fresh for every sample; the loss covers the last --answer_size targets. --mem_backprop_depth all
+(the default, also -1) back-propagates through every segment of the sample (the paper's runs),
+D > 0 truncates to D segments, as in rmt.train. The original task scripts wrote 0 for full
+BPTT; an explicit 0 is still read that way, with a deprecation warning (0 is to mean detached
+memory here too, as in rmt.train). Missing data is generated on first use (seeded). The test split is
 evaluated whole, with teacher-forced, greedy and exact-match accuracy, and one results row is
 appended to experiments/results/synthetic.csv (or --results_csv).
 """
@@ -16,11 +18,12 @@ import math
 import pathlib
 import sys
 import time
+import warnings
 
 import torch
 
 from . import cli
-from .checkpoint import CheckpointError, load_file, load_model
+from .checkpoint import CheckpointError, load_file, load_model, run_config
 from .model import MemTransformerLM, init_weights
 from .optim import LRSchedule, build_optimizer
 from .results import GROUP_COLUMNS, append_result, groups_csv
@@ -60,8 +63,31 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--curriculum_threshold", type=float, default=0.95, help="acc_tf that ends a curriculum stage")
     p.set_defaults(n_layer=4, n_head=4, d_head=64, d_model=128, d_inner=256, dropout=0.1, lr=1e-4,
                    scheduler="dev_perf", lr_min=1e-6, patience=8, log_interval=4000, eval_interval=12000,
-                   tgt_len=72, eval_tgt_len=72, batch_size=32, max_step=250_000)
+                   tgt_len=72, eval_tgt_len=72, batch_size=32, max_step=250_000, mem_backprop_depth=cli.FULL_BPTT)
     return p
+
+
+# Flags that belong to one invocation, never inherited by an evaluation from the run it evaluates.
+INVOCATION_FLAGS = {"eval_only", "eval_checkpoint", "restart", "restart_dir", "run_name", "work_dir",
+                    "no_results", "device", "cuda", "amp", "fp16", "compile", "log_interval"}
+
+
+def parse_args(parser: argparse.ArgumentParser, argv) -> tuple[argparse.Namespace, str]:
+    """The flags; with --eval_only, the evaluated run's own flags (its config.json) stand in for
+    the defaults, so the run is evaluated with its task, segments and memory. Flags given on the
+    command line still win. Returns (args, where the defaults came from)."""
+    args = parser.parse_args(argv)
+    if not (args.eval_only and args.eval_checkpoint):
+        return args, ""
+    trained = run_config(args.eval_checkpoint).get("args")
+    if not isinstance(trained, dict):
+        return args, ""
+    known = {a.dest for a in parser._actions}
+    parser.set_defaults(**{k: v for k, v in trained.items() if k in known and k not in INVOCATION_FLAGS})
+    args = parser.parse_args(argv)
+    if args.run_name is None:
+        args.run_name = f"{pathlib.Path(args.eval_checkpoint).parent.name}-eval"
+    return args, str(pathlib.Path(args.eval_checkpoint).parent / "config.json")
 
 
 def resolve_task(args):
@@ -123,8 +149,14 @@ class BatchSampler:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, trained_flags = parse_args(parser, argv)
     cli.check_args(args, parser)
+    if args.mem_backprop_depth == 0:
+        if not args.eval_only:  # an evaluation of an older run inherits its 0 and trains nothing: no warning
+            warnings.warn("--mem_backprop_depth 0 is read as full BPTT here, as the original task scripts meant it; "
+                          "this reading is deprecated: 0 is to mean detached memory, as in rmt.train. "
+                          "Write --mem_backprop_depth all for full BPTT", FutureWarning)
+        args.mem_backprop_depth = cli.FULL_BPTT
     if args.bptt_bp:  # a language-modelling flag: here one backward pass already covers every segment's loss
         parser.error("--bptt_bp applies to language modelling (rmt.train); the task loss of every segment "
                      "is already back-propagated, to --mem_backprop_depth segments of memory")
@@ -174,6 +206,8 @@ def main(argv=None) -> int:
     if run_dir is not None:
         cli.write_config(run_dir, args, model_cfg, {"task": name, "data_dir": str(data_dir), "n_segments": n_segments,
                                                      "answer_size": answer_size, "device": runtime.describe()})
+    if trained_flags:
+        logger.log(f"evaluating as trained: flags from {trained_flags}, then the command line's")
     logger.log(f"{name}: {spec.sample_len} tokens = {n_segments} segments of {args.tgt_len}; answer {answer_size}; "
                f"vocab {spec.vocab_size}; {sum(p.numel() for p in model.parameters()):,} parameters; "
                f"device {runtime.describe()}; run dir {run_dir}")
@@ -208,7 +242,7 @@ def main(argv=None) -> int:
             trainer.best = None  # selection restarts on the harder stage
             logger.log(f"curriculum: segments of {stages[stage['index']]} from step {trainer.step}")
 
-    depth = None if args.mem_backprop_depth == 0 else args.mem_backprop_depth
+    depth = None if args.mem_backprop_depth == cli.FULL_BPTT else args.mem_backprop_depth
     per_rank = args.batch_size // runtime.world
     ignore_pad = not spec.stacked
     answer_slot = spec.default_kwargs.get("seq_len", 0) if name.startswith("sqeq") else 0
