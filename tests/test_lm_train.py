@@ -134,6 +134,33 @@ def test_script_train_then_eval(script, data_fixture, unit, extra, request, tmp_
     assert (rows["scale"] == "custom").all()  # resized by the TINY flags: neither paper nor cpu-preset
 
 
+@pytest.mark.parametrize("level, script, dataset, unit", [("char", "run_enwik8_base.sh", "enwik8", "bpc"),
+                                                          ("word", "run_wt103_base.sh", "wt2", "ppl")])
+def test_own_text_prepared_trained_and_evaluated_under_its_name(tmp_path, level, script, dataset, unit):
+    """The README's "train RMT on your own text": prepare, one script line to train, one to evaluate."""
+    rng = random.Random(5)
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_text("\n".join(" ".join(rng.choice(["the", "cat", "sat", "on", "a", "mat"])
+                                                       for _ in range(12)) for _ in range(80)) + "\n")
+    out = tmp_path / "data" / "notes"
+    run([sys.executable, "-m", "rmt.data.prepare", "text", "a.txt", "b.txt", "--level", level, "--out", str(out)],
+        cwd=tmp_path)
+    csv, runs = tmp_path / "lm.csv", tmp_path / "runs"
+    extra = ["--cutoffs", "6"] if level == "word" else []
+    run(["bash", str(ROOT / "scripts" / script), "train", "--dataset", dataset, "--data", str(out), *TINY, *extra,
+         "--mem_len", "0", "--num_mem_tokens", "2", "--mem_backprop_depth", "1", "--max_step", "4",
+         "--eval_interval", "4", "--work_dir", str(runs), "--run_name", "own", "--results_csv", str(csv)], cwd=tmp_path)
+    run(["bash", str(ROOT / "scripts" / script), "eval", "--checkpoint", str(runs / "own" / "checkpoint_best.pt"),
+         "--results_csv", str(csv)], cwd=tmp_path)
+    rows = pd.read_csv(csv)
+    assert list(rows["task"]) == ["notes", "notes"] and list(rows["metric_name"]) == [unit, unit]
+    assert list(rows["run_id"]) == ["own", "own-eval"] and rows[unit].iloc[1] == pytest.approx(rows[unit].iloc[0])
+    wrong = "wt103" if level == "char" else "enwik8"
+    bad = run(["bash", str(ROOT / "scripts" / script), "train", "--dataset", wrong, "--data", str(out), *TINY,
+               "--work_dir", str(runs), "--no_results"], cwd=tmp_path, check=False)
+    assert bad.returncode == 1 and f"{level}-level corpus; train or evaluate it with --dataset {dataset}" in bad.stderr
+
+
 @pytest.mark.parametrize("script, data_fixture, unit, extra", [
     ("run_wt103_base.sh", "wt_dir", "ppl", ["--cutoffs", "20", "40"]),
     ("run_wt103_large.sh", "wt_dir", "ppl", ["--cutoffs", "20", "40"]),  # div_val 4
@@ -187,9 +214,11 @@ def test_eval_without_flags_uses_the_training_segmentation(wt_dir, tmp_path, cap
                    "--tgt_len", "6", "--eval_tgt_len", "4", "--max_step", "3", "--eval_interval", "3",
                    "--results_csv", str(csv), *extra])
     ckpt = str(tmp_path / "r" / "checkpoint_best.pt")
-    assert lm_eval.main(["--checkpoint", ckpt, "--split", "test", "--results_csv", str(csv)]) == 0
+    assert lm_eval.main(["--checkpoint", ckpt, "--split", "test", "--results_csv", str(csv), "--by_position"]) == 0
     mem = int(extra[1]) + 2 if extra[0] == "--mem_len" and extra[1] != "0" else 0
-    assert f"protocol trained | tgt_len 4 | mem_len {mem} |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"protocol trained | tgt_len 4 | mem_len {mem} |" in out
+    assert "test  | loss by position (nats) | 0: " in out and "| 2-3: " in out
     rows = pd.read_csv(csv)
     assert rows["ppl"].iloc[1] == pytest.approx(rows["ppl"].iloc[0], rel=1e-9)
     assert list(rows["eval_tgt_len"]) == [4, 4]
@@ -311,13 +340,17 @@ def test_evaluation_extends_cache_and_carries_memory_over_the_split():
         assert (model.config.tgt_len, model.config.mem_len) == (4, 14)
     assert (model.config.tgt_len, model.config.mem_len) == (8, 10)
     batches = [(torch.randint(20, (3, 4)), torch.randint(20, (3, 4))) for _ in range(3)]
-    total, n_tokens, n_segments = nll_sum(model, batches)
-    state, expected = MemoryState(), 0.0  # learned initial memory once, then carried, never reset
+    batches.append((torch.randint(20, (3, 2)), torch.randint(20, (3, 2))))  # a short last segment
+    total, n_tokens, n_segments, by_position = nll_sum(model, batches)
+    state, expected, per_pos = MemoryState(), 0.0, [[] for _ in range(4)]  # initial memory once, never reset
     with torch.no_grad():
         for x, y in batches:
             nll, state = model.eval()(x, y, state)
             expected += nll.double().sum().item()
-    assert (n_tokens, n_segments) == (36, 3) and total == pytest.approx(expected, rel=1e-12)
+            for t in range(nll.size(1)):
+                per_pos[t] += nll[:, t].double().tolist()
+    assert (n_tokens, n_segments) == (42, 4) and total == pytest.approx(expected, rel=1e-12)
+    assert by_position == pytest.approx([sum(v) / len(v) for v in per_pos], rel=1e-12)  # 12, 12, 9, 9 tokens
     assert lm_metrics(total / n_tokens, "enwik8").keys() == {"loss", "bpc"}
 
 

@@ -15,7 +15,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_golden_files_present():
-    assert {p.stem for p in GOLDEN} == {"base", "txl", "rmt", "adaptive"}
+    assert {p.stem for p in GOLDEN} == {"base", "txl", "rmt", "adaptive", "rmt_xl", "rmt_xl_readcache",
+                                        "mt_start_only", "prelnorm", "adaptive_div1"}
 
 
 @pytest.mark.parametrize("attn_impl", ["eager", "fused", "flex"])

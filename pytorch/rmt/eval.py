@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--same_length", action=BOOL, default=None,
                    help="TXL same-length attention (default: the protocol's)")
     p.add_argument("--max_eval_steps", type=int, default=-1, help="cap on batches per split (-1: all)")
+    p.add_argument("--by_position", action="store_true",
+                   help="also print the loss by position in the segment (where memory or a cache helps)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--cuda", action="store_true", help="use a GPU (the default when one is present)")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision")
@@ -78,6 +80,19 @@ def protocol_lengths(protocol: str, model_cfg: ModelConfig, train_args: dict, da
     mem_len = max(1, model_cfg.mem_len + train_len - tgt_len) if model_cfg.mem_len > 0 else 0
     return {"tgt_len": tgt_len, "mem_len": mem_len, "clamp_len": model_cfg.clamp_len,
             "same_length": model_cfg.same_length}
+
+
+def position_bands(by_position: list[float], unit: str) -> str:
+    """'positions 0 | 1 | 2-3 | 4-7 | ...' with the mean loss of each band, in bpc or nats."""
+    scale = 1 / math.log(2) if unit == "bpc" else 1.0
+    cells, start = [], 0
+    while start < len(by_position):
+        stop = min(len(by_position), max(1, 2 * start))  # bands 0, 1, 2-3, 4-7, ...
+        band = by_position[start:stop]
+        name = str(start) if stop - start == 1 else f"{start}-{stop - 1}"
+        cells.append(f"{name}: {sum(band) / len(band) * scale:.3f}")
+        start = stop
+    return f"loss by position ({'bpc' if unit == 'bpc' else 'nats'}) | " + " | ".join(cells)
 
 
 def main(argv=None) -> int:
@@ -141,6 +156,8 @@ def main(argv=None) -> int:
         elapsed = time.time() - t0
         print(f"{split:5s} | loss {m['loss']:.4f} | {unit} {m[unit]:.4f} | {m['tokens']:,} tokens | "
               f"{elapsed / max(m['segments'], 1) * 1000:.1f} ms/segment", flush=True)
+        if args.by_position:
+            print(f"{split:5s} | {position_bands(m['by_position'], unit)}", flush=True)
         if not args.no_results:
             csv = args.results_csv or REPO_ROOT / "experiments" / "results" / "lm.csv"
             metrics = {k: m[k] for k in ("loss", unit)}

@@ -1,7 +1,7 @@
 """Language-model pieces shared by `rmt.train` and `rmt.eval`: where the corpora live, the
 adaptive-softmax settings, and THE evaluation loop.
 
-Evaluation follows the original `evaluate` (SEMANTICS 3.5): a fresh pass over the split from
+Evaluation follows the original `evaluate`: a fresh pass over the split from
 position 0 in B parallel rows of `tgt_len` tokens; memory starts from the learned initial
 memory once and is carried (with the XL cache) across the whole split, never reset. The loss
 is the token-weighted mean NLL in nats; ppl = exp(loss), and for the byte/character corpora
@@ -93,30 +93,40 @@ def eval_lengths(model, tgt_len: int, eval_tgt_len: int):
 
 
 @torch.no_grad()
-def nll_sum(model, batches, max_steps: int = -1, autocast=contextlib.nullcontext) -> tuple[float, int, int]:
+def nll_sum(model, batches, max_steps: int = -1, autocast=contextlib.nullcontext) -> tuple[float, int, int, list]:
     """Summed NLL (nats) and token count over `batches` (x, y), memory carried throughout.
 
-    Returns (nll sum, tokens, segments); max_steps >= 0 caps the number of batches."""
+    Returns (nll sum, tokens, segments, mean NLL by position in the segment); max_steps >= 0
+    caps the number of batches. The last list shows where in a segment the loss is: with too
+    little memory the first positions, which see no earlier context, are the expensive ones."""
     was_training = model.training
     model.eval()
-    state = MemoryState()  # learned initial memory once per pass, then carried (SEMANTICS 3.5)
+    state = MemoryState()  # learned initial memory once per pass, then carried, never reset
     total = torch.zeros((), dtype=torch.float64)
+    by_pos, count = torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
     n_tokens = n_segments = 0
     for i, (x, y) in enumerate(batches):
         if 0 <= max_steps <= i:
             break
         with autocast():
             nll, state = model(x, y, state)
-        total = total.to(nll.device) + nll.double().sum()
+        per_pos = nll.double().sum(0)
+        total = total.to(nll.device) + per_pos.sum()
+        if len(by_pos) < len(per_pos):  # the first batch, or one longer than all before
+            by_pos, count = (torch.cat([t.to(nll.device), t.new_zeros(len(per_pos) - len(t)).to(nll.device)])
+                             for t in (by_pos, count))
+        by_pos[:len(per_pos)] += per_pos
+        count[:len(per_pos)] += y.size(0)
         n_tokens += y.numel()
         n_segments += 1
     model.train(was_training)
-    return float(total), n_tokens, n_segments
+    return float(total), n_tokens, n_segments, (by_pos / count.clamp(min=1)).tolist()
 
 
 def evaluate_split(model, corpus: Corpus, split: str, batch_size: int, tgt_len: int, ext_len: int = 0,
                    max_steps: int = -1, runtime=None, shard: bool = False) -> dict:
-    """Evaluate one split of `corpus`: {"loss", "ppl" | "bpc", "tokens", "segments"}.
+    """Evaluate one split of `corpus`: {"loss", "ppl" | "bpc", "tokens", "segments", "by_position"}
+    (by_position: mean NLL in nats at each position of a segment, on this process's rows).
 
     With `shard` and several ranks, each rank takes its rows of the same B-row layout and the
     sums are all-reduced, so the result equals one process evaluating every row."""
@@ -127,10 +137,11 @@ def evaluate_split(model, corpus: Corpus, split: str, batch_size: int, tgt_len: 
     it = corpus.get_iterator(split, batch_size, tgt_len, ext_len, rank=rank, world_size=world)
     batches = ((x.to(device), y.to(device)) for x, y in it)
     autocast = runtime.autocast if runtime is not None else contextlib.nullcontext
-    total, n_tokens, n_segments = nll_sum(model, batches, max_steps, autocast)
+    total, n_tokens, n_segments, by_position = nll_sum(model, batches, max_steps, autocast)
     if shard:  # means over ranks: their ratio is the token-weighted mean of all rows
         sums = runtime.all_reduce_mean(torch.tensor([total, n_tokens], dtype=torch.float64, device=device))
         total, n_tokens = float(sums[0]) * world, int(round(float(sums[1]) * world))
     if n_tokens == 0:
         raise ValueError(f"the {split} split gave no batches of {batch_size} rows")
-    return {**lm_metrics(total / n_tokens, corpus.dataset), "tokens": n_tokens, "segments": n_segments}
+    return {**lm_metrics(total / n_tokens, corpus.dataset), "tokens": n_tokens, "segments": n_segments,
+            "by_position": by_position}

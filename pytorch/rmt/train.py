@@ -281,7 +281,7 @@ def main(argv=None) -> int:
                                    limit, runtime, shard)
         except ValueError as e:  # e.g. an lm1b split with no full batch
             raise SystemExit(f"error: {e}")
-        return {k: v for k, v in m.items() if k not in ("tokens", "segments")}
+        return {k: v for k, v in m.items() if k not in ("tokens", "segments", "by_position")}
 
     t0 = time.time()
     trainer.fit(train_batch, evaluate, extra_state)
