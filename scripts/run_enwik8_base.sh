@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# enwik8, Transformer-XL base recipe (SEMANTICS 7.1: 12 layers, d_model 512, 400k steps of
+# enwik8, Transformer-XL base recipe (12 layers, d_model 512, 400k steps of
 # batch 22, 512-byte segments and cache); reports bits per character. Extra flags win.
 #   bash scripts/run_enwik8_base.sh train
 #   bash scripts/run_enwik8_base.sh train --mem_len 0 --num_mem_tokens 10 --tgt_len 128 --eval_tgt_len 128 \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# enwik8, Transformer-XL large recipe (SEMANTICS 7.1: 24 layers, d_model 1024, 400k steps of
+# enwik8, Transformer-XL large recipe (24 layers, d_model 1024, 400k steps of
 # batch 64 with 4k warm-up steps, 768-byte segments and cache). Extra flags win.
 #   bash scripts/run_enwik8_large.sh train
 #   bash scripts/run_enwik8_large.sh train --mem_len 0 --num_mem_tokens 10 --mem_backprop_depth 2   # RMT

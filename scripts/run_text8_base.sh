@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# text8 with the enwik8 base recipe (SEMANTICS 7.1; as Transformer-XL did): 12 layers, d_model 512,
+# text8 with the enwik8 base recipe (as Transformer-XL did): 12 layers, d_model 512,
 # 400k steps of batch 22, 512-character segments and cache; reports bpc. Extra flags win.
 #   bash scripts/run_text8_base.sh train
 #   bash scripts/run_text8_base.sh train --mem_len 0 --num_mem_tokens 10 --mem_backprop_depth 2   # RMT

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# WikiText-103, Transformer-XL base recipe (SEMANTICS 7.1: the upstream TXL hyper-parameters;
+# WikiText-103, Transformer-XL base recipe (the upstream Transformer-XL hyper-parameters;
 # 200k steps of batch 60, adaptive softmax). Extra flags are appended and win.
 #   bash scripts/run_wt103_base.sh train                       # Transformer-XL, 150-token cache
 #   bash scripts/run_wt103_base.sh train --num_mem_tokens 10   # RMT (read+write memory) + the 150-token cache

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# WikiText-103, Transformer-XL large recipe (SEMANTICS 7.1: 18 layers, d_model 1024, div_val 4,
+# WikiText-103, Transformer-XL large recipe (18 layers, d_model 1024, div_val 4,
 # 4M steps of batch 128 with 16k warm-up steps). Extra flags are appended and win.
 #   bash scripts/run_wt103_large.sh train
 #   bash scripts/run_wt103_large.sh train --mem_len 0 --num_mem_tokens 10 --mem_backprop_depth 2   # RMT

@@ -213,7 +213,7 @@ class MemTransformerLM(nn.Module):
 
 def init_weights(model: MemTransformerLM, init: str = "normal", init_std: float = 0.02, init_range: float = 0.1,
                  proj_init_std: float = 0.01) -> None:
-    """The original training scripts' initialisation (SEMANTICS 2.4); memory tokens keep N(0, 1)."""
+    """The original training scripts' initialisation; memory tokens keep N(0, 1)."""
 
     def fill(p: torch.Tensor) -> None:
         if init == "uniform":

@@ -8,7 +8,7 @@
 
 The corpus is read as B contiguous streams (`LMOrderedIterator`); the memory tokens and the XL
 cache are carried along them from step to step (detached) and reset at the start of every
-epoch, as the original did (SEMANTICS 3.4). The loss is the mean NLL per token.
+epoch, as the original did. The loss is the mean NLL per token.
 --mem_backprop_depth 0 (the default) detaches memory at every step: reading is trained, writing
 is not. D > 0 is real truncated BPTT: every step re-runs the last D segments from the memory D
 segments back (the original LM script meant to; its line re-ran from the current memory), so

@@ -5,8 +5,9 @@ A driver supplies three callables:
   data, the carried memory state and gradient accumulation) and returns at least `loss` and
   `tokens`;
 - `evaluate(split) -> dict` returns at least `loss` (and whatever metrics it reports);
-- `extra_state()` / `load_extra_state(d)` hold the data position and carried memory, so a
-  resumed run continues bit for bit.
+- `extra_state()` returns the data position and carried memory, saved in every checkpoint;
+  `resume()` hands it back to the driver, which restores them, so a resumed run continues bit
+  for bit.
 The loop owns the optimiser step, clipping, schedule, logging, evaluation, checkpoints, and a
 clean stop on SIGTERM/SIGINT (a checkpoint is saved first).
 """

@@ -1,4 +1,4 @@
-"""Load an LM corpus prepared by getdata.sh, with an on-disk cache (SEMANTICS §6).
+"""Load an LM corpus prepared by getdata.sh, with an on-disk cache.
 
     corpus = get_lm_corpus("data/wikitext-103", "wt103")
     corpus.vocab, corpus.train, corpus.valid, corpus.test   # Vocab, (N,) int64 streams

@@ -1,4 +1,4 @@
-"""Batch iterators over token streams (SEMANTICS §6, used as in §3.2/§3.5).
+"""Batch iterators over token streams, as the original trainer and evaluator used them.
 
 Legend: B = batch rows (parallel streams), T = target length of a batch,
 E = ext_len (extra context columns in front of x).

@@ -1,4 +1,4 @@
-"""Word/byte/character vocabulary for the LM corpora (SEMANTICS §6).
+"""Word/byte/character vocabulary for the LM corpora.
 
 A `Vocab` maps whitespace-separated tokens to ids. Ids are ordered: special
 symbols first, then the counted tokens by descending count, ties broken by first

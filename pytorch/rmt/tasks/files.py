@@ -1,4 +1,4 @@
-"""Save and load algorithmic datasets in the original LM-RMT `.npy` layout (SEMANTICS.md §4.2).
+"""Save and load algorithmic datasets in the original LM-RMT `.npy` layout.
 
     {dir}/{task}_{split}_X.npy, {dir}/{task}_{split}_y.npy   split in train/val/test, int64 (N, *)
     {dir}/{task}_meta.json                                    generator, kwargs, seed, sizes, vocab_size, ...

@@ -1,7 +1,7 @@
 """Seeded generators for the RMT algorithmic datasets: copy, reverse, associative retrieval, quadratic equations.
 
 Every generator takes a `np.random.Generator` (never numpy's global state) and returns int64 `(X, y)`
-in the layouts of the original LM-RMT `.npy` files (RMT paper §4, SEMANTICS.md §5). Legend: n samples,
+in the layouts of the original LM-RMT `.npy` files (RMT paper §4). Legend: n samples,
 L sequence length, K key-value pairs, N slots of S characters (sqeq).
 
 Quadratic equations (sqeq) deviate from the original notebook on purpose:

@@ -1,4 +1,4 @@
-"""Table of the algorithmic tasks: generator, layout and sizes a training driver needs (SEMANTICS.md §4.5, §5.4).
+"""Table of the algorithmic tasks: generator, layout and sizes a training driver needs.
 
 `sample_len` is the length T of one stacked (or stored, for sqeq) sample; `answer_size` is how many final target
 positions are scored; `vocab_size` is one more than the largest token id the generator can emit.
