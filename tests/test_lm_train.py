@@ -134,6 +134,25 @@ def test_script_train_then_eval(script, data_fixture, unit, extra, request, tmp_
     assert (rows["scale"] == "custom").all()  # resized by the TINY flags: neither paper nor cpu-preset
 
 
+def test_scripts_label_resized_runs_custom_and_check_the_preset_name():
+    """The row's scale: the recipe's own label unless a size flag resizes it (then custom), and a
+    --scale given on the command line always wins; RMT_PRESET must name a preset."""
+    def custom_scale(*flags):
+        cmd = f"source {ROOT / 'scripts' / 'common.sh'}; custom_scale {' '.join(flags)}"
+        return run(["bash", "-c", cmd]).stdout.strip()
+
+    assert custom_scale("--tgt_len", "32", "--mem_len", "0", "--num_mem_tokens", "5", "--batch_size", "64",
+                        "--mem_backprop_depth", "2") == ""  # the paper's rows: the recipe with these appended
+    assert custom_scale("--n_layer", "2") == custom_scale("--max_step=10") == "--scale custom"
+    assert custom_scale("--d_model", "64", "--scale", "smoke") == ""
+    bad = run(["bash", "-c", f"source {ROOT / 'scripts' / 'common.sh'}; preset"], env={**ENV, "RMT_PRESET": "gpu"},
+              check=False)
+    assert bad.returncode == 2 and "RMT_PRESET must be paper or cpu, got 'gpu'" in bad.stderr
+    for script in ("run_enwik8_base.sh", "run_wt103_base.sh"):
+        assert script_flags(script, "TRAIN")[-2:] == ["--scale", "paper"]
+        assert script_flags(script, "CPU")[-2:] == ["--scale", "cpu-preset"]
+
+
 @pytest.mark.parametrize("level, script, dataset, unit", [("char", "run_enwik8_base.sh", "enwik8", "bpc"),
                                                           ("word", "run_wt103_base.sh", "wt2", "ppl")])
 def test_own_text_prepared_trained_and_evaluated_under_its_name(tmp_path, level, script, dataset, unit):
