@@ -12,7 +12,9 @@ TRAIN=(--dataset text8 --data data/text8 --n_layer 12 --d_model 512 --n_head 8 -
        --dropout 0.1 --dropatt 0.0 --optim adam --lr 0.00025 --warmup_step 0 --max_step 400000
        --tgt_len 512 --mem_len 512 --eval_tgt_len 128 --batch_size 22 --scale paper)
 # CPU preset (no GPU, or RMT_PRESET=cpu): the recipe's segments and cache at 3 layers, d_model 128
-# and 2,000 steps of 2,048 bytes (about 10-20 minutes on 2 cores); rows say scale cpu-preset.
+# and 2,000 steps of 2,048 bytes; rows say scale cpu-preset. At tgt_len 32 a run took 5-24 minutes
+# (train_time_s in experiments/results/lm.csv, two runs sharing 2 cores); the recipe's own
+# segment length has not been timed here.
 CPU=(--n_layer 3 --d_model 128 --n_head 4 --d_head 32 --d_inner 512 --dropout 0.0 --lr 0.002 --warmup_step 100
      --max_step 2000 --batch_size 4 --eval_interval 250 --log_interval 50 --scale cpu-preset)
 

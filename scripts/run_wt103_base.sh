@@ -15,7 +15,9 @@ TRAIN=(--dataset wt103 --data data/wikitext-103 --adaptive --n_layer 16 --d_mode
        --d_inner 2100 --dropout 0.1 --dropatt 0.0 --optim adam --lr 0.00025 --warmup_step 0 --max_step 200000
        --tgt_len 150 --mem_len 150 --eval_tgt_len 150 --batch_size 60 --scale paper)
 # CPU preset (no GPU, or RMT_PRESET=cpu): the recipe's segments and cache at 3 layers, d_model 128
-# and 1,500 steps of 1,500 tokens (about 10-20 minutes on 2 cores); rows say scale cpu-preset.
+# and 1,500 steps of 1,500 tokens; rows say scale cpu-preset. At tgt_len 50 a run took
+# 6-22 minutes (train_time_s in experiments/results/lm.csv, two runs sharing 2 cores); the
+# recipe's own segment length has not been timed here.
 CPU=(--n_layer 3 --d_model 128 --n_head 4 --d_head 32 --d_inner 512 --dropout 0.1 --lr 0.002 --warmup_step 100
      --max_step 1500 --batch_size 10 --eval_interval 250 --log_interval 50 --scale cpu-preset)
 

@@ -12,7 +12,9 @@ TRAIN=(--dataset wt103 --data data/wikitext-103 --adaptive --div_val 4 --n_layer
        --d_head 64 --d_inner 4096 --dropout 0.2 --dropatt 0.2 --optim adam --lr 0.00025 --warmup_step 16000
        --max_step 4000000 --tgt_len 384 --mem_len 384 --eval_tgt_len 128 --batch_size 128 --scale paper)
 # CPU preset (no GPU, or RMT_PRESET=cpu): the recipe's segments and cache at 3 layers, d_model 128
-# and 1,500 steps of 1,536 tokens (about 10-20 minutes on 2 cores); rows say scale cpu-preset.
+# and 1,500 steps of 1,536 tokens; rows say scale cpu-preset. At tgt_len 50 a run took
+# 6-22 minutes (train_time_s in experiments/results/lm.csv, two runs sharing 2 cores); the
+# recipe's own segment length has not been timed here.
 CPU=(--n_layer 3 --d_model 128 --n_head 4 --d_head 32 --d_inner 512 --dropout 0.1 --lr 0.002 --warmup_step 100
      --max_step 1500 --batch_size 4 --eval_interval 250 --log_interval 50 --scale cpu-preset)
 
