@@ -1,9 +1,8 @@
-# Sourced by the run scripts: repository root, PYTHONPATH, and a launcher that uses torchrun
+# Sourced by the run scripts: repository root, the Python to use, and a launcher that uses torchrun
 # when more than one GPU is visible. Relative paths in flags are relative to the repository root.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
-export PYTHONPATH="$REPO/pytorch${PYTHONPATH:+:$PYTHONPATH}"
 PYTHON="${PYTHON:-python3}"
 NGPU="$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)"
 

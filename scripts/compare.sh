@@ -4,5 +4,4 @@
 #   bash scripts/compare.sh --markdown experiments/compare.md --no-plots
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export PYTHONPATH="$ROOT/pytorch${PYTHONPATH:+:$PYTHONPATH}"
 exec "${PYTHON:-python3}" -m rmt.compare "$@"

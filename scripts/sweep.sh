@@ -5,5 +5,4 @@
 #   bash scripts/sweep.sh experiments/grids/copy_cpu.json          # 27 CPU runs; run again to resume
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export PYTHONPATH="$ROOT/pytorch${PYTHONPATH:+:$PYTHONPATH}"
 exec "${PYTHON:-python3}" -m rmt.sweep "$@"

@@ -1,8 +1,8 @@
-"""Shared test setup: make the `rmt` package in pytorch/ importable and seed every test."""
+"""Shared test setup: seed every test; helpers for reading the run scripts. The package is
+imported as installed (`pip install -e .[dev]`, which scripts/install.sh runs)."""
 import pathlib
 import re
 import shlex
-import sys
 
 import pytest
 import torch
@@ -14,7 +14,6 @@ def script_flags(script: str, name: str) -> list[str]:
     """The flags of a script's NAME=(...) array (TRAIN, EVAL, CPU, ...), as the shell would split them."""
     text = (ROOT / "scripts" / script).read_text()
     return shlex.split(re.search(rf"^{name}=\((.*?)\)$", text, re.S | re.M).group(1))
-sys.path.insert(0, str(ROOT / "pytorch"))
 
 
 @pytest.fixture(autouse=True)

@@ -1,10 +1,10 @@
 """Benchmarks: throughput against the original code and the pip peer, long BPTT, long streams.
 
-    PYTHONPATH=pytorch python -m rmt.benchmark throughput --configs copy enwik8 \\
+    python3 -m rmt.benchmark throughput --configs copy enwik8 \\
         [--original /path/to/LM-RMT] [--peer] [--kinds baseline txl rmt] [--steps 20] \\
         [--variants eager fused flex+bf16+compile]
-    PYTHONPATH=pytorch python -m rmt.benchmark bptt --segments 1 8 64      # peak memory, plain vs recomputed
-    PYTHONPATH=pytorch python -m rmt.benchmark stream --tokens 8192 1048576  # constant-memory evaluation
+    python3 -m rmt.benchmark bptt --segments 1 8 64      # peak memory, plain vs recomputed
+    python3 -m rmt.benchmark stream --tokens 8192 1048576  # constant-memory evaluation
 
 Every measurement runs in a fresh child process, so its peak memory is its own (CUDA: peak
 allocated; CPU: peak resident set above the process's size after building the model; for throughput

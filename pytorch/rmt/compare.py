@@ -1,6 +1,6 @@
 """Compare our results rows (experiments/results/*.csv) with the paper's tables (experiments/paper/*.csv).
 
-    PYTHONPATH=pytorch python -m rmt.compare [--results DIR] [--paper DIR] [--plots DIR] [--markdown FILE] [--no-plots]
+    python3 -m rmt.compare [--results DIR] [--paper DIR] [--plots DIR] [--markdown FILE] [--no-plots]
                                              [--readme README.md]
 
 Matching: same task (dataset for LM), model_kind, memory (mem_len and num_mem_tokens; an empty paper

@@ -1,7 +1,7 @@
 """Evaluate a language-model checkpoint (Transformer-XL or RMT) on valid and/or test.
 
-    PYTHONPATH=pytorch python -m rmt.eval --checkpoint runs/<run>/checkpoint_best.pt      # as trained
-    PYTHONPATH=pytorch python -m rmt.eval --checkpoint runs/<run>/checkpoint_best.pt --protocol txl-long
+    python3 -m rmt.eval --checkpoint runs/<run>/checkpoint_best.pt      # as trained
+    python3 -m rmt.eval --checkpoint runs/<run>/checkpoint_best.pt --protocol txl-long
 
 Any of our checkpoints works (checkpoint_best.pt, checkpoint_last.pt). By default a run is
 evaluated the way its own training run tested it (--protocol trained): the segment length is

@@ -1,8 +1,8 @@
 """Train a Transformer-XL / RMT language model on WikiText-103, enwik8, text8, WikiText-2, PTB or LM1B.
 
-    PYTHONPATH=pytorch python -m rmt.train --dataset wt103 --adaptive --n_layer 16 --d_model 410 \\
+    python3 -m rmt.train --dataset wt103 --adaptive --n_layer 16 --d_model 410 \\
         --n_head 10 --d_head 41 --d_inner 2100 --dropout 0.1 --tgt_len 150 --mem_len 150 --eval_tgt_len 150
-    PYTHONPATH=pytorch python -m rmt.train --dataset enwik8 --mem_len 0 --num_mem_tokens 10 \\
+    python3 -m rmt.train --dataset enwik8 --mem_len 0 --num_mem_tokens 10 \\
         --tgt_len 128 --eval_tgt_len 128 --mem_backprop_depth 2          # an RMT row of the paper
     torchrun --standalone --nproc_per_node 4 -m rmt.train ...            # DDP, one process per GPU
 

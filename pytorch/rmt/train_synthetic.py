@@ -1,6 +1,6 @@
 """Train and evaluate on the algorithmic tasks: copy, reverse, associative retrieval, quadratic equations.
 
-    PYTHONPATH=pytorch python -m rmt.train_synthetic --dataset copy --tgt_len 18 --num_mem_tokens 10 ...
+    python3 -m rmt.train_synthetic --dataset copy --tgt_len 18 --num_mem_tokens 10 ...
 
 Each sample is split into segments of exactly --tgt_len tokens; memory and the XL cache start
 fresh for every sample; the loss covers the last --answer_size targets. --mem_backprop_depth all

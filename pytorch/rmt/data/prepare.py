@@ -1,11 +1,11 @@
 """Turn raw text into train/valid/test.txt corpora: the enwik8/text8 dumps (called by
 getdata.sh), or any plain UTF-8 files of yours.
 
-    PYTHONPATH=pytorch python -m rmt.data.prepare enwik8 data/enwik8/enwik8.zip data/enwik8
-    PYTHONPATH=pytorch python -m rmt.data.prepare text8 data/text8/text8.zip data/text8
-    PYTHONPATH=pytorch python -m rmt.data.prepare text book1.txt book2.txt --level char \\
+    python3 -m rmt.data.prepare enwik8 data/enwik8/enwik8.zip data/enwik8
+    python3 -m rmt.data.prepare text8 data/text8/text8.zip data/text8
+    python3 -m rmt.data.prepare text book1.txt book2.txt --level char \\
         --split 0.9 0.05 0.05 --out data/books-char      # then train with --dataset enwik8
-    PYTHONPATH=pytorch python -m rmt.data.prepare text book1.txt --level word --out data/books-word
+    python3 -m rmt.data.prepare text book1.txt --level word --out data/books-word
                                                      # then train with --dataset wt2
 
 enwik8 and text8: the last `test_size` units are test, the `valid_size` before them valid,

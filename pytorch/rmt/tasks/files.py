@@ -39,7 +39,7 @@ def _how_to_make(data_dir: str | os.PathLike, task: str) -> str:
     """The command that writes `task` into `data_dir`, for error messages."""
     base = max((n for n in TASK_NAMES if task.startswith(n)), key=len, default="TASK")
     rename = "" if base == task else f" --task_name {task}"
-    return f"make it with: PYTHONPATH=pytorch python -m rmt.generate_data {base} --out {data_dir}{rename}"
+    return f"make it with: python3 -m rmt.generate_data {base} --out {data_dir}{rename}"
 
 
 def _atomic_write(path: Path, write: Callable) -> None:
