@@ -4,7 +4,7 @@
 #   bash getdata.sh                 # everything (lm1b alone is ~1.7 GB)
 #   bash getdata.sh wt103 enwik8    # a subset of: wt2 wt103 enwik8 text8 ptb lm1b
 #
-# Layout (what rmt.data.corpus.get_lm_corpus reads):
+# Layout (what rmt.lm.corpus.get_lm_corpus reads):
 #   data/wikitext-2, data/wikitext-103, data/enwik8, data/text8,
 #   data/penn (PTB words), data/pennchar (PTB characters)  -> {train,valid,test}.txt
 #   data/one-billion-words -> valid.txt = test.txt = heldout shard 0, 1b_word_vocab.txt,
@@ -56,14 +56,13 @@ get_wikitext() {  # get_wikitext wikitext-2|wikitext-103
     rm -rf "${dir:?}/$name"
 }
 
-get_mahoney() {  # get_mahoney enwik8|text8: 90M/5M/5M split done by rmt.data.prepare
+get_mahoney() {  # get_mahoney enwik8|text8: 90M/5M/5M split done by rmt.lm.prepare
     local name=$1 dir="$DATA/$1"
     if has_splits "$dir"; then echo "$name: ready"; return 0; fi
     echo "$name:"
     mkdir -p "$dir"
     fetch "$dir/$name.zip" "http://mattmahoney.net/dc/$name.zip"
-    PYTHONPATH="$ROOT/pytorch${PYTHONPATH:+:$PYTHONPATH}" \
-        "$PYTHON" -m rmt.data.prepare "$name" "$dir/$name.zip" "$dir"
+    "$PYTHON" -m rmt.lm.prepare "$name" "$dir/$name.zip" "$dir"
 }
 
 get_ptb() {  # word-level PTB -> data/penn, character-level -> data/pennchar

@@ -42,8 +42,8 @@ run_task_script() {
     local args=("${PAPER[@]}")
     [ "$(preset)" = cpu ] && args+=("${CPU[@]}")
     case "$mode" in
-        train) launch rmt.train_synthetic "${args[@]}" "$@" ;;
-        eval) launch rmt.train_synthetic --eval_only "$@" ;;
+        train) launch rmt.train "${args[@]}" "$@" ;;
+        eval) "$PYTHON" -m rmt.evaluate "$@" ;;
         *) usage_modes "$script" ;;
     esac
 }
@@ -64,7 +64,7 @@ custom_scale() {
 
 # run_lm_script SCRIPT MODE [flags...]: the language-model scripts share this. They set TRAIN
 # (the recipe's flags of rmt.train) and CPU (a small model added on top when no GPU is present,
-# or with RMT_PRESET=cpu). Eval mode runs rmt.eval (always one process) on --checkpoint with
+# or with RMT_PRESET=cpu). Eval mode runs rmt.evaluate (always one process) on --checkpoint with
 # the run's own segmentation and memory; --protocol txl-long gives Transformer-XL's long-cache
 # evaluation instead.
 run_lm_script() {
@@ -76,7 +76,7 @@ run_lm_script() {
     [ "$(preset)" = cpu ] && args+=("${CPU[@]}")
     case "$mode" in
         train) launch rmt.train "${args[@]}" $(custom_scale "$@") "$@" ;;
-        eval) "$PYTHON" -m rmt.eval --split test "$@" ;;
+        eval) "$PYTHON" -m rmt.evaluate --split test "$@" ;;
         *) usage_modes "$script" ;;
     esac
 }

@@ -6,6 +6,7 @@ import shlex
 
 import pytest
 import torch
+from rmt.model.transformer import MemTransformerLM, init_weights
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -19,3 +20,31 @@ def script_flags(script: str, name: str) -> list[str]:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# ---- small models and segments shared by the attention and recurrence tests ----------------------
+
+
+
+SMALL = dict(n_token=20, n_layer=2, n_head=2, d_model=16, d_head=8, d_inner=32, tgt_len=6)
+
+
+def make(**kw):
+    model = MemTransformerLM(**{**SMALL, **kw})
+    init_weights(model, init_std=0.1)  # larger than 0.02 so mistakes show up
+    return model.eval()
+
+
+def tokens(b=3, t=6, n=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, n, (b, t), generator=g)
+
+
+def segments(n, seed=10):
+    return [tokens(seed=seed + i) for i in range(n)], [tokens(seed=seed + 100 + i) for i in range(n)]
+
+
+def grads(model, loss):
+    model.zero_grad()
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

@@ -7,12 +7,12 @@ import sys
 import pandas as pd
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "pytorch"), "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def bench(tmp_path, mode, *args):
     csv = tmp_path / f"{mode}.csv"
-    run = subprocess.run([sys.executable, "-m", "rmt.benchmark", mode, *args, "--configs", "tiny", "--csv", str(csv)],
+    run = subprocess.run([sys.executable, "-m", "rmt.tools.benchmark", mode, *args, "--configs", "tiny", "--csv", str(csv)],
                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     return pd.read_csv(csv)
@@ -36,7 +36,7 @@ def test_repeats_record_medians_and_spread(tmp_path):
 
 
 def test_median_trial():
-    from rmt.benchmark import median_trial
+    from rmt.tools.benchmark import median_trial
 
     trials = [{"train_tok_s": r, "eval_tok_s": 2 * r, "peak_mem_mb": 10.0, "n_params": 5} for r in (90.0, 100.0, 130.0)]
     m = median_trial(trials)
@@ -47,7 +47,7 @@ def test_median_trial():
 
 
 def test_bad_variant_is_refused(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "rmt.benchmark", "throughput", "--variants", "eager+fp8"],
+    run = subprocess.run([sys.executable, "-m", "rmt.tools.benchmark", "throughput", "--variants", "eager+fp8"],
                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "bad variant 'eager+fp8'" in run.stderr
 

@@ -6,9 +6,8 @@ through Inductor with FlexAttention, the configuration the GPU benchmarks use.
 """
 import pytest
 import torch
-
-from rmt.memory import MemoryState, run_segments
-from rmt.model import MemTransformerLM, init_weights
+from rmt.model.recurrence import MemoryState, run_segments
+from rmt.model.transformer import MemTransformerLM, init_weights
 
 SMALL = dict(n_token=20, n_layer=2, n_head=2, d_model=16, d_head=16, d_inner=32, tgt_len=6)
 

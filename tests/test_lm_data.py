@@ -19,15 +19,14 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-
-from rmt.data import corpus as corpus_mod
-from rmt.data.corpus import get_lm_corpus
-from rmt.data.iterators import LMMultiFileIterator, LMOrderedIterator, LMShuffledIterator
-from rmt.data.prepare import prepare, prepare_text
-from rmt.data.vocab import Vocab
+from rmt.lm import corpus as corpus_mod
+from rmt.lm.corpus import get_lm_corpus
+from rmt.lm.iterators import LMMultiFileIterator, LMOrderedIterator, LMShuffledIterator
+from rmt.lm.prepare import prepare, prepare_text
+from rmt.lm.vocab import Vocab
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "pytorch")}
+ENV = dict(os.environ)
 
 
 def write_splits(d, train, valid, test):
@@ -119,7 +118,7 @@ def test_prepare_text8_cli(tmp_path):
     text = " anarchism originated as a term of abuse first used against early working class"
     (tmp_path / "text8").write_text(text)
     d = tmp_path / "text8_out"
-    subprocess.run([sys.executable, "-m", "rmt.data.prepare", "text8", str(tmp_path / "text8"),
+    subprocess.run([sys.executable, "-m", "rmt.lm.prepare", "text8", str(tmp_path / "text8"),
                     str(d), "--valid_size", "10", "--test_size", "5"],
                    check=True, env=ENV, capture_output=True)
     assert (d / "test.txt").read_text() == " ".join("class")  # split ends are stripped
@@ -139,7 +138,7 @@ def test_prepare_rejects_too_large_splits(tmp_path):
 # ---- any text via `prepare text` ----
 
 def prepare_cli(*args):
-    return subprocess.run([sys.executable, "-m", "rmt.data.prepare", "text", *map(str, args)], env=ENV,
+    return subprocess.run([sys.executable, "-m", "rmt.lm.prepare", "text", *map(str, args)], env=ENV,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -226,7 +225,7 @@ def test_prepare_text_failure_keeps_an_earlier_corpus_and_refuses_foreign_dirs(t
 
 
 def test_a_prepared_corpus_trains_under_its_own_name_and_only_at_its_level(tmp_path):
-    from rmt.lm import corpus_name, load_corpus
+    from rmt.lm.evaluation import corpus_name, load_corpus
     (tmp_path / "t.txt").write_text("some words here\n" * 30)
     prepare_text([str(tmp_path / "t.txt")], tmp_path / "mybooks", "char")
     assert corpus_name(tmp_path / "mybooks", "enwik8") == "mybooks"

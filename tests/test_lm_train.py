@@ -1,4 +1,4 @@
-"""Language-model training and evaluation: rmt.train, rmt.eval and the run_*.sh scripts, on tiny
+"""Language-model training and evaluation: rmt.train, rmt.evaluate and the run_*.sh scripts, on tiny
 corpora built on the fly (a wt-style word corpus and an enwik8-style byte corpus).
 
     python -m pytest tests/test_lm_train.py -q
@@ -19,18 +19,17 @@ import zipfile
 import pandas as pd
 import pytest
 import torch
-
 from conftest import script_flags
-from rmt import cli
-from rmt import eval as lm_eval
+from rmt import config as cli
+from rmt import evaluate as lm_eval
 from rmt import train as lm_train
-from rmt.data.prepare import prepare
-from rmt.lm import eval_lengths, lm_metrics, nll_sum
-from rmt.memory import MemoryState
-from rmt.model import MemTransformerLM
+from rmt.lm.evaluation import default_data_dir, eval_lengths, lm_metrics, nll_sum
+from rmt.lm.prepare import prepare
+from rmt.model.recurrence import MemoryState, StreamState, stream_step
+from rmt.model.transformer import MemTransformerLM
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "pytorch"), "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 ENV.pop("RMT_KILL_AFTER_STEP", None)
 TINY = ["--n_layer", "2", "--d_model", "32", "--n_head", "2", "--d_head", "16", "--d_inner", "64", "--tgt_len", "8",
         "--eval_tgt_len", "8", "--batch_size", "4", "--log_interval", "4", "--device", "cpu", "--max_eval_steps", "4",
@@ -67,7 +66,7 @@ def wt_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def enwik8_dir(tmp_path_factory):
-    """An enwik8-style byte corpus made by rmt.data.prepare from 4,000 bytes of pseudo-text."""
+    """An enwik8-style byte corpus made by rmt.lm.prepare from 4,000 bytes of pseudo-text."""
     rng = random.Random(1)
     raw = "".join(rng.choice(["the ", "cat ", "<page>", "\n", "sat ", "on ", "mat ", "\u00e9t\u00e9 "])
                   for _ in range(1000)).encode()[:4000]
@@ -80,7 +79,7 @@ def enwik8_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def text8_dir(tmp_path_factory):
-    """A text8-style character corpus made by rmt.data.prepare from 3,000 characters."""
+    """A text8-style character corpus made by rmt.lm.prepare from 3,000 characters."""
     rng = random.Random(2)
     text = " ".join(rng.choice(["anarchism", "originated", "as", "a", "term", "of", "abuse"]) for _ in range(600))
     tmp = tmp_path_factory.mktemp("text8")
@@ -162,7 +161,7 @@ def test_own_text_prepared_trained_and_evaluated_under_its_name(tmp_path, level,
         (tmp_path / name).write_text("\n".join(" ".join(rng.choice(["the", "cat", "sat", "on", "a", "mat"])
                                                        for _ in range(12)) for _ in range(80)) + "\n")
     out = tmp_path / "data" / "notes"
-    run([sys.executable, "-m", "rmt.data.prepare", "text", "a.txt", "b.txt", "--level", level, "--out", str(out)],
+    run([sys.executable, "-m", "rmt.lm.prepare", "text", "a.txt", "b.txt", "--level", level, "--out", str(out)],
         cwd=tmp_path)
     csv, runs = tmp_path / "lm.csv", tmp_path / "runs"
     extra = ["--cutoffs", "6"] if level == "word" else []
@@ -191,7 +190,7 @@ def test_every_recipe_trains_and_evaluates(script, data_fixture, unit, extra, re
     """Each script's own flags (tiny sizes appended, as a user would) train and evaluate, in process."""
     data, csv = request.getfixturevalue(data_fixture), tmp_path / "lm.csv"
     train = script_flags(script, "TRAIN")
-    assert f"data/{lm_train.default_data_dir(train[train.index('--dataset') + 1]).name}" in train
+    assert f"data/{default_data_dir(train[train.index('--dataset') + 1]).name}" in train
     assert lm_train.main([*train, *TINY, "--data", str(data), "--max_step", "2", "--eval_interval", "2",
                           "--work_dir", str(tmp_path), "--run_name", "r", "--results_csv", str(csv), *extra]) == 0
     assert lm_eval.main(["--protocol", "txl-long", "--checkpoint", str(tmp_path / "r" / "checkpoint_best.pt"),
@@ -322,15 +321,15 @@ def test_mem_backprop_depth_reaches_exactly_depth_segments_back(depth):
     """The loss of segment t reaches the memory entering segment t - depth and nothing older or newer."""
     model = tiny_model()
     x, y = torch.randint(20, (3, 3, 6)), torch.randint(20, (3, 3, 6))  # (segments, B, T)
-    carry = lm_train.Carry(depth)
+    carry = StreamState(depth)
     carry.state = MemoryState(torch.randn(3, 2, 16))
     entering = []  # the stored (detached) memory that entered segments t-2 and t-1
     for k in range(2):
-        lm_train.train_step(model, carry, x[k], y[k], backward=lambda loss: None)
+        stream_step(model, carry, x[k], y[k], backward=lambda loss: None)
         entering.append(carry.history[-1].state.mem.requires_grad_())
     grads = []
-    lm_train.train_step(model, carry, x[2], y[2],
-                        backward=lambda loss: grads.extend(torch.autograd.grad(loss, entering, allow_unused=True)))
+    stream_step(model, carry, x[2], y[2],
+                backward=lambda loss: grads.extend(torch.autograd.grad(loss, entering, allow_unused=True)))
     two_back, one_back = grads
     nonzero = lambda g: g is not None and g.abs().sum() > 0  # noqa: E731
     if depth == 1:
@@ -342,11 +341,11 @@ def test_mem_backprop_depth_reaches_exactly_depth_segments_back(depth):
 
 def test_depth_zero_detaches_memory():
     model = tiny_model()
-    carry = lm_train.Carry(0)
+    carry = StreamState(0)
     carry.state = MemoryState(torch.randn(3, 2, 16, requires_grad=True))
     mem_in = carry.state.mem
     grads = []
-    lm_train.train_step(model, carry, torch.randint(20, (3, 6)), torch.randint(20, (3, 6)),
+    stream_step(model, carry, torch.randint(20, (3, 6)), torch.randint(20, (3, 6)),
                         backward=lambda loss: grads.extend(torch.autograd.grad(loss, [mem_in], allow_unused=True)))
     assert grads == [None] and len(carry.history) == 0
 
@@ -376,7 +375,7 @@ def test_evaluation_extends_cache_and_carries_memory_over_the_split():
 # ---- one-line errors ------------------------------------------------------------------------
 
 def test_original_flags_that_would_do_nothing_warn_or_fail(capsys):
-    parser = lm_train.build_parser()
+    parser = lm_train.build_parser("wt103")
     with pytest.warns(UserWarning, match="--debug is ignored"):
         cli.check_args(parser.parse_args(["--debug"]), parser)
     with pytest.raises(SystemExit):  # the original looped forever; an empty validation would pass silently
@@ -391,14 +390,14 @@ def test_mem_backprop_depth_all_is_refused_and_zero_detaches(wt_dir, tmp_path, c
     with pytest.raises(SystemExit) as e:
         lm_train.main(train_args(wt_dir, tmp_path, "a", "--num_mem_tokens", "2", "--mem_backprop_depth", "all"))
     assert e.value.code == 2 and "a language-model stream has no end" in capsys.readouterr().err
-    carry = lm_train.Carry(0)
+    carry = StreamState(0)
     model = MemTransformerLM(n_token=20, n_layer=1, n_head=2, d_model=16, d_head=8, d_inner=32, tgt_len=4,
                              num_mem_tokens=2)
     x = torch.randint(0, 20, (2, 4))
-    lm_train.train_step(model, carry, x, x)  # from the learned initial memory: it gets gradient
+    stream_step(model, carry, x, x)  # from the learned initial memory: it gets gradient
     assert model.mem_tokens.grad is not None and len(carry.history) == 0 and not carry.state.mem.requires_grad
     model.zero_grad(set_to_none=True)
-    lm_train.train_step(model, carry, x, x)  # from the carried, detached memory: no path back
+    stream_step(model, carry, x, x)  # from the carried, detached memory: no path back
     assert model.mem_tokens.grad is None
 
 
@@ -414,7 +413,7 @@ def test_missing_data_dir_is_one_line(tmp_path):
 def test_corrupt_checkpoint_is_one_line(wt_dir, tmp_path):
     bad = tmp_path / "checkpoint_best.pt"
     bad.write_text("junk\n")  # reaches the weights-only unpickler, which raised a bare KeyError
-    p = run([sys.executable, "-m", "rmt.eval", "--checkpoint", str(bad), "--dataset", "wt2", "--data", str(wt_dir)],
+    p = run([sys.executable, "-m", "rmt.evaluate", "--checkpoint", str(bad), "--dataset", "wt2", "--data", str(wt_dir)],
             check=False)
     assert p.returncode != 0
     lines = p.stderr.strip().splitlines()

@@ -7,8 +7,7 @@ import math
 
 import pytest
 import torch
-
-from rmt.optim import LRSchedule
+from rmt.training.optim import LRSchedule
 
 
 def schedule(**kw):

@@ -5,10 +5,9 @@ import sys
 
 import pytest
 import torch
-
-from rmt.checkpoint import save_atomic
-from rmt.convert import from_original, load_original_model, to_original
-from rmt.parity import check_golden
+from rmt.tools.convert import from_original, load_original_model, to_original
+from rmt.tools.parity import check_golden
+from rmt.training.checkpoint import save_atomic
 
 GOLDEN = sorted((pathlib.Path(__file__).parent / "golden").glob("*.pt"))
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -53,7 +52,7 @@ def test_parity_detects_a_wrong_weight(tmp_path):
     errors = check_golden(golden)
     assert max(max(e.values()) for e in errors) > 1e-4
     run = subprocess.run([sys.executable, "-m", "rmt.parity", str(bad)], cwd=ROOT,
-                         env={"PYTHONPATH": str(ROOT / "pytorch"), "PATH": "/usr/bin:/bin"},
+                         env={"PATH": "/usr/bin:/bin"},
                          capture_output=True, text=True)
     assert run.returncode == 1 and "FAIL" in run.stdout
 
@@ -61,7 +60,7 @@ def test_parity_detects_a_wrong_weight(tmp_path):
 def test_parity_cli_ok_and_corrupt(tmp_path):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
-    env = {"PYTHONPATH": str(ROOT / "pytorch"), "PATH": "/usr/bin:/bin"}
+    env = {"PATH": "/usr/bin:/bin"}
     ok = subprocess.run([sys.executable, "-m", "rmt.parity", *map(str, GOLDEN)], cwd=ROOT, env=env,
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -73,7 +72,7 @@ def test_parity_cli_ok_and_corrupt(tmp_path):
 
 
 def test_convert_cli_round_trip(tmp_path):
-    env = {"PYTHONPATH": str(ROOT / "pytorch"), "PATH": "/usr/bin:/bin"}
+    env = {"PATH": "/usr/bin:/bin"}
     ours, orig = tmp_path / "ours.pt", tmp_path / "orig.pt"
     rmt_file = next(p for p in GOLDEN if p.stem == "rmt")
     for cmd in (["from-original", str(rmt_file), str(ours)], ["to-original", str(ours), str(orig)]):

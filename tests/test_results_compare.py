@@ -12,9 +12,8 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
-
-from rmt import compare
 from rmt.results import GROUP_COLUMNS, RESULT_COLUMNS, append_result, git_commit, groups_csv, model_kind, read_results
+from rmt.tools import compare, lm_corpora, plots, report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAPER = ROOT / "experiments" / "paper"
@@ -202,7 +201,7 @@ def test_a_reevaluated_best_checkpoint_replaces_its_runs_measurements(tmp_path):
     assert dropped == 4 and sorted(ours["run_id"]) == ["sq-1", "sq-2"]
     one, two = (ours.set_index("run_id").loc[r] for r in ("sq-1", "sq-2"))
     assert (one["metric_value"], one["acc_tf"], one["reevaluated_by"]) == (0.4, 0.8, "sq-1-eval")
-    assert compare._recipe(one) == ", 5000 steps, init std 0.1"  # the run's own recipe and config stay
+    assert report.recipe(one) == ", 5000 steps, init std 0.1"  # the run's own recipe and config stay
     assert (two["metric_value"], two["reevaluated_by"]) == (0.7, "")
     text = compare.render(*compare.match(compare.load_paper(PAPER), ours), str(tmp_path), len(ours), dropped,
                           reevaluated=1)
@@ -213,7 +212,7 @@ def test_plots_written(tmp_path):
     _write_runs(tmp_path / "results")
     paper = compare.load_paper(PAPER)
     ours, _ = compare.load_ours(tmp_path / "results")
-    paths = compare.make_plots(paper, ours, tmp_path / "plots")
+    paths = plots.make_plots(paper, ours, tmp_path / "plots")
     names = {p.name for p in paths}
     assert {"synthetic_copy.png", "synthetic_reverse.png", "synthetic_retrieval.png",
             "lm_wt103.png", "lm_enwik8.png"} == names
@@ -287,8 +286,8 @@ def test_plots_show_the_newest_recipe_at_each_point(tmp_path):
             "tgt_len": 4, "n_segments": 4, "num_mem_tokens": mem, "mem_len": 0, "mem_at_end": True, "split": "test",
             "max_step": steps, "config_json": json.dumps({"init_std": std}), "metric_name": "acc_greedy",
             "metric_value": acc, "acc_greedy": acc})
-    ours = compare._normalise(compare.load_ours(tmp_path, "test")[0])
-    assert list(compare.plotted_runs(ours[ours["model_kind"] == "rmt"])["run_id"]) == ["new"]
+    ours = report.normalise(compare.load_ours(tmp_path, "test")[0])
+    assert list(plots.plotted_runs(ours[ours["model_kind"] == "rmt"])["run_id"]) == ["new"]
 
 
 def test_plots_keep_a_line_on_one_recipe_where_it_can(tmp_path):
@@ -302,7 +301,7 @@ def test_plots_keep_a_line_on_one_recipe_where_it_can(tmp_path):
             "metric_value": 0.5, "acc_tf": 0.5})
 
     def plotted():
-        return sorted(compare.plotted_runs(compare._normalise(compare.load_ours(tmp_path, "test")[0]))["run_id"])
+        return sorted(plots.plotted_runs(report.normalise(compare.load_ours(tmp_path, "test")[0]))["run_id"])
 
     run("grid2", 2, "2026-01-01T00:00:00", {})
     run("grid4", 4, "2026-01-01T00:00:01", {})
@@ -349,16 +348,16 @@ def test_other_corpus_lm_rows_are_shown_beside_the_paper_never_matched(tmp_path)
     ours, _ = compare.load_ours(tmp_path)
     pairs, only = compare.match(paper, ours)
     assert pairs.loc[pairs["table"] == "lm", "n"].sum() == 0  # the paper's enwik8 rows get none of ours
-    other = compare.other_corpus_rows(paper, only)
+    other = lm_corpora.other_corpus_rows(paper, only)
     assert len(other) == len(only) == 15
-    groups = compare.other_corpus_groups(paper, other)
+    groups = lm_corpora.other_corpus_groups(paper, other)
     rmt = _one(groups, model_kind="rmt", mem_backprop_depth=2)
     assert rmt["paper_task"] == "enwik8" and rmt["paper"] == 1.228  # enwik8, tgt_len 128, M=10, bpd 2
     assert rmt["gain"] == pytest.approx(2.05 - 2.10) and rmt["paper_gain"] == pytest.approx(1.228 - 1.402)
     assert pd.isna(_one(groups, model_kind="rmt", mem_backprop_depth=0)["paper"])  # the paper has no M=10 bpd 0
-    text = compare.render_other_corpora(groups)
+    text = lm_corpora.render_other_corpora(groups)
     assert "reduced scale, other corpus" in text and "CPU preset [!], other corpus" in text
-    checks = {row[0]: row for row in compare.lm_orderings(groups)}
+    checks = {row[0]: row for row in lm_corpora.lm_orderings(groups)}
     assert checks["baseline worse than every rmt"][-1] == "holds"
     assert checks["RMT (its deepest BPTT) at or below Transformer-XL at memory 10"][-1] == "holds"
     assert checks["deeper BPTT better (M=10)"][2] == "2.05 vs 2.09 (-0.0400)"
@@ -371,7 +370,7 @@ def test_orderings_say_when_a_gap_is_within_the_seed_spread():
                mem_backprop_depth=0, paper=np.nan, n=3)
     groups = pd.DataFrame([{**row, "model_kind": "baseline", "num_mem_tokens": 0, "mean": 2.0, "std": 0.05},
                            {**row, "model_kind": "rmt", "num_mem_tokens": 10, "mean": 1.99, "std": 0.05}])
-    (claim, *_, verdict), = compare.lm_orderings(groups)
+    (claim, *_, verdict), = lm_corpora.lm_orderings(groups)
     assert claim == "baseline worse than every rmt" and verdict == "holds (gap within 2 s.e.)"
 
 

@@ -1,4 +1,4 @@
-"""The grid runner (rmt.sweep) and the README section written by rmt.compare --readme.
+"""The grid runner (rmt.tools.sweep) and the README section written by rmt.tools.compare --readme.
 
     python -m pytest tests/test_sweep.py -q
 
@@ -12,9 +12,8 @@ import subprocess
 import sys
 
 import pytest
-
-from rmt import compare, sweep
 from rmt.results import append_result, read_results
+from rmt.tools import compare, sweep
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -24,7 +23,7 @@ FAKE = """#!/usr/bin/env bash
 [ "$1" = train ] || exit 2
 shift
 echo "$* | preset=${RMT_PRESET:-}" >> "$(dirname "$0")/calls.txt"
-PYTHONPATH=%(pytorch)s exec %(python)s - "$@" <<'PY'
+exec %(python)s - "$@" <<'PY'
 import argparse, os, sys
 from rmt.results import append_result
 p = argparse.ArgumentParser()
@@ -44,7 +43,7 @@ PY
 @pytest.fixture
 def fake_script(tmp_path):
     path = tmp_path / "fake.sh"
-    path.write_text(FAKE % {"pytorch": ROOT / "pytorch", "python": sys.executable})
+    path.write_text(FAKE % {"python": sys.executable})
     return path
 
 

@@ -9,12 +9,11 @@ import nbformat
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, script_flags
-from rmt import generate_data
-from rmt.tasks import files
 from rmt.tasks import generators as g
+from rmt.tasks import storage
 from rmt.tasks.registry import TASKS, task_spec
+from rmt.tools import generate_data
 
 SMALL = dict(train=40, val=10, test=10)
 
@@ -240,25 +239,25 @@ def test_make_splits_disjoint_and_paired():
 @pytest.mark.parametrize("name", ["reverse", "sqeq"])
 def test_save_load_round_trip(tmp_path, name):
     spec = TASKS[name]
-    paths = files.write_dataset(spec, tmp_path, seed=3, sizes=SMALL)
+    paths = storage.write_dataset(spec, tmp_path, seed=3, sizes=SMALL)
     assert len(paths) == 7 and sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
     for split, n in SMALL.items():
-        X, y = files.load_arrays(tmp_path, name, split)
-        src, tgt = files.load_split(tmp_path, name, split, spec.stacked)
+        X, y = storage.load_arrays(tmp_path, name, split)
+        src, tgt = storage.load_split(tmp_path, name, split, spec.stacked)
         assert src.dtype == tgt.dtype == torch.int64 and src.shape == tgt.shape == (n, spec.sample_len)
         want = g.stack_src_tgt(X, y) if spec.stacked else (X, y)
         assert (src.numpy() == want[0]).all() and (tgt.numpy() == want[1]).all()
-    meta = files.load_meta(tmp_path, name)
+    meta = storage.load_meta(tmp_path, name)
     assert meta["vocab_size"] == spec.vocab_size and meta["seed"] == 3 and meta["sizes"] == SMALL
     assert meta["generator"] == spec.generator.__name__ and meta["stacked"] == spec.stacked
     again = tmp_path / "again"
-    files.write_dataset(spec, again, seed=3, sizes=SMALL)  # same seed -> identical bytes on disk
+    storage.write_dataset(spec, again, seed=3, sizes=SMALL)  # same seed -> identical bytes on disk
     assert all(p.read_bytes() == (again / p.name).read_bytes() for p in paths)
 
 
 def test_failed_write_leaves_old_file(tmp_path, monkeypatch):
     path = tmp_path / "copy_train_X.npy"
-    files.save_array(path, np.arange(6).reshape(2, 3))
+    storage.save_array(path, np.arange(6).reshape(2, 3))
 
     def broken_save(f, arr, allow_pickle):
         f.write(b"partial")
@@ -266,25 +265,25 @@ def test_failed_write_leaves_old_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "save", broken_save)
     with pytest.raises(RuntimeError):
-        files.save_array(path, np.zeros((5, 5)))
+        storage.save_array(path, np.zeros((5, 5)))
     monkeypatch.undo()
     assert np.load(path).tolist() == [[0, 1, 2], [3, 4, 5]] and os.listdir(tmp_path) == [path.name]
 
 
 def test_missing_and_corrupt_files(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
-        files.load_split(tmp_path, "copy", "train", stacked=True)
+        storage.load_split(tmp_path, "copy", "train", stacked=True)
     msg = str(e.value)
-    assert "copy_train_X.npy" in msg and "python -m rmt.generate_data copy" in msg and "\n" not in msg
+    assert "copy_train_X.npy" in msg and "python3 -m rmt.tools.generate_data copy" in msg and "\n" not in msg
     with pytest.raises(FileNotFoundError, match="--task_name sqeq_big"):
-        files.load_split(tmp_path, "sqeq_big", "val", stacked=False)
-    files.write_dataset(TASKS["copy"], tmp_path, sizes=SMALL)
+        storage.load_split(tmp_path, "sqeq_big", "val", stacked=False)
+    storage.write_dataset(TASKS["copy"], tmp_path, sizes=SMALL)
     (tmp_path / "copy_val_y.npy").write_bytes(b"\x93NUMPY garbage")
     with pytest.raises(ValueError) as e:
-        files.load_split(tmp_path, "copy", "val", stacked=True)
-    assert "copy_val_y.npy" in str(e.value) and "rmt.generate_data" in str(e.value) and "\n" not in str(e.value)
+        storage.load_split(tmp_path, "copy", "val", stacked=True)
+    assert "copy_val_y.npy" in str(e.value) and "rmt.tools.generate_data" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(ValueError, match="split"):
-        files.load_split(tmp_path, "copy", "dev", stacked=True)
+        storage.load_split(tmp_path, "copy", "dev", stacked=True)
 
 
 # ---- command line ------------------------------------------------------------------------------------------
@@ -294,8 +293,8 @@ def test_cli_writes_files(tmp_path, capsys):
     rc = generate_data.main(["retrieval", "--out", str(out), "--train", "30", "--val", "5", "--test", "5",
                              "--num_pairs", "3", "--task_name", "ret3"])
     assert rc == 0 and str(out / "ret3_train_X.npy") in capsys.readouterr().out
-    src, tgt = files.load_split(out, "ret3", "test", stacked=True)
-    assert src.shape == (5, 8) and files.load_meta(out, "ret3")["kwargs"] == {"num_pairs": 3}
+    src, tgt = storage.load_split(out, "ret3", "test", stacked=True)
+    assert src.shape == (5, 8) and storage.load_meta(out, "ret3")["kwargs"] == {"num_pairs": 3}
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -312,7 +311,7 @@ def test_cli_bad_values(tmp_path, capsys, argv, words):
     with pytest.raises(SystemExit) as e:
         generate_data.main(argv + ["--out", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and words in err[-1] and err[-1].startswith("python -m rmt.generate_data: error:")
+    assert e.value.code == 2 and words in err[-1] and err[-1].startswith("python -m rmt.tools.generate_data: error:")
     assert not any(name.endswith(".npy") for name in os.listdir(tmp_path))
 
 
@@ -337,7 +336,7 @@ def test_notebook_is_clean_and_runs(notebook, tmp_path, monkeypatch):
     # run from generation/, as Jupyter does; the notebook finds the repository root itself
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     for task in NOTEBOOKS[notebook]:
-        assert files.load_meta(tmp_path / task, task)["sizes"] == sizes
+        assert storage.load_meta(tmp_path / task, task)["sizes"] == sizes
         # the notebook writes exactly what the command line writes for the same seed and sizes
-        ref = files.write_dataset(TASKS[task], tmp_path / "ref" / task, seed=5, sizes=sizes)
+        ref = storage.write_dataset(TASKS[task], tmp_path / "ref" / task, seed=5, sizes=sizes)
         assert all(p.read_bytes() == (tmp_path / task / p.name).read_bytes() for p in ref)

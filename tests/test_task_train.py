@@ -12,22 +12,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from rmt.checkpoint import load_file
-from rmt.memory import MemoryState
-from rmt.model import MemTransformerLM
-from rmt.optim import LRSchedule
+from rmt.model.recurrence import MemoryState
+from rmt.model.transformer import MemTransformerLM
 from rmt.results import read_results
-from rmt.runtime import RunLogger, Runtime
-from rmt.tasks.files import load_arrays
 from rmt.tasks.generators import sqeq_slots, stack_src_tgt
 from rmt.tasks.registry import task_spec
-from rmt.tasks.runner import evaluate_batches, greedy, pad_to_segments, scored_mask, segments, teacher_forced
-from rmt.train_synthetic import BatchSampler
-from rmt.trainer import BEST, Trainer
+from rmt.tasks.scoring import evaluate_batches, greedy, pad_to_segments, scored_mask, segments, teacher_forced
+from rmt.tasks.storage import load_arrays
+from rmt.tasks.training import BatchSampler
+from rmt.training.checkpoint import load_file
+from rmt.training.runtime import RunLogger, Runtime
+from rmt.training.trainer import BEST, Trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "pytorch")}
+ENV = dict(os.environ)
 
 
 # ---- segmentation -----------------------------------------------------------------------------
@@ -160,18 +158,34 @@ def test_answer_acc_counts_a_sample_right_when_its_whole_answer_is():
     assert plain.answer_acc == plain.exact_match  # other tasks: the whole answer
 
 
+class FixedEvals:
+    """A family whose validations return given metrics; its saved state says which one ran."""
+
+    def __init__(self):
+        self.index, self.metrics = 0, {}
+
+    def evaluate(self, model, split):
+        return self.metrics
+
+    def after_validation(self, metrics, step):
+        return ""
+
+    def state_dict(self):
+        return {"eval": self.index}
+
+
 @pytest.mark.parametrize("select_by,kept", [("loss", 1), ("acc_tf", 2)])
 def test_best_checkpoint_follows_the_selection_metric(select_by, kept, tmp_path):
-    model = torch.nn.Linear(2, 2)
-    opt = torch.optim.Adam(model.parameters())
+    model = MemTransformerLM(n_token=4, n_layer=1, n_head=1, d_model=4, d_head=4, d_inner=4)
     args = argparse.Namespace(scheduler="constant", lr=1e-3, warmup_step=0, max_step=10, eta_min=0.0, lr_min=0.0,
-                              decay_rate=0.5, patience=0)
-    trainer = Trainer(model, model, opt, LRSchedule(opt, args), Runtime("cpu"), RunLogger(tmp_path, enabled=False),
-                      tmp_path, args, {}, select_by=select_by)
+                              decay_rate=0.5, patience=0, optim="adam", compile=False)
+    trainer = Trainer(model, args, Runtime("cpu"), RunLogger(tmp_path, enabled=False), tmp_path, select_by=select_by)
     evals = [{"loss": 1.0, "acc_tf": 0.5}, {"loss": 0.8, "acc_tf": 0.6}, {"loss": 0.9, "acc_tf": 0.7},
              {"loss": 0.85, "acc_tf": 0.65}]  # lowest loss at eval 1, highest accuracy at eval 2
+    family = FixedEvals()
     for i, m in enumerate(evals):
-        trainer._validate(lambda split: m, lambda: {"eval": i}, None)
+        family.index, family.metrics = i, m
+        trainer.validate(family)
     assert load_file(tmp_path / BEST)["extra"] == {"eval": kept}
 
 
@@ -250,7 +264,7 @@ TINY = ["--dataset", "copy", "--task_seq_len", "4", "--tgt_len", "3", "--eval_tg
 
 
 def run_driver(tmp_path, *extra, env=None, check=True):
-    args = [sys.executable, "-m", "rmt.train_synthetic", *TINY, "--work_dir", str(tmp_path / "runs"),
+    args = [sys.executable, "-m", "rmt.train", *TINY, "--work_dir", str(tmp_path / "runs"),
             "--data", str(tmp_path / "data"), "--results_csv", str(tmp_path / "res.csv"), *extra]
     run = subprocess.run(args, cwd=ROOT, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=300)
     if check:
@@ -324,7 +338,7 @@ def test_mem_backprop_depth_means_the_same_as_in_the_lm_driver(tmp_path):
 
 def test_retrieval_run_records_accuracy_by_queried_pair_beside_the_results(tmp_path):
     assert TINY[:4] == ["--dataset", "copy", "--task_seq_len", "4"]
-    args = [sys.executable, "-m", "rmt.train_synthetic", "--dataset", "retrieval", *TINY[4:], "--run_name", "pairs",
+    args = [sys.executable, "-m", "rmt.train", "--dataset", "retrieval", *TINY[4:], "--run_name", "pairs",
             "--work_dir", str(tmp_path / "runs"), "--data", str(tmp_path / "data"),
             "--results_csv", str(tmp_path / "res" / "synthetic.csv")]
     run = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
@@ -363,7 +377,7 @@ def test_recomputed_segments_train_the_same_weights(tmp_path):
 def test_sqeq_with_small_numbers_trains_and_names_its_task(tmp_path):
     # the sqeq CPU preset's small-number variant: the flags reach the generator, the data and the results row
     assert TINY[:4] == ["--dataset", "copy", "--task_seq_len", "4"]
-    args = [sys.executable, "-m", "rmt.train_synthetic", *TINY[4:], "--dataset", "sqeq_cd", "--max_root", "5",
+    args = [sys.executable, "-m", "rmt.train", *TINY[4:], "--dataset", "sqeq_cd", "--max_root", "5",
             "--shuffle_limit", "1", "--tgt_len", "30", "--eval_tgt_len", "30", "--num_mem_tokens", "4",
             "--max_step", "2", "--eval_interval", "2", "--n_test", "8", "--no_greedy_valid", "--run_name", "sq",
             "--work_dir", str(tmp_path / "runs"), "--data", str(tmp_path / "data"),

@@ -1,7 +1,7 @@
 """The one results-row schema shared by every train/eval run (LM and algorithmic tasks).
 
 Runs append one row per (run, split, metric set) to `experiments/results/<family>.csv`
-(family = lm or synthetic) with `append_result`; `rmt.compare` reads them back with
+(family = lm or synthetic) with `append_result`; `rmt.tools.compare` reads them back with
 `read_results` and matches them to the paper's tables in `experiments/paper/`.
 Column meanings are listed in `experiments/results/README.md`.
 """
@@ -17,8 +17,11 @@ import os
 import pathlib
 import subprocess
 import sys
+from typing import NamedTuple
 
 import pandas as pd
+
+from rmt import REPO_ROOT
 
 RESULT_COLUMNS: list[str] = [
     "run_id", "date", "git_commit", "command", "device", "torch_version", "scale",
@@ -79,11 +82,43 @@ def run_metadata(device: str = "cpu", argv: list[str] | None = None) -> dict[str
 
     return {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "git_commit": git_commit(pathlib.Path(__file__).resolve().parents[2]),
+        "git_commit": git_commit(REPO_ROOT),
         # The run scripts export the command the user typed; otherwise the Python command line.
         "command": os.environ.get("RMT_COMMAND") or " ".join(argv if argv is not None else sys.argv),
         "device": device,
         "torch_version": torch.__version__,
+    }
+
+
+class TestResult(NamedTuple):
+    """A family's test: the metrics to log, the columns they add to the results row, per-group
+    rows (GROUP_COLUMNS; retrieval's accuracy by queried pair; empty for most) and a note to log."""
+    metrics: dict
+    row: dict
+    groups: list
+    note: str = ""
+
+
+def result_row(flags: dict, model_cfg, device: str, run_dir, task: str, split: str, *, n_segments=None,
+               max_step=None, train_time_s: float = math.nan, tokens_per_s: float = 0.0, peak_mem_mb: float = 0.0,
+               **metrics) -> dict:
+    """THE results row: provenance, the run's flags (`flags`, as in its config.json) and model,
+    and the measured `metrics` (metric_name, metric_value, loss, ppl | bpc | acc_*...).
+
+    `max_step` is the number of steps actually run (a time limit may stop a run early); it
+    defaults to the flag."""
+    get = flags.get
+    return {
+        **run_metadata(device), "run_id": run_dir.name if run_dir else "", "scale": get("scale"),
+        "task": task, "model_kind": model_kind(model_cfg.num_mem_tokens, model_cfg.mem_len, model_cfg.mem_at_end),
+        "seed": get("seed"), "n_layer": model_cfg.n_layer, "d_model": model_cfg.d_model, "n_head": model_cfg.n_head,
+        "d_head": model_cfg.d_head, "d_inner": model_cfg.d_inner, "tgt_len": get("tgt_len"),
+        "eval_tgt_len": get("eval_tgt_len"), "mem_len": model_cfg.mem_len, "num_mem_tokens": model_cfg.num_mem_tokens,
+        "mem_backprop_depth": get("mem_backprop_depth"), "mem_at_end": model_cfg.mem_at_end,
+        "read_mem_from_cache": model_cfg.read_mem_from_cache, "n_segments": n_segments,
+        "batch_size": get("batch_size"), "max_step": get("max_step") if max_step is None else max_step,
+        "lr": get("lr"), "split": split, "tokens_per_s": round(tokens_per_s, 1), "peak_mem_mb": round(peak_mem_mb, 1),
+        "train_time_s": round(train_time_s, 1), "run_dir": str(run_dir or ""), "config_json": dict(flags), **metrics,
     }
 
 

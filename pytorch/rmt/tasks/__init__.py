@@ -1,1 +1,1 @@
-"""Algorithmic tasks of the RMT paper: seeded generators, the task table (registry) and .npy files (files)."""
+"""Algorithmic tasks of the RMT paper: seeded generators, the task table (registry), .npy storage and scoring."""

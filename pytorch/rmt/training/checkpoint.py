@@ -9,10 +9,11 @@ import json
 import os
 import pathlib
 import pickle
-import tempfile
 import zipfile
 
 import torch
+
+from rmt.atomic import atomic_write
 
 
 class CheckpointError(RuntimeError):
@@ -20,19 +21,8 @@ class CheckpointError(RuntimeError):
 
 
 def save_atomic(obj: dict, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same directory, then rename over `path`."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through the atomic writer: an interrupted save keeps the previous file."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_file(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -58,12 +48,12 @@ def load_file(path: str | os.PathLike, map_location="cpu") -> dict:
 
 def load_model(path: str | os.PathLike, map_location="cpu"):
     """Rebuild a MemTransformerLM from a file holding {"config", "model"} (any checkpoint of ours)."""
-    from .model import MemTransformerLM
+    from rmt.model.transformer import MemTransformerLM
 
     ckpt = load_file(path, map_location)
     if "config" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path} has no 'config'/'model' entries; is it an original-code file? "
-                              "convert it with `python -m rmt.convert from-original`")
+                              "convert it with `python -m rmt.tools.convert from-original`")
     model = MemTransformerLM.from_config(ckpt["config"])
     model.load_state_dict(ckpt["model"])
     return model, ckpt

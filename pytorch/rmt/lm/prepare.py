@@ -1,11 +1,11 @@
 """Turn raw text into train/valid/test.txt corpora: the enwik8/text8 dumps (called by
 getdata.sh), or any plain UTF-8 files of yours.
 
-    python3 -m rmt.data.prepare enwik8 data/enwik8/enwik8.zip data/enwik8
-    python3 -m rmt.data.prepare text8 data/text8/text8.zip data/text8
-    python3 -m rmt.data.prepare text book1.txt book2.txt --level char \\
+    python3 -m rmt.lm.prepare enwik8 data/enwik8/enwik8.zip data/enwik8
+    python3 -m rmt.lm.prepare text8 data/text8/text8.zip data/text8
+    python3 -m rmt.lm.prepare text book1.txt book2.txt --level char \\
         --split 0.9 0.05 0.05 --out data/books-char      # then train with --dataset enwik8
-    python3 -m rmt.data.prepare text book1.txt --level word --out data/books-word
+    python3 -m rmt.lm.prepare text book1.txt --level word --out data/books-word
                                                      # then train with --dataset wt2
 
 enwik8 and text8: the last `test_size` units are test, the `valid_size` before them valid,
@@ -42,6 +42,8 @@ import tempfile
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
+
+from rmt.atomic import atomic_write
 
 DEFAULT_SPLIT_SIZE = 5_000_000
 CHUNK = 1 << 20  # join this many units at a time to keep memory flat on 100 MB inputs
@@ -94,20 +96,6 @@ def text8_chunks(text: str) -> Iterator[str]:
         yield out if k == 0 else " " + out
 
 
-def _write_atomic(path: str, chunks: Iterator[str]) -> None:
-    # A half-written file would make getdata.sh think the split is ready.
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for chunk in chunks:
-                f.write(chunk)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
-
-
 def prepare(dataset: str, raw_path: str, out_dir: str, valid_size: int = DEFAULT_SPLIT_SIZE,
             test_size: int = DEFAULT_SPLIT_SIZE) -> dict[str, int]:
     """Write {train,valid,test}.txt for enwik8 or text8; returns the units in each split."""
@@ -120,7 +108,9 @@ def prepare(dataset: str, raw_path: str, out_dir: str, valid_size: int = DEFAULT
     sizes = {}
     parts = split_sizes(len(data), valid_size, test_size)
     for name, part in zip(("train", "valid", "test"), parts):
-        _write_atomic(os.path.join(out_dir, f"{name}.txt"), to_chunks(data[part]))
+        chunks = to_chunks(data[part])  # a half-written split would make getdata.sh think it ready
+        atomic_write(os.path.join(out_dir, f"{name}.txt"), lambda f: f.writelines(chunks), text=True,
+                     encoding="utf-8", newline="\n")
         sizes[name] = part.stop - part.start
     return sizes
 
@@ -285,7 +275,7 @@ def read_meta(data_dir: str | os.PathLike) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rmt.data.prepare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rmt.lm.prepare", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="source", required=True)
     for dataset, unit in (("enwik8", "bytes"), ("text8", "characters")):
         p = sub.add_parser(dataset, help=f"the {dataset} dump (getdata.sh calls this)")

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ..memory import MemoryState, run_segments
+from rmt.model.recurrence import MemoryState, run_segments
 
 PAD = 0
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
+from rmt.atomic import atomic_write
 from rmt.tasks.generators import DEFAULT_SIZES, make_splits, stack_src_tgt
 from rmt.tasks.registry import TASK_NAMES, TaskSpec
 
@@ -39,36 +38,19 @@ def _how_to_make(data_dir: str | os.PathLike, task: str) -> str:
     """The command that writes `task` into `data_dir`, for error messages."""
     base = max((n for n in TASK_NAMES if task.startswith(n)), key=len, default="TASK")
     rename = "" if base == task else f" --task_name {task}"
-    return f"make it with: python3 -m rmt.generate_data {base} --out {data_dir}{rename}"
-
-
-def _atomic_write(path: Path, write: Callable) -> None:
-    """Call write(file) on a temp file next to `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a unique hidden name in the same directory, so os.replace is an atomic rename on one file system;
-    # open(..., "xb") rather than mkstemp so the file gets the usual umask permissions, not 0600
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return f"make it with: python3 -m rmt.tools.generate_data {base} --out {data_dir}{rename}"
 
 
 def save_array(path: Path, arr: np.ndarray) -> None:
     """Atomically write one int64 array as .npy."""
-    _atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(arr, dtype=np.int64), allow_pickle=False))
+    atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(arr, dtype=np.int64), allow_pickle=False))
 
 
 def save_meta(data_dir: str | os.PathLike, task: str, meta: dict) -> Path:
     """Atomically write {task}_meta.json."""
     path = meta_path(data_dir, task)
     text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
     return path
 
 

@@ -45,13 +45,14 @@ import shlex
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 import pandas as pd
 from tqdm import tqdm
 
+from rmt import REPO_ROOT
 from rmt.results import read_results
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_CSV = "experiments/results/synthetic.csv"
 MEMORY_FLAG = {"baseline": None, "txl": "--mem_len", "rmt": "--num_mem_tokens", "rmt+txl": "--num_mem_tokens"}
 TOKEN_KINDS = ("rmt", "rmt+txl")  # kinds with memory tokens: the ones a depth axis applies to
@@ -88,7 +89,7 @@ class Sweep:
 def _shown(path: pathlib.Path) -> str:
     """A path as passed to the scripts and printed: relative to the repository root when inside it."""
     path = pathlib.Path(os.path.abspath(path))
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
 def _int_list(value, where: str, allow_empty: bool = False) -> list[int]:
@@ -123,13 +124,13 @@ def expand(grid: dict, default_name: str = "grid", results_csv: str | os.PathLik
             raise GridError(f"the grid has no {key!r}")
     name = str(grid.get("name") or default_name)
     script = pathlib.Path(grid["script"])
-    script = script if script.is_absolute() else ROOT / script
+    script = script if script.is_absolute() else REPO_ROOT / script
     if not script.is_file():
-        raise GridError(f"script {grid['script']!r} not found (relative paths are from {ROOT})")
+        raise GridError(f"script {grid['script']!r} not found (relative paths are from {REPO_ROOT})")
     env = grid.get("env", {})
     if not isinstance(env, dict):
         raise GridError(f"env must be an object of VAR: value, got {env!r}")
-    csv = pathlib.Path(results_csv) if results_csv else ROOT / grid.get("results_csv", DEFAULT_CSV)
+    csv = pathlib.Path(results_csv) if results_csv else REPO_ROOT / grid.get("results_csv", DEFAULT_CSV)
     fixed = _flags(grid.get("flags", []), "flags")
     kinds = _kinds(grid["kinds"], "kinds")
     memory = _int_list(grid["memory"], "memory") if "memory" in grid else None
@@ -137,54 +138,67 @@ def expand(grid: dict, default_name: str = "grid", results_csv: str | os.PathLik
     if not isinstance(grid["tgt_len"], list) or not grid["tgt_len"]:
         raise GridError(f"tgt_len must be a non-empty list, got {grid['tgt_len']!r}")
 
-    entries = []
-    for i, e in enumerate(grid["tgt_len"]):
-        where = f"tgt_len[{i}]"
-        e = {"tgt_len": e} if isinstance(e, int) and not isinstance(e, bool) else e
-        if not isinstance(e, dict) or not isinstance(e.get("tgt_len"), int):
-            raise GridError(f"{where} must be an integer or an object with an integer 'tgt_len', got {e!r}")
-        if set(e) - ENTRY_KEYS:
-            raise GridError(f"{where}: unknown keys {', '.join(sorted(set(e) - ENTRY_KEYS))}")
-        e_kinds = _kinds(e["kinds"], f"{where}.kinds") if "kinds" in e else kinds
-        e_memory = _int_list(e["memory"], f"{where}.memory") if "memory" in e else memory
-        if e_memory is None and set(e_kinds) - {"baseline"}:
-            raise GridError(f"{where}: kinds {e_kinds} need memory sizes (here or at the top level)")
-        curriculum = _int_list(e.get("curriculum", []), f"{where}.curriculum", allow_empty=True)
-        extra = _flags(e.get("flags", []), f"{where}.flags")
-        depths = _int_list(e["depth"], f"{where}.depth") if "depth" in e else None
-        if depths is not None and "--mem_backprop_depth" in [*fixed, *extra]:
-            raise GridError(f"{where} has a depth axis and also sets --mem_backprop_depth in flags")
-        cache = e.get("cache")
-        if ("rmt+txl" in e_kinds) != (cache is not None) or not (cache is None or isinstance(cache, int) and cache > 0):
-            raise GridError(f"{where}: kind rmt+txl needs a positive integer 'cache' (its --mem_len), "
-                            f"and 'cache' needs kind rmt+txl; got kinds {e_kinds}, cache {cache!r}")
-        entries.append((e, e_kinds, e_memory, curriculum, extra, depths, cache))
-
-    runs = []
-    for seed in seeds:
-        for e, e_kinds, e_memory, curriculum, extra, depths, cache in entries:
-            t = e["tgt_len"]
-            for kind in e_kinds:
-                for mem in ([0] if kind == "baseline" else e_memory):  # baseline has no memory axis
-                    for depth in (depths if depths is not None and kind in TOKEN_KINDS else [None]):
-                        run_name = (f"sweep-{name}-{kind}-t{t}-m{mem}" + (f"-c{cache}" if kind == "rmt+txl" else "")
-                                    + ("" if depth is None else f"-d{depth}") + f"-s{seed}")
-                        flags = [*fixed, *extra, "--tgt_len", str(t), "--eval_tgt_len", str(e.get("eval_tgt_len", t))]
-                        if curriculum:
-                            flags += ["--curriculum", *map(str, curriculum)]
-                        if MEMORY_FLAG[kind]:
-                            flags += [MEMORY_FLAG[kind], str(mem)]
-                        flags += ["--mem_len", str(cache)] if kind == "rmt+txl" else \
-                            [] if kind == "txl" else ["--mem_len", "0"]
-                        if depth is not None:
-                            flags += ["--mem_backprop_depth", str(depth)]
-                        flags += ["--seed", str(seed), "--run_name", run_name, "--results_csv", _shown(csv)]
-                        runs.append(Run(run_name, kind, t, mem, seed, ("bash", _shown(script), "train", *flags)))
+    entries = [_entry(e, f"tgt_len[{i}]", kinds, memory, fixed) for i, e in enumerate(grid["tgt_len"])]
+    runs = [_run(name, entry, kind, mem, depth, seed, fixed, script, csv)
+            for seed in seeds for entry in entries for kind in entry.kinds
+            for mem in ([0] if kind == "baseline" else entry.memory)  # baseline has no memory axis
+            for depth in (entry.depths if entry.depths is not None and kind in TOKEN_KINDS else [None])]
     names = [r.name for r in runs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise GridError(f"the grid names some runs twice (repeated tgt_len or memory?): {', '.join(dup[:3])}")
     return Sweep(name, runs, {k: str(v) for k, v in env.items()}, csv)
+
+
+class Entry(NamedTuple):
+    """One tgt_len entry of a grid, checked, with the top-level axes it inherits filled in."""
+    spec: dict
+    kinds: list[str]
+    memory: list[int] | None
+    curriculum: list[int]
+    flags: list[str]
+    depths: list[int] | None
+    cache: int | None
+
+
+def _entry(e, where: str, kinds: list[str], memory: list[int] | None, fixed: list[str]) -> Entry:
+    e = {"tgt_len": e} if isinstance(e, int) and not isinstance(e, bool) else e
+    if not isinstance(e, dict) or not isinstance(e.get("tgt_len"), int):
+        raise GridError(f"{where} must be an integer or an object with an integer 'tgt_len', got {e!r}")
+    if set(e) - ENTRY_KEYS:
+        raise GridError(f"{where}: unknown keys {', '.join(sorted(set(e) - ENTRY_KEYS))}")
+    e_kinds = _kinds(e["kinds"], f"{where}.kinds") if "kinds" in e else kinds
+    e_memory = _int_list(e["memory"], f"{where}.memory") if "memory" in e else memory
+    if e_memory is None and set(e_kinds) - {"baseline"}:
+        raise GridError(f"{where}: kinds {e_kinds} need memory sizes (here or at the top level)")
+    curriculum = _int_list(e.get("curriculum", []), f"{where}.curriculum", allow_empty=True)
+    extra = _flags(e.get("flags", []), f"{where}.flags")
+    depths = _int_list(e["depth"], f"{where}.depth") if "depth" in e else None
+    if depths is not None and "--mem_backprop_depth" in [*fixed, *extra]:
+        raise GridError(f"{where} has a depth axis and also sets --mem_backprop_depth in flags")
+    cache = e.get("cache")
+    if ("rmt+txl" in e_kinds) != (cache is not None) or not (cache is None or isinstance(cache, int) and cache > 0):
+        raise GridError(f"{where}: kind rmt+txl needs a positive integer 'cache' (its --mem_len), "
+                        f"and 'cache' needs kind rmt+txl; got kinds {e_kinds}, cache {cache!r}")
+    return Entry(e, e_kinds, e_memory, curriculum, extra, depths, cache)
+
+
+def _run(name: str, entry: Entry, kind: str, mem: int, depth: int | None, seed: int, fixed: list[str],
+         script: pathlib.Path, csv: pathlib.Path) -> Run:
+    """One run of the grid: its name and the script command line."""
+    t, cache = entry.spec["tgt_len"], entry.cache
+    run_name = (f"sweep-{name}-{kind}-t{t}-m{mem}" + (f"-c{cache}" if kind == "rmt+txl" else "")
+                + ("" if depth is None else f"-d{depth}") + f"-s{seed}")
+    flags = [*fixed, *entry.flags, "--tgt_len", str(t), "--eval_tgt_len", str(entry.spec.get("eval_tgt_len", t))]
+    if entry.curriculum:
+        flags += ["--curriculum", *map(str, entry.curriculum)]
+    if MEMORY_FLAG[kind]:
+        flags += [MEMORY_FLAG[kind], str(mem)]
+    flags += ["--mem_len", str(cache)] if kind == "rmt+txl" else [] if kind == "txl" else ["--mem_len", "0"]
+    if depth is not None:
+        flags += ["--mem_backprop_depth", str(depth)]
+    flags += ["--seed", str(seed), "--run_name", run_name, "--results_csv", _shown(csv)]
+    return Run(run_name, kind, t, mem, seed, ("bash", _shown(script), "train", *flags))
 
 
 def load_grid(path: str | os.PathLike, results_csv: str | os.PathLike | None = None) -> Sweep:
@@ -253,7 +267,7 @@ def run_sweep(sweep: Sweep, log_dir: pathlib.Path, out=print) -> list[str]:
         with open(log, "w") as f:
             f.write(_command(run, sweep.env) + "\n")
             f.flush()
-            code = subprocess.run(list(run.argv), cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+            code = subprocess.run(list(run.argv), cwd=REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
         durations.append(time.time() - t0)
         eta = _duration(sum(durations) / len(durations) * (len(todo) - i))
         head = f"[{i}/{len(todo)}] {run.name} {_duration(durations[-1])}"
@@ -270,7 +284,7 @@ def run_sweep(sweep: Sweep, log_dir: pathlib.Path, out=print) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rmt.sweep", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m rmt.tools.sweep", description=__doc__.split("\n\n")[0])
     ap.add_argument("grid", help="grid JSON file, from here or the repository root (experiments/grids/copy_cpu.json)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands (and which runs are done), run nothing")
     ap.add_argument("--results", default=None, help="results CSV to write and to skip by (default: the grid's)")
@@ -286,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, AssertionError):
             ap.error(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}")
     grid = pathlib.Path(args.grid)
-    grid = grid if grid.exists() or grid.is_absolute() else ROOT / grid  # also from the repository root
+    grid = grid if grid.exists() or grid.is_absolute() else REPO_ROOT / grid  # also from the repository root
     try:
         sweep = load_grid(grid, args.results and os.path.abspath(args.results))
     except GridError as e:
@@ -301,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# {len(sweep.runs)} runs, {len(done & {r.name for r in sweep.runs})} already in "
               f"{_shown(sweep.results_csv)}")
         return 0
-    log_dir = pathlib.Path(args.log_dir or ROOT / "runs" / "sweeps" / sweep.name)
+    log_dir = pathlib.Path(args.log_dir or REPO_ROOT / "runs" / "sweeps" / sweep.name)
     t0 = time.time()
     try:
         failed = run_sweep(sweep, log_dir)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from .vocab import Vocab
+    from rmt.lm.vocab import Vocab
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Rng = np.random.Generator | torch.Generator

@@ -1,7 +1,11 @@
-"""Evaluate a language-model checkpoint (Transformer-XL or RMT) on valid and/or test.
+"""Evaluate a checkpoint (Transformer-XL or RMT; a language model or an algorithmic task).
 
-    python3 -m rmt.eval --checkpoint runs/<run>/checkpoint_best.pt      # as trained
-    python3 -m rmt.eval --checkpoint runs/<run>/checkpoint_best.pt --protocol txl-long
+    python3 -m rmt.evaluate --checkpoint runs/<run>/checkpoint_best.pt      # as trained
+    python3 -m rmt.evaluate --checkpoint runs/<run>/checkpoint_best.pt --protocol txl-long
+
+A task run's checkpoint is evaluated by its task (`rmt.train --eval_only`: the test split
+whole, with the run's own flags from its config.json; task flags given here win). The rest is
+about language models.
 
 Any of our checkpoints works (checkpoint_best.pt, checkpoint_last.pt). By default a run is
 evaluated the way its own training run tested it (--protocol trained): the segment length is
@@ -23,15 +27,14 @@ import pathlib
 import sys
 import time
 
-from .checkpoint import CheckpointError, load_model, run_config
-from .cli import BOOL
-from .config import ModelConfig
-from .data.corpus import DATASETS
-from .lm import corpus_name, default_data_dir, evaluate_split, load_corpus, metric_name
-from .results import append_result
-from .runtime import REPO_ROOT, Runtime
-from .trainer import result_row
-
+from rmt import REPO_ROOT, train
+from rmt.config import BOOL, ModelConfig
+from rmt.lm.corpus import DATASETS
+from rmt.lm.evaluation import corpus_name, default_data_dir, evaluate_split, load_corpus, metric_name
+from rmt.results import append_result, result_row
+from rmt.tasks.registry import TASK_NAMES
+from rmt.training.checkpoint import CheckpointError, load_model, run_config
+from rmt.training.runtime import Runtime
 
 # Transformer-XL's evaluation of its base recipes: (tgt_len, mem_len, clamp_len), with same_length.
 TXL_LONG_CACHE = {"wt103": (64, 640, 400), "wt2": (64, 640, 400), "ptb": (64, 640, 400),
@@ -40,8 +43,9 @@ PROTOCOLS = ("trained", "txl-long")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rmt.eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="a checkpoint file of ours (e.g. runs/<run>/checkpoint_best.pt)")
+    p = argparse.ArgumentParser(prog="python -m rmt.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", "--eval_checkpoint", dest="checkpoint", required=True,
+                   help="a checkpoint file of ours (e.g. runs/<run>/checkpoint_best.pt)")
     p.add_argument("--dataset", default=None, choices=DATASETS, help="corpus (default: the run's, else wt103)")
     p.add_argument("--data", default=None, help="data directory (default: the run's, else data/<name>)")
     p.add_argument("--split", default="all", choices=["all", "valid", "test"], help="which split(s)")
@@ -69,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 def protocol_lengths(protocol: str, model_cfg: ModelConfig, train_args: dict, dataset: str) -> dict:
     """tgt_len, mem_len, clamp_len, same_length under a protocol, before any explicit override.
 
-    trained: what the training run's final test used (rmt.lm.eval_lengths): segments of its
+    trained: what the training run's final test used (rmt.lm.evaluation.eval_lengths): segments of its
     eval_tgt_len, and a cache lengthened by tgt_len - eval_tgt_len so it spans the training context.
     txl-long: Transformer-XL's base-recipe evaluation for the dataset."""
     if protocol == "txl-long":
@@ -95,12 +99,20 @@ def position_bands(by_position: list[float], unit: str) -> str:
     return f"loss by position ({'bpc' if unit == 'bpc' else 'nats'}) | " + " | ".join(cells)
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.batch_size is not None and args.batch_size <= 0:
-        parser.error(f"--batch_size must be positive, got {args.batch_size}")
-    runtime = Runtime(args.device, args.amp, args.cuda)
+def task_run(argv) -> str | None:
+    """The checkpoint named in `argv` when its run trained an algorithmic task, else None."""
+    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    peek.add_argument("--checkpoint", "--eval_checkpoint", dest="checkpoint")
+    peek.add_argument("--dataset")
+    known = peek.parse_known_args(argv)[0]
+    if not known.checkpoint:
+        return None
+    dataset = known.dataset or run_config(known.checkpoint).get("args", {}).get("dataset")
+    return known.checkpoint if dataset in TASK_NAMES else None
+
+
+def load_for_eval(args, parser, runtime):
+    """The checkpoint's model set to the protocol's lengths; returns (model, cfg, train_args, overridden)."""
     checkpoint = pathlib.Path(args.checkpoint)
     try:
         model, _ = load_model(checkpoint, runtime.device)
@@ -109,23 +121,35 @@ def main(argv=None) -> int:
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a dict of ours, but not a model
         raise SystemExit(f"error: {checkpoint} does not hold a usable model ({type(e).__name__}: {e})")
     train_args = run_config(checkpoint).get("args", {})
-    dataset = args.dataset or train_args.get("dataset") or "wt103"
-    data = args.data or (train_args.get("data") if train_args.get("dataset") == dataset else None) \
-        or default_data_dir(dataset)
-    batch_size = args.batch_size or int(train_args.get("eval_batch_size") or 10)
-
+    args.dataset = args.dataset or train_args.get("dataset") or "wt103"
     explicit = dict(tgt_len=args.tgt_len, ext_len=args.ext_len, mem_len=args.mem_len, clamp_len=args.clamp_len,
                     same_length=args.same_length)
-    overrides = {**protocol_lengths(args.protocol, model.config, train_args, dataset),
-                 **{k: v for k, v in explicit.items() if v is not None}}
+    explicit = {k: v for k, v in explicit.items() if v is not None}
+    overrides = {**protocol_lengths(args.protocol, model.config, train_args, args.dataset), **explicit}
     try:
         cfg = ModelConfig.from_dict({**model.config.to_dict(), **overrides})
     except ValueError as e:
         parser.error(str(e))
     model.reset_length(cfg.tgt_len, cfg.ext_len, cfg.mem_len)
     model.config.clamp_len, model.config.same_length = cfg.clamp_len, cfg.same_length
-    model.to(runtime.device)
+    return model.to(runtime.device), cfg, train_args, bool(explicit)
 
+
+def main(argv=None) -> int:
+    checkpoint = task_run(argv if argv is not None else sys.argv[1:])
+    if checkpoint:  # a task run: its own evaluation, with the task flags (rmt.train --eval_only)
+        rest = task_flags(argv if argv is not None else sys.argv[1:])
+        return train.main(["--eval_only", "--eval_checkpoint", checkpoint, *rest])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch_size is not None and args.batch_size <= 0:
+        parser.error(f"--batch_size must be positive, got {args.batch_size}")
+    runtime = Runtime(args.device, args.amp, args.cuda)
+    model, cfg, train_args, overridden = load_for_eval(args, parser, runtime)
+    checkpoint, dataset = pathlib.Path(args.checkpoint), args.dataset
+    data = args.data or (train_args.get("data") if train_args.get("dataset") == dataset else None) \
+        or default_data_dir(dataset)
+    batch_size = args.batch_size or int(train_args.get("eval_batch_size") or 10)
     corpus = load_corpus(data, dataset)
     name = corpus_name(data, dataset)
     if len(corpus.vocab) != cfg.n_token:
@@ -134,40 +158,55 @@ def main(argv=None) -> int:
     print(f"{checkpoint}: {name} ({data}) | protocol {args.protocol} | tgt_len {cfg.tgt_len} | mem_len {cfg.mem_len} "
           f"| num_mem_tokens {cfg.num_mem_tokens} | clamp_len {cfg.clamp_len} | same_length {cfg.same_length} | "
           f"batch {batch_size} | {runtime.describe()}", flush=True)
-
-    unit = metric_name(dataset)
     # The row describes the trained run plus how it was evaluated; compare lets a re-evaluation under
     # the run's own protocol stand for the run, and keeps any other protocol apart.
-    row_args = argparse.Namespace(**{
-        "scale": "custom", "seed": None, "mem_backprop_depth": None, "batch_size": None, "max_step": None,
-        "lr": None, **train_args, "eval_only": True, "eval_checkpoint": str(checkpoint),
-        "protocol": args.protocol + ("+flags" if any(v is not None for v in explicit.values()) else ""),
-        "eval": vars(args), "tgt_len": train_args.get("tgt_len", model.config.tgt_len), "eval_tgt_len": cfg.tgt_len})
+    flags = {"scale": "custom", **train_args, "eval_only": True, "eval_checkpoint": str(checkpoint),
+             "protocol": args.protocol + ("+flags" if overridden else ""), "eval": vars(args),
+             "tgt_len": train_args.get("tgt_len", model.config.tgt_len), "eval_tgt_len": cfg.tgt_len}
     if args.scale:
-        row_args.scale = args.scale
-    splits = ["valid", "test"] if args.split == "all" else [args.split]
-    for split in splits:
-        t0 = time.time()
-        try:
-            m = evaluate_split(model, corpus, split, batch_size, cfg.tgt_len, cfg.ext_len,
-                               args.max_eval_steps, runtime)
-        except ValueError as e:
-            raise SystemExit(f"error: {e}")
-        elapsed = time.time() - t0
-        print(f"{split:5s} | loss {m['loss']:.4f} | {unit} {m[unit]:.4f} | {m['tokens']:,} tokens | "
-              f"{elapsed / max(m['segments'], 1) * 1000:.1f} ms/segment", flush=True)
-        if args.by_position:
-            print(f"{split:5s} | {position_bands(m['by_position'], unit)}", flush=True)
+        flags["scale"] = args.scale
+    csv = args.results_csv or REPO_ROOT / "experiments" / "results" / "lm.csv"
+    for split in ["valid", "test"] if args.split == "all" else [args.split]:
+        row = evaluate_one(args, model, cfg, corpus, split, batch_size, runtime, flags, name)
         if not args.no_results:
-            csv = args.results_csv or REPO_ROOT / "experiments" / "results" / "lm.csv"
-            metrics = {k: m[k] for k in ("loss", unit)}
-            row = result_row(row_args, cfg, runtime, checkpoint.parent, name, split, None, math.nan,
-                             m["tokens"] / max(elapsed, 1e-9), metric_name=unit, metric_value=m[unit], **metrics)
-            append_result(csv, {**row, "run_id": f"{checkpoint.parent.name}-eval"})
+            append_result(csv, row)
     if not args.no_results:
-        print(f"results rows appended to {args.results_csv or 'experiments/results/lm.csv'}")
+        print(f"results rows appended to {csv}")
     runtime.close()
     return 0
+
+
+def evaluate_one(args, model, cfg, corpus, split: str, batch_size: int, runtime, flags: dict, name: str) -> dict:
+    """Evaluate one split, print it; returns its results row."""
+    unit = metric_name(args.dataset)
+    t0 = time.time()
+    try:
+        m = evaluate_split(model, corpus, split, batch_size, cfg.tgt_len, cfg.ext_len, args.max_eval_steps, runtime)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    elapsed = time.time() - t0
+    print(f"{split:5s} | loss {m['loss']:.4f} | {unit} {m[unit]:.4f} | {m['tokens']:,} tokens | "
+          f"{elapsed / max(m['segments'], 1) * 1000:.1f} ms/segment", flush=True)
+    if args.by_position:
+        print(f"{split:5s} | {position_bands(m['by_position'], unit)}", flush=True)
+    run_dir = pathlib.Path(args.checkpoint).parent
+    row = result_row(flags, cfg, runtime.describe(), run_dir, name, split,
+                     tokens_per_s=m["tokens"] / max(elapsed, 1e-9), peak_mem_mb=runtime.peak_mem_mb(),
+                     metric_name=unit, metric_value=m[unit], loss=m["loss"], **{unit: m[unit]})
+    return {**row, "run_id": f"{run_dir.name}-eval"}
+
+
+def task_flags(argv: list[str]) -> list[str]:
+    """`argv` without its --checkpoint/--eval_checkpoint PATH (given to rmt.train separately)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--checkpoint", "--eval_checkpoint"):
+            skip = True
+        elif not a.startswith(("--checkpoint=", "--eval_checkpoint=")):
+            out.append(a)
+    return out
 
 
 if __name__ == "__main__":

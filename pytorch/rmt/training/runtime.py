@@ -17,8 +17,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-
 
 class Runtime:
     def __init__(self, device: str = "auto", amp: str = "none", cuda_flag: bool = False):

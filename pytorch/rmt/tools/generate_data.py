@@ -2,14 +2,14 @@
 
 Run from the repository root; the split sizes default to the paper's 100,000 / 10,000 / 20,000:
 
-    python3 -m rmt.generate_data copy --out data/copy
-    python3 -m rmt.generate_data reverse --out data/reverse --seed 1
-    python3 -m rmt.generate_data copy120 --out data/copy120        # 8 symbols, L=120
-    python3 -m rmt.generate_data copy --seq_len 48 --num_tokens 10 --task_name copy48 \
+    python3 -m rmt.tools.generate_data copy --out data/copy
+    python3 -m rmt.tools.generate_data reverse --out data/reverse --seed 1
+    python3 -m rmt.tools.generate_data copy120 --out data/copy120        # 8 symbols, L=120
+    python3 -m rmt.tools.generate_data copy --seq_len 48 --num_tokens 10 --task_name copy48 \
         --out data/copy48
-    python3 -m rmt.generate_data retrieval --num_pairs 4 --out data/retrieval
-    python3 -m rmt.generate_data sqeq --task_name sqeq_cd --out data/sqeq
-    python3 -m rmt.generate_data copy --train 1000 --val 100 --test 200 --out /tmp/copy_small
+    python3 -m rmt.tools.generate_data retrieval --num_pairs 4 --out data/retrieval
+    python3 -m rmt.tools.generate_data sqeq --task_name sqeq_cd --out data/sqeq
+    python3 -m rmt.tools.generate_data copy --train 1000 --val 100 --test 200 --out /tmp/copy_small
 
 Writes {out}/{task_name}_{train,val,test}_{X,y}.npy and {out}/{task_name}_meta.json (vocabulary, lengths, seed).
 """
@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rmt.tasks.files import write_dataset
 from rmt.tasks.registry import TASK_NAMES, TASKS, task_spec
+from rmt.tasks.storage import write_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rmt.generate_data", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m rmt.tools.generate_data", description=__doc__.splitlines()[0])
     p.add_argument("task", metavar="TASK", choices=TASK_NAMES, help=f"one of: {', '.join(TASK_NAMES)}")
     p.add_argument("--out", default=None, help="output directory (default: data/<task_name>)")
     p.add_argument("--seed", type=int, default=0, help="seed of the numpy Generator; same seed -> same bytes")

@@ -1,4 +1,4 @@
-"""Recurrent state carried between segments, and how gradients flow through it.
+"""THE segment loop: the recurrent state carried between segments, and how gradients flow through it.
 
 Two things travel from one segment to the next (RMT §3):
 - `mem`: the write-memory outputs (B, M, C), the next segment's memory tokens. None means
@@ -11,9 +11,14 @@ Gradient through memory is controlled by the caller, never by the model:
 - none: `state.detach()` before every segment;
 - truncated to D segments: `forward_with_replay`, which recomputes the last D segments from the
   memory D segments back (the original task scripts' scheme; the LM script meant to do this too).
+
+Two callers: `run_segments` processes the segments of one sample (the algorithmic tasks: fresh
+state per sample), `stream_step` continues B endless rows of a corpus (language modelling: the
+state travels from one optimiser step to the next in a `StreamState`).
 """
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from typing import NamedTuple, Sequence
 
@@ -122,3 +127,84 @@ def run_segments(model, xs, ys, state: MemoryState | None = None, depth: int | N
             history.append(Segment(x, y, inp))
         nlls.append(nll)
     return nlls, state
+
+
+# ---- streams: the state of B corpus rows, carried from one optimiser step to the next -----------
+
+def cat_states(states: list[MemoryState]) -> MemoryState:
+    """Join the row chunks of a batch back into one state (inverse of MemoryState.select)."""
+    if len(states) == 1:
+        return states[0]
+    first = states[0]
+    mem = None if first.mem is None else torch.cat([s.mem for s in states])
+    xl = None if first.xl is None else tuple(torch.cat(parts) for parts in zip(*(s.xl for s in states)))
+    return MemoryState(mem, xl)
+
+
+def row_slices(n_rows: int, n_chunks: int) -> list[slice]:
+    """`n_chunks` contiguous row ranges of sizes as torch.chunk gives them."""
+    sizes = [len(c) for c in torch.arange(n_rows).chunk(n_chunks)]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [slice(s, s + n) for s, n in zip(starts, sizes)]
+
+
+class StreamState:
+    """What travels along the local rows of a corpus stream between steps: the memory state
+    (memory tokens + XL cache, detached) and, for a backprop depth D, the last D segments with
+    their input states, from which the next step recomputes."""
+
+    def __init__(self, depth: int):
+        self.depth = depth
+        self.reset()
+
+    def reset(self) -> None:
+        """Epoch start: learned initial memory, empty cache and history (as the original)."""
+        self.state = MemoryState()
+        self.history: deque[Segment] = deque(maxlen=self.depth)
+
+    def state_dict(self, gather=lambda t: t) -> dict:
+        """Plain tensors (loadable with weights_only); `gather` joins the rows of all ranks."""
+        def pack(s: MemoryState) -> dict:
+            return {"mem": None if s.mem is None else gather(s.mem),
+                    "xl": None if s.xl is None else [gather(t) for t in s.xl]}
+        return {"state": pack(self.state),
+                "history": [{"x": gather(h.x), "y": gather(h.y), "state": pack(h.state)} for h in self.history]}
+
+    def load_state_dict(self, d: dict, rows: slice = slice(None), device="cpu") -> None:
+        """Restore this process's `rows` of a (gathered) state_dict onto `device`."""
+        def unpack(p: dict) -> MemoryState:
+            return MemoryState(p["mem"], None if p["xl"] is None else tuple(p["xl"])).to(device).select(rows)
+        self.state = unpack(d["state"])
+        self.history = deque((Segment(h["x"][rows].to(device), h["y"][rows].to(device), unpack(h["state"]))
+                              for h in d["history"]), maxlen=self.depth)
+
+
+def stream_step(model, stream: StreamState, x: torch.Tensor, y: torch.Tensor, n_chunks: int = 1,
+                bptt_bp: bool = False, backward=lambda loss: loss.backward(),
+                autocast=contextlib.nullcontext) -> torch.Tensor:
+    """Forward and backward of one batch x (B, E+T), y (B, T), continuing `stream`'s rows.
+
+    The gradient is that of the mean NLL per token, accumulated over `n_chunks` row chunks
+    (each with its own rows' memory). With history, each chunk first re-runs the stored
+    segments from the oldest stored memory (`forward_with_replay`), so the loss reaches the
+    memory of len(history) segments ago and nothing older. Returns the detached mean NLL of
+    the current segments; `stream` then holds the new detached state and this segment.
+    """
+    state_in = stream.state.detach()
+    b = x.size(0)
+    new_states, mean_nll = [], torch.zeros((), device=x.device)
+    for rows in row_slices(b, n_chunks):
+        weight = (rows.stop - rows.start) / b  # chunk means, weighted by rows: the batch mean
+        history = [Segment(h.x[rows], h.y[rows], h.state.select(rows)) for h in stream.history]
+        with autocast():
+            nll, state, replay_nll = forward_with_replay(model, x[rows], y[rows], state_in.select(rows), history)
+            loss = nll.float().mean()
+            if bptt_bp:  # the original's --bptt_bp: the re-run segments' losses count too
+                loss = loss + sum(r.float().mean() for r in replay_nll)
+        backward(loss * weight)
+        mean_nll = mean_nll + nll.detach().float().mean() * weight
+        new_states.append(state.detach())
+    if stream.depth:
+        stream.history.append(Segment(x, y, state_in))
+    stream.state = cat_states(new_states)
+    return mean_nll

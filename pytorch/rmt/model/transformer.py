@@ -15,11 +15,17 @@ import functools
 import torch
 from torch import nn
 
-from .adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
-from .config import ModelConfig
-from .layers import (AbsoluteAttention, DecoderLayer, FlexMask, PositionalEmbedding, PositionwiseFF,
-                     RelPartialLearnableAttention)
-from .memory import MemoryState
+from rmt.config import ModelConfig
+from rmt.model.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
+from rmt.model.layers import (
+    AbsoluteAttention,
+    DecoderLayer,
+    FlexMask,
+    PositionalEmbedding,
+    PositionwiseFF,
+    RelPartialLearnableAttention,
+)
+from rmt.model.recurrence import MemoryState
 
 
 @functools.lru_cache(maxsize=64)

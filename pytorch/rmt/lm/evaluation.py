@@ -1,4 +1,4 @@
-"""Language-model pieces shared by `rmt.train` and `rmt.eval`: where the corpora live, the
+"""Language-model pieces shared by `rmt.train` and `rmt.evaluate`: where the corpora live, the
 adaptive-softmax settings, and THE evaluation loop.
 
 Evaluation follows the original `evaluate`: a fresh pass over the split from
@@ -15,10 +15,10 @@ import pathlib
 
 import torch
 
-from .data.corpus import Corpus, get_lm_corpus
-from .data.prepare import read_meta
-from .memory import MemoryState
-from .runtime import REPO_ROOT
+from rmt import REPO_ROOT
+from rmt.lm.corpus import Corpus, get_lm_corpus
+from rmt.lm.prepare import read_meta
+from rmt.model.recurrence import MemoryState
 
 DATA_DIRS = {"wt103": "wikitext-103", "wt2": "wikitext-2", "ptb": "penn", "enwik8": "enwik8", "text8": "text8",
              "lm1b": "one-billion-words"}  # getdata.sh layout under data/

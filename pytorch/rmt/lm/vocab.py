@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from rmt.atomic import atomic_write
+
 EOS = "<eos>"
 DOUBLE_EOS = "<S>"  # lm1b marks both ends of a sentence with the same symbol
 UNK_SYMBOLS = ("<unk>", "<UNK>")
@@ -146,8 +148,8 @@ class Vocab:
 
     def to_file(self, path: str | os.PathLike) -> None:
         """Write the symbols in id order, one per line (tokens never contain whitespace)."""
-        with open(path, "w", encoding="utf-8", newline="\n") as f:
-            f.writelines(sym + "\n" for sym in self.idx2sym)
+        atomic_write(path, lambda f: f.writelines(sym + "\n" for sym in self.idx2sym), text=True,
+                     encoding="utf-8", newline="\n")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, special: Iterable[str] = (),

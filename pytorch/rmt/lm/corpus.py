@@ -13,17 +13,15 @@ from __future__ import annotations
 import glob
 import json
 import os
-import tempfile
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO
 
 import numpy as np
 import torch
 
-from .iterators import LMMultiFileIterator, LMOrderedIterator, LMShuffledIterator
-from .vocab import Vocab
+from rmt.atomic import atomic_write
+from rmt.lm.iterators import LMMultiFileIterator, LMOrderedIterator, LMShuffledIterator
+from rmt.lm.vocab import Vocab
 
 DATASETS = ("wt103", "wt2", "ptb", "enwik8", "text8", "lm1b")
 CACHE_FORMAT_VERSION = 1
@@ -169,20 +167,6 @@ def _build(data_dir: str, dataset: str, sources: dict[str, str]) -> Corpus:
 
 # ---- cache ----
 
-def _atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Write a temp file in the same directory, then os.replace: no reader sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a shared data dir needs readable caches
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _save_cache(cache_dir: str, corpus: Corpus, stats: dict[str, dict[str, int]]) -> None:
     os.makedirs(cache_dir, exist_ok=True)
     meta_path = os.path.join(cache_dir, "meta.json")
@@ -192,13 +176,13 @@ def _save_cache(cache_dir: str, corpus: Corpus, stats: dict[str, dict[str, int]]
     if isinstance(corpus.train, torch.Tensor):
         tensors["train"] = corpus.train
     tensors.update({f"{k}_lengths": v for k, v in corpus.sentence_lengths.items()})
-    _atomic_write(os.path.join(cache_dir, "data.pt"), lambda f: torch.save(tensors, f))
+    atomic_write(os.path.join(cache_dir, "data.pt"), lambda f: torch.save(tensors, f))
     vocab_text = "".join(sym + "\n" for sym in corpus.vocab.idx2sym).encode("utf-8")
-    _atomic_write(os.path.join(cache_dir, "vocab.txt"), lambda f: f.write(vocab_text))
+    atomic_write(os.path.join(cache_dir, "vocab.txt"), lambda f: f.write(vocab_text))
     meta = {"dataset": corpus.dataset, "format_version": CACHE_FORMAT_VERSION,
             "vocab_size": len(corpus.vocab), "sources": stats}
     meta_bytes = json.dumps(meta, indent=1, sort_keys=True).encode("utf-8")
-    _atomic_write(meta_path, lambda f: f.write(meta_bytes))
+    atomic_write(meta_path, lambda f: f.write(meta_bytes))
 
 
 def _load_cache(cache_dir: str, dataset: str,

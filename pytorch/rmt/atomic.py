@@ -1,0 +1,30 @@
+"""THE atomic file writer: a reader never sees half a file, and an interrupted write leaves the
+old file in place."""
+from __future__ import annotations
+
+import os
+import pathlib
+import uuid
+from typing import IO, Callable
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], text: bool = False, **open_kwargs) -> None:
+    """Call write(file) on a temporary file beside `path`, then rename it over `path`.
+
+    The temporary name is unique and in the same directory, so the rename is atomic on one file
+    system; it is opened with "x" rather than by mkstemp so that it gets the usual umask
+    permissions (mkstemp makes 0600, unreadable in a shared data directory). `text` opens it in
+    text mode (with `open_kwargs` such as encoding and newline), else binary.
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "x" if text else "xb", **open_kwargs) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

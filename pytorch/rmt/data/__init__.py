@@ -1,1 +1,0 @@
-"""Language-model corpora: vocabularies, cached encoded splits, ordered stream iterators."""

@@ -1,0 +1,1 @@
+"""Language modelling: corpora, vocabularies, ordered stream iterators, corpus preparation, and evaluation."""

@@ -1,0 +1,147 @@
+"""The PNG plots of rmt.tools.compare: ours beside the paper's, per task and per LM corpus."""
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pandas as pd
+
+from rmt.tools.lm_corpora import other_corpus_groups, other_corpus_rows
+from rmt.tools.report import KIND_COLOR, SCALE_LABEL, normalise, recipe, values_of
+
+
+def _series(ax, df: pd.DataFrame, x: str, label: str, color: str, paper: bool) -> None:
+    """One line: paper dashed, ours solid with std error bars (df has x, mean, std)."""
+    df = df.sort_values(x)
+    if df.empty:
+        return
+    if paper:
+        ax.plot(df[x], df["mean"], "o--", color=color, label=label, alpha=0.8)
+    else:
+        ax.errorbar(df[x], df["mean"], yerr=df["std"].fillna(0), fmt="s-", color=color, label=label, capsize=3)
+
+
+def _agg(values: pd.Series, keys: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std of `values` grouped by the columns of `keys`."""
+    d = keys.assign(v=values.astype(float)).dropna(subset=["v"])
+    return d.groupby(list(keys.columns), as_index=False)["v"].agg(mean="mean", std="std")
+
+
+def plotted_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs one model's curve shows, per (scale, number of segments): the smallest memory we ran
+    there (the tightest equal-memory comparison), and of those one recipe (steps, init, curriculum):
+    the one that covers the most points of the curve, so that a line is one recipe where it can be
+    (a recipe tried at one point only does not break it), then the newest, i.e. the current preset
+    rather than an earlier one. The table lists them all."""
+    runs = runs.assign(mem=runs["mem_len"] + runs["num_mem_tokens"])
+    point = ["scale", "n_segments"]
+    runs = runs[runs["mem"] == runs.groupby(point)["mem"].transform("min")]
+    runs = runs.assign(recipe=[recipe(r) for r in runs.itertuples()]).sort_values("date", kind="stable")
+    runs = runs.assign(reach=runs.groupby(["scale", "recipe"])["n_segments"].transform("nunique"))
+    runs = runs.sort_values("reach", kind="stable")  # stable: the newest last among equal reach
+    return runs[runs["recipe"] == runs.groupby(point)["recipe"].transform("last")].drop(columns="reach")
+
+
+def make_plots(paper: pd.DataFrame, ours: pd.DataFrame, out_dir: str | pathlib.Path) -> list[pathlib.Path]:
+    """Accuracy vs segments for copy/reverse/retrieval and LM metric vs memory size; returns the PNGs."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ours = normalise(ours)
+    figures = [(f"synthetic_{task}.png", _task_figure(plt, paper, ours, task))
+               for task in ("copy", "reverse", "retrieval")]
+    figures += [(f"lm_{dataset}.png", _lm_figure(plt, paper, ours, dataset, metric))
+                for dataset, metric in (("wt103", "ppl"), ("enwik8", "bpc"))]
+    groups = other_corpus_groups(paper, other_corpus_rows(paper, ours))
+    for (task, tgt_len, scale), g in (groups.groupby(["task", "tgt_len", "scale"], sort=True) if len(groups) else []):
+        figures.append((f"lm_{task}_t{int(tgt_len)}_{scale}.png",
+                        _other_corpus_figure(plt, paper, g, task, tgt_len, scale)))
+    paths = []
+    for name, fig in figures:
+        paths.append(out_dir / name)
+        fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
+        plt.close(fig)
+    return paths
+
+
+def _task_figure(plt, paper: pd.DataFrame, ours: pd.DataFrame, task: str):
+    p = paper[(paper["table"] == "synthetic") & (paper["task"] == task)].copy()
+    answer = p["answer_size"].iloc[0]
+    o = ours[ours["task_base"] == task].copy()  # resized (CPU-preset) variants included
+    o["n_segments"] = o["n_segments"].fillna(np.ceil(p["sample_len"].iloc[0] / o["tgt_len"]))
+    greedy = values_of(o, "acc_greedy", "acc_greedy").where(o["tgt_len"] <= answer)
+    o["acc"] = greedy.fillna(values_of(o, "acc_tf", "acc_tf")).fillna(values_of(o, "acc", "acc"))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind, color in KIND_COLOR.items():
+        pk = p[p["model_kind"] == kind].assign(mem=p["mem_len"] + p["num_mem_tokens"], mean=p["value"])
+        pk = pk.dropna(subset=["mean"]).sort_values("mem").drop_duplicates("n_segments", keep="last")
+        _series(ax, pk, "n_segments", f"{kind} paper", color, paper=True)
+        ok = plotted_runs(o[o["model_kind"] == kind])
+        for scale, g in _agg(ok["acc"], ok[["scale", "n_segments"]]).groupby("scale"):
+            _series(ax, g, "n_segments", f"{kind} ours ({SCALE_LABEL.get(scale, scale)})", color, paper=False)
+    ax.set(xlabel="number of segments", ylabel="accuracy", title=f"{task}: accuracy vs segments", ylim=(0, 1.05))
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _lm_figure(plt, paper: pd.DataFrame, ours: pd.DataFrame, dataset: str, metric: str):
+    p = paper[(paper["table"] == "lm") & (paper["task"] == dataset)]
+    o = ours[ours["task"] == dataset].copy()
+    o["v"] = values_of(o, metric, metric)
+    lens = sorted(set(p["tgt_len"].dropna()) | set(o.dropna(subset=["v"])["tgt_len"].dropna()))
+    fig, axes = plt.subplots(1, len(lens), figsize=(5 * len(lens), 4), squeeze=False)
+    for ax, tgt in zip(axes[0], lens):
+        for kind, color in KIND_COLOR.items():  # x = mem_len for txl, M for rmt, 0 for baseline
+            pk = p[(p["tgt_len"] == tgt) & (p["model_kind"] == kind)]
+            pk = pk.assign(mem=pk["mem_len"] + pk["num_mem_tokens"].fillna(0), mean=pk["value"])
+            _series(ax, pk.groupby("mem", as_index=False)["mean"].min(), "mem", f"{kind} paper", color, True)
+            if kind == "baseline" and len(pk):  # no memory: a level to compare the curves with
+                ax.axhline(pk["mean"].iloc[0], ls=":", color=color, lw=1)
+            ok = o[(o["tgt_len"] == tgt) & (o["model_kind"] == kind)]
+            ok = _agg(ok["v"], ok[["scale", "mem_backprop_depth"]].assign(mem=ok["mem_len"] + ok["num_mem_tokens"]))
+            ok = ok.sort_values("mean").drop_duplicates(["scale", "mem"])  # best over mem_backprop_depth
+            for scale, g in ok.groupby("scale"):
+                _series(ax, g, "mem", f"{kind} ours ({SCALE_LABEL.get(scale, scale)})", color, False)
+        ax.set(xlabel="memory size (mem_len or num_mem_tokens)", ylabel=metric,
+               title=f"{dataset} tgt_len {int(tgt)} (rmt: best bpd)")
+        ax.legend(fontsize=7)
+    return fig
+
+
+def _other_corpus_figure(plt, paper: pd.DataFrame, g: pd.DataFrame, task: str, tgt_len: float, scale: str):
+    """Ours on a corpus of our own beside the paper's same-level corpus, in two panels."""
+    metric, analogue, paper_len = g["metric"].iloc[0], g["paper_task"].iloc[0], g["paper_tgt_len"].iloc[0]
+    p = paper[(paper["table"] == "lm") & (paper["task"] == analogue) & (paper["tgt_len"] == paper_len)]
+    p = p.assign(mean=p["value"], std=np.nan, num_mem_tokens=p["num_mem_tokens"].fillna(0),
+                 mem_backprop_depth=p["mem_backprop_depth"].fillna(0))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    _lm_panel(axes[0], g, f"ours: {task}, tgt_len {int(tgt_len)} ({SCALE_LABEL.get(scale, scale)})", metric)
+    reach = max(g["mem_len"].max(), g["num_mem_tokens"].max())  # the paper's curve over the sizes we ran
+    shown = p["model_kind"].isin(g["model_kind"]) & (p["mem_len"] <= reach) & (p["num_mem_tokens"] <= reach)
+    _lm_panel(axes[1], p[shown], f"paper: {analogue}, tgt_len {int(paper_len)} (another corpus and scale)", metric)
+    return fig
+
+
+def _lm_panel(ax, df: pd.DataFrame, title: str, metric: str) -> None:
+    """Metric against memory size: a line per kind and BPTT depth, the baseline as a level."""
+    styles = {0: "s-", 1: "^-", 2: "o-", 3: "v-", 4: "D-"}
+    for (kind, depth), g in df.groupby(["model_kind", "mem_backprop_depth"], sort=True):
+        color = KIND_COLOR.get(kind, "tab:purple")
+        if kind == "baseline":
+            ax.axhline(g["mean"].iloc[0], ls=":", color=color, label="baseline")
+            continue
+        mem = g["mem_len"] if kind == "txl" else g["num_mem_tokens"]
+        label = kind if kind == "txl" else f"{kind} bpd {int(depth)}"
+        if kind == "rmt+txl":
+            label += f" (cache {', '.join(str(int(v)) for v in sorted(set(g['mem_len'])))})"
+        g = g.assign(mem=mem).sort_values("mem")
+        ax.errorbar(g["mem"], g["mean"], yerr=g["std"].fillna(0), fmt=styles.get(int(depth), "x-"), color=color,
+                    label=label, capsize=3, alpha=0.9 if kind != "rmt+txl" else 0.6)
+    ax.set(xlabel="memory size (mem_len for txl, memory tokens otherwise)", ylabel=metric, title=title)
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7)
+
+
