@@ -133,7 +133,8 @@ def main(argv=None) -> int:
         test = family.test(model)
         if test.note:
             logger.log(test.note)
-        logger.log("test | " + " | ".join(f"{k} {v:.4f}" for k, v in test.metrics.items()))
+        logger.log("test | " + " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in test.metrics.items()))
         if not args.no_results:
             write_results(args, family, test, model, runtime, run_dir, trainer, train_time, logger.log)
     runtime.barrier()
