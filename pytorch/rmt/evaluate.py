@@ -99,16 +99,17 @@ def position_bands(by_position: list[float], unit: str) -> str:
     return f"loss by position ({'bpc' if unit == 'bpc' else 'nats'}) | " + " | ".join(cells)
 
 
-def task_run(argv) -> str | None:
-    """The checkpoint named in `argv` when its run trained an algorithmic task, else None."""
+def task_run(argv) -> tuple[str, list[str]] | None:
+    """(checkpoint, the other flags) when `argv` names the checkpoint of a task run, else None."""
     peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     peek.add_argument("--checkpoint", "--eval_checkpoint", dest="checkpoint")
-    peek.add_argument("--dataset")
-    known = peek.parse_known_args(argv)[0]
+    known, rest = peek.parse_known_args(argv)
     if not known.checkpoint:
         return None
-    dataset = known.dataset or run_config(known.checkpoint).get("args", {}).get("dataset")
-    return known.checkpoint if dataset in TASK_NAMES else None
+    given = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    given.add_argument("--dataset")  # kept in `rest`: the task evaluation reads it too
+    dataset = given.parse_known_args(rest)[0].dataset or run_config(known.checkpoint).get("args", {}).get("dataset")
+    return (known.checkpoint, rest) if dataset in TASK_NAMES else None
 
 
 def load_for_eval(args, parser, runtime):
@@ -136,9 +137,9 @@ def load_for_eval(args, parser, runtime):
 
 
 def main(argv=None) -> int:
-    checkpoint = task_run(argv if argv is not None else sys.argv[1:])
-    if checkpoint:  # a task run: its own evaluation, with the task flags (rmt.train --eval_only)
-        rest = task_flags(argv if argv is not None else sys.argv[1:])
+    task = task_run(sys.argv[1:] if argv is None else argv)
+    if task:  # a task run: its own evaluation, with the task flags (rmt.train --eval_only)
+        checkpoint, rest = task
         return train.main(["--eval_only", "--eval_checkpoint", checkpoint, *rest])
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -194,19 +195,6 @@ def evaluate_one(args, model, cfg, corpus, split: str, batch_size: int, runtime,
                      tokens_per_s=m["tokens"] / max(elapsed, 1e-9), peak_mem_mb=runtime.peak_mem_mb(),
                      metric_name=unit, metric_value=m[unit], loss=m["loss"], **{unit: m[unit]})
     return {**row, "run_id": f"{run_dir.name}-eval"}
-
-
-def task_flags(argv: list[str]) -> list[str]:
-    """`argv` without its --checkpoint/--eval_checkpoint PATH (given to rmt.train separately)."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a in ("--checkpoint", "--eval_checkpoint"):
-            skip = True
-        elif not a.startswith(("--checkpoint=", "--eval_checkpoint=")):
-            out.append(a)
-    return out
 
 
 if __name__ == "__main__":
