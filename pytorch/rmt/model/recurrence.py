@@ -129,6 +129,48 @@ def run_segments(model, xs, ys, state: MemoryState | None = None, depth: int | N
     return nlls, state
 
 
+class Scored(NamedTuple):
+    loss: torch.Tensor  # () mean NLL over the scored tokens
+    nll: torch.Tensor  # (B, N - 1) per-token NLL of tokens[:, 1:]; 0 where not scored
+    state: MemoryState  # the state after the last segment
+    n_tokens: torch.Tensor  # () how many tokens were scored
+
+
+def score(model, tokens: torch.Tensor, segment_len: int, state: MemoryState | None = None,
+          depth: int | None = None, recompute: bool = False, loss_mask: torch.Tensor | None = None,
+          lengths: torch.Tensor | None = None) -> Scored:
+    """Language-model loss of whole sequences of any length, in one call.
+
+    tokens (B, N): every row predicts tokens[:, 1:] from what precedes them. The N - 1 inputs are
+    cut into segments of `segment_len` (the last padded with 0 to full length, so memory sees the
+    segment shape it was trained on) and run through `run_segments` with memory and XL cache
+    carried, under the gradient policy `depth` (None full BPTT, 0 detached, D truncated) and
+    optional recomputation. Scored are the real targets: those before `lengths` (B,) per row
+    (padding after them is ignored) and where `loss_mask` (B, N - 1) is true. Padding never
+    changes a real token's NLL (attention is causal); it does reach the memory written by the
+    segment that holds it, so `state` after a padded row is not the state of the unpadded row.
+    """
+    if tokens.dim() != 2 or tokens.size(1) < 2:
+        raise ValueError(f"tokens must be (batch, length >= 2), got shape {tuple(tokens.shape)}")
+    if segment_len <= 0:
+        raise ValueError(f"segment_len must be positive, got {segment_len}")
+    b, n = tokens.size(0), tokens.size(1) - 1
+    n_seg = -(-n // segment_len)
+    pad = n_seg * segment_len - n
+    x = torch.nn.functional.pad(tokens[:, :-1], (0, pad))
+    y = torch.nn.functional.pad(tokens[:, 1:], (0, pad))
+    scored = torch.ones(b, n, dtype=torch.bool, device=tokens.device)
+    if lengths is not None:
+        scored &= torch.arange(1, n + 1, device=tokens.device) < lengths.to(tokens.device).view(-1, 1)
+    if loss_mask is not None:
+        scored &= loss_mask.to(device=tokens.device, dtype=torch.bool)
+    nlls, state = run_segments(model, x.split(segment_len, dim=1), y.split(segment_len, dim=1), state, depth,
+                               recompute)
+    nll = torch.where(scored, torch.cat(nlls, dim=1)[:, :n].float(), 0.0)
+    count = scored.sum()
+    return Scored(nll.sum() / count.clamp(min=1), nll, state, count)
+
+
 # ---- streams: the state of B corpus rows, carried from one optimiser step to the next -----------
 
 def cat_states(states: list[MemoryState]) -> MemoryState:
