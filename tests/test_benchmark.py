@@ -57,3 +57,9 @@ def test_bptt_and_stream_rows(tmp_path):
     assert len(rows) == 4 and set(rows.recompute) == {True, False} and (rows.time_s > 0).all()
     rows = bench(tmp_path, "stream", "--tokens", "512", "2048", "--batch", "2")
     assert list(rows.tokens) == [512, 2048] and (rows.us_per_token > 0).all()
+
+
+def test_generation_rows(tmp_path):
+    rows = bench(tmp_path, "generation", "--tokens", "40")
+    assert list(rows.impl) == ["ours-cache", "ours-reencode"] and (rows.tok_s > 0).all()
+    assert rows.cache_speedup.iloc[1] > 0 and list(rows.tokens) == [40, 40]

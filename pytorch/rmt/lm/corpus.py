@@ -111,6 +111,22 @@ def get_lm_corpus(data_dir: str | os.PathLike, dataset: str) -> Corpus:
 
 # ---- sources ----
 
+def load_vocab(data_dir: str | os.PathLike, dataset: str) -> Vocab:
+    """The corpus's vocabulary: read from its cache when one was built, else by building the corpus."""
+    cache_dir = os.path.join(data_dir, "cache")
+    rules = RULES[dataset]
+    try:
+        with open(os.path.join(cache_dir, "meta.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        if meta.get("dataset") == dataset and meta.get("format_version") == CACHE_FORMAT_VERSION:
+            vocab = Vocab.from_file(os.path.join(cache_dir, "vocab.txt"), rules.special, rules.lower_case)
+            if len(vocab) == meta.get("vocab_size"):
+                return vocab
+    except (OSError, ValueError, AttributeError):  # no cache, or not ours: build the corpus
+        pass
+    return get_lm_corpus(str(data_dir), dataset).vocab
+
+
 def _missing(what: str, data_dir: str) -> FileNotFoundError:
     return FileNotFoundError(f"no {what} in {data_dir}; run getdata.sh (see README)")
 

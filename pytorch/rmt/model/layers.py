@@ -99,9 +99,13 @@ class _Attention(nn.Module):
         self.pre_lnorm = pre_lnorm
         self.scale = d_head**-0.5
 
-    def _attend(self, h, score, mask, v):
-        """score (B, H, Q, K) before scaling, v (B, K, H, D) -> the block's output (B, Q, C)."""
-        prob = self.dropatt(_masked_softmax(score * self.scale, mask))
+    def _attend(self, h, score, mask, v, probs: list | None = None):
+        """score (B, H, Q, K) before scaling, v (B, K, H, D) -> the block's output (B, Q, C).
+        probs: a list that receives the attention probabilities (before attention dropout)."""
+        prob = _masked_softmax(score * self.scale, mask)
+        if probs is not None:
+            probs.append(prob.detach())
+        prob = self.dropatt(prob)
         vec = torch.einsum("bhqk,bkhd->bqhd", prob, v).reshape(h.size(0), h.size(1), -1)  # (B, Q, H*D)
         return self._output(h, vec)
 
@@ -144,23 +148,35 @@ class RelPartialLearnableAttention(_Attention):
         self.qkv_net = nn.Linear(d_model, 3 * n_head * d_head, bias=False)
         self.r_net = nn.Linear(d_model, n_head * d_head, bias=False)
 
-    def forward(self, h, r, r_w_bias, r_r_bias, mask, cache=None):
+    def forward(self, h, r, r_w_bias, r_r_bias, mask, cache=None, probs: list | None = None):
         """h (B, Q, C); r (K, C) positional embeddings for distances K-1..0; mask (Q, K) True = blocked
-        (for impl "flex" its FlexMask)."""
-        b, q_len, _ = h.shape
+        (for impl "flex" its FlexMask). probs: collect the probabilities (eager path)."""
+        q_len = h.size(1)
         cat = h if cache is None else torch.cat([cache, h], dim=1)  # (B, K, C)
-        k_len = cat.size(1)
-        heads = self.qkv_net(self.layer_norm(cat) if self.pre_lnorm else cat)
-        q, k, v = heads.view(b, k_len, 3, self.n_head, self.d_head).unbind(2)  # (B, K, H, D) each
+        q, k, v = self.project(cat)  # (B, K, H, D) each
         q = q[:, -q_len:]  # (B, Q, H, D)
-        r_k = self.r_net(r).view(k_len, self.n_head, self.d_head)  # (K, H, D)
+        r_k = self.r_net(r).view(cat.size(1), self.n_head, self.d_head)  # (K, H, D)
         bd = torch.einsum("bqhd,khd->bhqk", q + r_r_bias, r_k)  # position terms (b) + (d), unshifted
-        if self.impl == "flex":
+        if self.impl == "flex" and probs is None:
             return self._attend_flex(h, q + r_w_bias, k, v, bd, mask)
         bd = rel_shift(bd)
-        if self.impl == "fused":
+        if self.impl == "fused" and probs is None:
             return self._attend_fused(h, q + r_w_bias, k, v, bd, mask)
         ac = torch.einsum("bqhd,bkhd->bhqk", q + r_w_bias, k)  # content terms (a) + (c)
+        return self._attend(h, ac + bd, mask, v, probs)
+
+    def project(self, h):
+        """h (B, L, C) -> q, k, v (B, L, H, D): per position, so keys and values can be cached."""
+        b, n, _ = h.shape
+        heads = self.qkv_net(self.layer_norm(h) if self.pre_lnorm else h)
+        return heads.view(b, n, 3, self.n_head, self.d_head).unbind(2)
+
+    def step(self, h, q, k, v, mask, r_k, r_w_bias, r_r_bias):
+        """One new position (incremental decoding): h (B, 1, C) and its query q (B, 1, H, D); k, v
+        (B, K, H, D) every key up to and including it; r_k (K, H, D) the projected positions of
+        distances K-1..0, so no relative shift is needed; mask (1, K)."""
+        ac = torch.einsum("bqhd,bkhd->bhqk", q + r_w_bias, k)
+        bd = torch.einsum("bqhd,khd->bhqk", q + r_r_bias, r_k)
         return self._attend(h, ac + bd, mask, v)
 
 
@@ -172,13 +188,25 @@ class AbsoluteAttention(_Attention):
         self.q_net = nn.Linear(d_model, n_head * d_head, bias=False)
         self.kv_net = nn.Linear(d_model, 2 * n_head * d_head, bias=False)
 
-    def forward(self, h, mask, cache=None):
-        b, q_len, _ = h.shape
+    def forward(self, h, mask, cache=None, probs: list | None = None):
         cat = h if cache is None else torch.cat([cache, h], dim=1)  # (B, K, C)
-        k_len = cat.size(1)
-        q = self.q_net(h).view(b, q_len, self.n_head, self.d_head)  # the original projects un-normed h
-        kv = self.kv_net(self.layer_norm(cat) if self.pre_lnorm else cat)
-        k, v = kv.view(b, k_len, 2, self.n_head, self.d_head).unbind(2)  # (B, K, H, D)
+        q = self._query(h)
+        k, v = self._keys_values(cat)
+        return self._attend(h, torch.einsum("bqhd,bkhd->bhqk", q, k), mask, v, probs)
+
+    def _query(self, h):
+        return self.q_net(h).view(*h.shape[:2], self.n_head, self.d_head)  # the original projects un-normed h
+
+    def _keys_values(self, h):
+        kv = self.kv_net(self.layer_norm(h) if self.pre_lnorm else h)
+        return kv.view(*h.shape[:2], 2, self.n_head, self.d_head).unbind(2)  # (B, L, H, D) each
+
+    def project(self, h):
+        """h (B, L, C) -> q, k, v (B, L, H, D): per position, so keys and values can be cached."""
+        return (self._query(h), *self._keys_values(h))
+
+    def step(self, h, q, k, v, mask, *_):
+        """One new position: as RelPartialLearnableAttention.step (positions are in the input here)."""
         return self._attend(h, torch.einsum("bqhd,bkhd->bhqk", q, k), mask, v)
 
 

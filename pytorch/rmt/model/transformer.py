@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from rmt.config import ModelConfig
+from rmt.model import generation
 from rmt.model.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
 from rmt.model.layers import (
     AbsoluteAttention,
@@ -132,62 +133,87 @@ class MemTransformerLM(nn.Module):
 
     # ---- one segment ------------------------------------------------------------------------
 
-    def encode(self, x: torch.Tensor, state: MemoryState | None = None):
-        """x (B, T) -> token hidden states (B, T, C) after the final dropout, and the new state."""
+    def encode(self, x: torch.Tensor, state: MemoryState | None = None, return_attention: bool = False):
+        """x (B, T) -> token hidden states (B, T, C) after the final dropout, and the new state.
+
+        return_attention: also return each layer's attention probabilities (B, H, Q, K) over
+        [XL cache | read memory | tokens | write memory], computed by the eager path whatever
+        attn_impl is (nothing is kept when not asked for).
+        """
         cfg = self.config
         state = MemoryState() if state is None else state
-        b, t = x.shape
         m = cfg.num_mem_tokens
-        emb = self.word_emb(x)  # (B, T, C)
-        mem = state.mem
-        if m:
-            mem = (self.initial_memory(b) if mem is None else mem).to(emb.dtype)
-            parts = [mem, emb, mem] if cfg.mem_at_end else [mem, emb]  # the same memory in both slots
-            h = torch.cat(parts, dim=1)  # (B, Q, C)
-        else:
-            h = emb
+        h = self.segment_input(x, state.mem)
         cache = state.xl if cfg.mem_len > 0 else None
         mlen = cache[0].size(1) if cache else 0
-        q_len = h.size(1)
-        k_len = mlen + q_len
-        masking = flex_mask if cfg.attn_impl == "flex" and cfg.attn_type == 0 else build_attn_mask
-        mask = masking(t, m, mlen, mem_at_end=cfg.mem_at_end, read_mem_from_cache=cfg.read_mem_from_cache,
-                       same_length=cfg.same_length, mem_len=cfg.mem_len, device=x.device)
+        mask = self.segment_mask(x.size(1), mlen, x.device, flex=not return_attention)
+        maps = [] if return_attention else None
+        hids = self.run_layers(h, cache, mask, maps)
+        core = self.drop(hids[-1])  # final dropout, also on the write outputs that become memory
 
-        # Distances K-1 .. 0: memory tokens occupy positions like any other token.
-        pos_seq = torch.arange(k_len - 1, -1, -1.0, device=x.device, dtype=h.dtype)
-        if cfg.clamp_len > 0:
-            pos_seq = pos_seq.clamp(max=cfg.clamp_len)
-        pos_emb = self.pos_emb(pos_seq)  # (K, C)
-        if cfg.attn_type == 0:
+        new_xl = self._update_cache(hids, cache, mlen, h.size(1)) if cfg.mem_len > 0 else None
+        if not m:
+            tokens, new_state = core, MemoryState(None, new_xl)
+        elif cfg.mem_at_end:
+            # A compact copy: a view would keep the whole (B, Q, C) output alive as long as the state
+            # lives, which is every segment's output under recomputed BPTT and across LM steps.
+            tokens, new_state = core[:, m:-m], MemoryState(core[:, -m:].contiguous(), new_xl)
+        else:
+            # Start-only memory: the read outputs never see the segment, so nothing is written.
+            tokens, new_state = core[:, m:], MemoryState(core[:, :m].contiguous(), new_xl)
+        return (tokens, new_state, maps) if return_attention else (tokens, new_state)
+
+    # ---- the pieces of a segment, shared by encode and incremental decoding (model.generation) ----
+
+    def segment_input(self, x: torch.Tensor, mem: torch.Tensor | None) -> torch.Tensor:
+        """Embedded [read memory | tokens | write memory] (B, Q, C); the same memory in both slots."""
+        emb = self.word_emb(x)  # (B, T, C)
+        m = self.config.num_mem_tokens
+        if not m:
+            return emb
+        mem = (self.initial_memory(x.size(0)) if mem is None else mem).to(emb.dtype)
+        return torch.cat([mem, emb, mem] if self.config.mem_at_end else [mem, emb], dim=1)
+
+    def segment_mask(self, n_tokens: int, mlen: int, device, flex: bool = True):
+        """The (Q, K) mask of a segment of n_tokens after mlen cached positions (a FlexMask for
+        attn_impl flex unless flex=False)."""
+        cfg = self.config
+        masking = flex_mask if flex and cfg.attn_impl == "flex" and cfg.attn_type == 0 else build_attn_mask
+        return masking(n_tokens, cfg.num_mem_tokens, mlen, mem_at_end=cfg.mem_at_end,
+                       read_mem_from_cache=cfg.read_mem_from_cache, same_length=cfg.same_length,
+                       mem_len=cfg.mem_len, device=device)
+
+    def positions(self, k_len: int, device, dtype) -> torch.Tensor:
+        """Sinusoids (K, C) for distances K-1 .. 0: memory tokens occupy positions like any other token."""
+        pos_seq = torch.arange(k_len - 1, -1, -1.0, device=device, dtype=dtype)
+        if self.config.clamp_len > 0:
+            pos_seq = pos_seq.clamp(max=self.config.clamp_len)
+        return self.pos_emb(pos_seq)
+
+    def run_layers(self, h: torch.Tensor, cache, mask, maps: list | None = None) -> list[torch.Tensor]:
+        """h (B, Q, C) -> the input of every layer and the last output, n_layer + 1 of (B, Q, C),
+        before the final dropout. maps: a list that receives each layer's attention probabilities."""
+        mlen = cache[0].size(1) if cache else 0
+        q_len = h.size(1)
+        pos_emb = self.positions(mlen + q_len, h.device, h.dtype)  # (K, C)
+        if self.config.attn_type == 0:
             core = self.drop(h)  # dropout reaches the memory vectors too, as in the original
             pos_emb = self.drop(pos_emb)
             hids = [core]
             for i, layer in enumerate(self.layers):
-                core = layer(core, pos_emb, self.r_w_bias, self.r_r_bias, mask, cache[i] if cache else None)
+                core = layer(core, pos_emb, self.r_w_bias, self.r_r_bias, mask, cache[i] if cache else None,
+                             probs=maps)
                 hids.append(core)
-        else:
-            core = self.drop(h + pos_emb[-q_len:])
-            hids = [core]
-            for i, layer in enumerate(self.layers):
-                layer_cache = cache[i] if cache else None
-                if layer_cache is not None and i == 0:
-                    layer_cache = layer_cache + pos_emb[:mlen]  # the original added this in place
-                core = layer(core, mask, layer_cache)
-                hids.append(core)
-        core = self.drop(core)  # final dropout, also on the write outputs that become memory
-
-        new_xl = self._update_cache(hids, cache, mlen, q_len) if cfg.mem_len > 0 else None
-        if not m:
-            return core, MemoryState(None, new_xl)
-        if cfg.mem_at_end:
-            tokens, new_mem = core[:, m:-m], core[:, -m:]
-        else:
-            # Start-only memory: the read outputs never see the segment, so nothing is written.
-            tokens, new_mem = core[:, m:], core[:, :m]
-        # A compact copy: a view would keep the whole (B, Q, C) output alive as long as the state
-        # lives, which is every segment's output under recomputed BPTT and across LM steps.
-        return tokens, MemoryState(new_mem.contiguous(), new_xl)
+            return hids
+        core = self.drop(h + pos_emb[-q_len:])
+        hids = [core]
+        for i, layer in enumerate(self.layers):
+            layer_cache = cache[i] if cache else None
+            if layer_cache is not None and i == 0:
+                layer_cache = layer_cache + pos_emb[:mlen]  # the original added this in place
+            core = layer(core, mask, layer_cache, probs=maps)
+            hids.append(core)
+        return hids
 
     def _update_cache(self, hids, cache, mlen: int, q_len: int):
         # Keep the last mem_len positions of [cache ; segment], stopping ext_len before the end.
@@ -210,6 +236,10 @@ class MemTransformerLM(nn.Module):
         """(B, T, C) -> log-probabilities over the vocabulary (B, T, V), for decoding."""
         b, t, c = hidden.shape
         return self.crit.log_probs(hidden.reshape(b * t, c)).view(b, t, -1)
+
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+        """prompt (B, P) -> (B, max_new_tokens) new tokens; see rmt.model.generation.generate."""
+        return generation.generate(self, prompt, max_new_tokens, **kwargs)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, state: MemoryState | None = None):
         """One segment: x (B, T_in), y (B, T) -> (nll (B, T), new MemoryState)."""

@@ -5,6 +5,8 @@
         [--variants eager fused flex+bf16+compile]
     python3 -m rmt.tools.benchmark bptt --segments 1 8 64      # peak memory, plain vs recomputed
     python3 -m rmt.tools.benchmark stream --tokens 8192 1048576  # constant-memory evaluation
+    python3 -m rmt.tools.benchmark generation --configs gen --tokens 1024 8192 [--peer]
+                                                     # tokens/s: cached decoding vs re-encoding
 
 Every measurement runs in a fresh child process, so its peak memory is its own (CUDA: peak
 allocated; CPU: peak resident set above the process's size after building the model; for throughput
@@ -104,7 +106,7 @@ def _append(rows: list[dict], path: pathlib.Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m rmt.tools.benchmark", description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=["throughput", "bptt", "stream"])
+    p.add_argument("mode", choices=["throughput", "bptt", "stream", "generation"])
     p.add_argument("--configs", nargs="+", default=["copy"], choices=sorted(CONFIGS))
     p.add_argument("--kinds", nargs="+", default=["baseline", "txl", "rmt"], choices=["baseline", "txl", "rmt"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -118,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="our variants to time: eager|fused|flex, optionally +bf16 and/or +compile")
     p.add_argument("--peer", action="store_true", help="also time recurrent-memory-transformer-pytorch (rmt only)")
     p.add_argument("--segments", type=int, nargs="+", default=[1, 8, 64], help="bptt: segments per step")
-    p.add_argument("--tokens", type=int, nargs="+", default=[8192, 1 << 20], help="stream: tokens to evaluate")
+    p.add_argument("--tokens", type=int, nargs="+", default=None,
+                   help="stream: tokens to evaluate (default 8192 1048576); generation: to generate (1024 8192)")
     p.add_argument("--csv", default=None, help="default: experiments/benchmarks/<mode>.csv")
     p.add_argument("--note", default=None, help="recorded with every row (e.g. what else shared the machine)")
     return p
@@ -157,9 +160,23 @@ def throughput_rows(args, config: str, kind: str, meta: dict, rates: tuple[float
     return rows
 
 
+def generation_rows(args, config: str, tokens: int, meta: dict) -> list[dict]:
+    """Generated tokens/s of cached decoding, re-encoding and (with --peer) the pip peer, with the
+    cached decoder's speed-up over each."""
+    impls = ["ours-cache", "ours-reencode"] + (["peer"] if args.peer else [])
+    res = {impl: _child("generation", dict(config=config, tokens=tokens, impl=impl, device=args.device))
+           for impl in impls}
+    rows = [{**meta, "mode": "generation", "config": config, "impl": impl, **r} for impl, r in res.items()]
+    fast = res["ours-cache"].get("tok_s")
+    for row in rows[1:]:
+        if fast and row.get("tok_s"):
+            row["cache_speedup"] = fast / row["tok_s"]
+    return rows
+
+
 def shown(row: dict) -> str:
-    keys = ("config", "kind", "impl", "segments", "recompute", "tokens", "train_tok_s", "eval_tok_s", "peak_mem_mb",
-            "mfu", "vs_original", "vs_peer", "error")
+    keys = ("config", "kind", "impl", "segments", "recompute", "tokens", "train_tok_s", "eval_tok_s", "tok_s",
+            "peak_mem_mb", "mfu", "vs_original", "vs_peer", "cache_speedup", "error")
     return json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k in keys})
 
 
@@ -193,10 +210,12 @@ def main(argv=None) -> int:
             batches = ([{**meta, "mode": "bptt", "config": config, "segments": s, "recompute": recompute,
                          **_child("bptt", dict(config=config, segments=s, recompute=recompute, device=args.device))}]
                        for recompute in (False, True) for s in args.segments)
-        else:
+        elif args.mode == "stream":
             batches = ([{**meta, "mode": "stream", "config": config,
                          **_child("stream", dict(config=config, tokens=n, batch=args.batch or 8, device=args.device))}]
-                       for n in args.tokens)
+                       for n in args.tokens or [8192, 1 << 20])
+        else:
+            batches = (generation_rows(args, config, n, meta) for n in args.tokens or [1024, 8192])
         for rows in batches:  # written as measured: an interrupted run keeps what it finished
             _append(rows, out)
             n_rows += len(rows)

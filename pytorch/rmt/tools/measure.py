@@ -22,6 +22,9 @@ CONFIGS = {
     "copy": dict(n_token=12, n_layer=4, n_head=4, d_model=128, d_head=64, d_inner=256, tgt_len=24, batch=32, mem=24),
     "enwik8": dict(n_token=204, n_layer=12, n_head=8, d_model=512, d_head=64, d_inner=2048, tgt_len=128, batch=8,
                    mem=10),
+    # A byte-level LM of moderate size with segments of 128: what generation is timed at.
+    "gen": dict(n_token=204, n_layer=4, n_head=8, d_model=256, d_head=32, d_inner=1024, tgt_len=128, batch=1,
+                mem=10),
     "tiny": dict(n_token=16, n_layer=1, n_head=2, d_model=16, d_head=8, d_inner=32, tgt_len=8, batch=2, mem=4),
     "wt103": dict(n_token=267735, n_layer=16, n_head=10, d_model=410, d_head=41, d_inner=2100, tgt_len=150, batch=4,
                   mem=10, cutoffs=[20000, 40000, 200000]),
@@ -221,6 +224,41 @@ def measure_stream(spec: dict) -> dict:
             "peak_mem_mb": _peak_mb(device, rss0), "mean_nll": total / tokens}
 
 
+def measure_generation(spec: dict) -> dict:
+    """Child process: generate N tokens after a one-token prompt, batch 1, sampling at temperature 1.
+
+    impl ours-cache: cached keys and values inside a segment; ours-reencode: the segment re-encoded
+    for every token; peer: the pip package's `generate` (which re-encodes its current segment)."""
+    torch.manual_seed(0)
+    device = torch.device(spec["device"])
+    cfg, n = CONFIGS[spec["config"]], spec["tokens"]
+    prompt = torch.randint(0, cfg["n_token"], (1, 1), device=device)
+    if spec["impl"] == "peer":
+        from recurrent_memory_transformer_pytorch import RecurrentMemoryTransformer, RecurrentMemoryTransformerWrapper
+
+        net = RecurrentMemoryTransformer(num_tokens=cfg["n_token"], dim=cfg["d_model"], depth=cfg["n_layer"],
+                                         heads=cfg["n_head"], dim_head=cfg["d_head"], seq_len=cfg["tgt_len"],
+                                         num_memory_tokens=cfg["mem"], use_xl_memories=False)
+        wrapper = RecurrentMemoryTransformerWrapper(net).to(device)
+        run = lambda: wrapper.generate(prompt, length=1 + n, temperature=1.0)  # noqa: E731
+    else:
+        from rmt.model.transformer import MemTransformerLM, init_weights
+
+        model = MemTransformerLM(cfg["n_token"], cfg["n_layer"], cfg["n_head"], cfg["d_model"], cfg["d_head"],
+                                 cfg["d_inner"], tgt_len=cfg["tgt_len"], num_mem_tokens=cfg["mem"]).to(device).eval()
+        init_weights(model)
+        use_cache = spec["impl"] == "ours-cache"
+        run = lambda: model.generate(prompt, n, temperature=1.0, seed=0, use_cache=use_cache)  # noqa: E731
+    rss0 = _rss_mb()
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        out = run()
+        _sync(device)
+        elapsed = time.perf_counter() - t0
+    assert out.shape[-1] == n, out.shape
+    return {"tokens": n, "time_s": elapsed, "tok_s": n / elapsed, "peak_mem_mb": _peak_mb(device, rss0)}
+
+
 def train_flops_per_token(cfg: dict, kind: str) -> float:
     """Model FLOPs of one training step per input token (forward + backward = 3x forward).
 
@@ -253,4 +291,6 @@ def matmul_gflops(device: torch.device, n: int = 1024, reps: int = 10, dtype=tor
 
 if __name__ == "__main__":
     mode, spec = sys.argv[1], json.loads(sys.argv[2])
-    print(json.dumps({"throughput": measure_throughput, "bptt": measure_bptt, "stream": measure_stream}[mode](spec)))
+    modes = {"throughput": measure_throughput, "bptt": measure_bptt, "stream": measure_stream,
+             "generation": measure_generation}
+    print(json.dumps(modes[mode](spec)))
