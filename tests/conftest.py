@@ -6,7 +6,9 @@ import shlex
 
 import pytest
 import torch
+from rmt.lm.prepare import prepare_text
 from rmt.model.transformer import MemTransformerLM, init_weights
+from rmt.train import main as train_main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -48,3 +50,20 @@ def grads(model, loss):
     model.zero_grad()
     loss.backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def train_tiny_lm(tmp_path, level):
+    """A tiny run on a corpus prepared from plain text (`rmt.lm.prepare text`), 4 steps."""
+    words = ["the", "cat", "sat", "on", "a", "mat", "héron"]
+    g = torch.Generator().manual_seed(0)
+    lines = [" ".join(words[i] for i in torch.randint(0, len(words), (10,), generator=g)) for _ in range(120)]
+    (tmp_path / "src.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    data, work = tmp_path / f"data-{level}", tmp_path / "runs"
+    assert prepare_text([str(tmp_path / "src.txt")], data, level) is not None
+    dataset = "enwik8" if level == "char" else "wt2"
+    assert train_main(["--dataset", dataset, "--data", str(data), "--n_layer", "2", "--d_model", "16", "--n_head",
+                       "2", "--d_head", "8", "--d_inner", "32", "--tgt_len", "8", "--eval_tgt_len", "8",
+                       "--batch_size", "2", "--eval_batch_size", "2", "--max_eval_steps", "2", "--num_mem_tokens",
+                       "2", "--mem_len", "4", "--max_step", "4", "--eval_interval", "4", "--device", "cpu",
+                       "--work_dir", str(work), "--run_name", level, "--no_results"]) == 0
+    return work / level / "checkpoint_best.pt", data, dataset

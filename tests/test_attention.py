@@ -15,7 +15,6 @@ from rmt.model.layers import rel_shift
 from rmt.model.recurrence import MemoryState, run_segments
 from rmt.model.transformer import MemTransformerLM, build_attn_mask
 
-
 # ---- relative shift ---------------------------------------------------------------------------
 
 def rel_shift_time_major(x):

@@ -2,14 +2,12 @@
 every position across segment boundaries, and sampling is reproducible."""
 import pytest
 import torch
-from conftest import make, tokens
+from conftest import make, tokens, train_tiny_lm
 from rmt.generate import main as generate_main
 from rmt.lm.corpus import load_vocab
-from rmt.lm.prepare import prepare_text
 from rmt.lm.text import TextCodec
 from rmt.model.generation import Decoder, ReencodingDecoder, generate
 from rmt.model.recurrence import score
-from rmt.train import main as train_main
 
 CONFIGS = {
     "memory": dict(num_mem_tokens=2),
@@ -20,6 +18,7 @@ CONFIGS = {
                                                          read_mem_from_cache=True),
     "start-only memory": dict(num_mem_tokens=3, mem_at_end=False),
     "absolute positions": dict(num_mem_tokens=2, mem_len=4, attn_type=2),
+    "rotary positions": dict(num_mem_tokens=2, mem_len=5, attn_type=4),
 }
 
 
@@ -85,26 +84,9 @@ def test_generation_keeps_the_training_mode_and_refuses_bad_arguments():
 
 # ---- the command line: text in, text out, for word and byte corpora ------------------------------
 
-def _train_lm(tmp_path, level):
-    """A tiny run on a corpus prepared from plain text (`rmt.lm.prepare text`), 4 steps."""
-    words = ["the", "cat", "sat", "on", "a", "mat", "héron"]
-    g = torch.Generator().manual_seed(0)
-    lines = [" ".join(words[i] for i in torch.randint(0, len(words), (10,), generator=g)) for _ in range(120)]
-    (tmp_path / "src.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    data, work = tmp_path / f"data-{level}", tmp_path / "runs"
-    assert prepare_text([str(tmp_path / "src.txt")], data, level) is not None
-    dataset = "enwik8" if level == "char" else "wt2"
-    assert train_main(["--dataset", dataset, "--data", str(data), "--n_layer", "2", "--d_model", "16", "--n_head",
-                       "2", "--d_head", "8", "--d_inner", "32", "--tgt_len", "8", "--eval_tgt_len", "8",
-                       "--batch_size", "2", "--eval_batch_size", "2", "--max_eval_steps", "2", "--num_mem_tokens",
-                       "2", "--mem_len", "4", "--max_step", "4", "--eval_interval", "4", "--device", "cpu",
-                       "--work_dir", str(work), "--run_name", level, "--no_results"]) == 0
-    return work / level / "checkpoint_best.pt", data, dataset
-
-
 @pytest.mark.parametrize("level", ["word", "char"])
 def test_generate_command_on_word_and_byte_corpora(tmp_path, capsys, level):
-    ckpt, data, dataset = _train_lm(tmp_path, level)
+    ckpt, data, dataset = train_tiny_lm(tmp_path, level)
     capsys.readouterr()
     args = ["--checkpoint", str(ckpt), "--prompt", "the cat sat\non a", "--max_new_tokens", "30", "--temperature", "0"]
     assert generate_main(args) == 0
@@ -125,12 +107,12 @@ def test_generate_command_on_word_and_byte_corpora(tmp_path, capsys, level):
 
 
 def test_codecs_round_trip_and_refuse_what_they_cannot_encode(tmp_path):
-    ckpt, data, _ = _train_lm(tmp_path, "word")
+    ckpt, data, _ = train_tiny_lm(tmp_path, "word")
     words = TextCodec(load_vocab(data, "wt2"), "wt2")
     ids = words.encode("the cat\nsat")
     assert words.vocab.get_symbols(ids) == ["the", "cat", "<eos>", "sat"]
     assert words.decode(ids) == "the cat\nsat"
-    ckpt_c, data_c, _ = _train_lm(tmp_path, "char")
+    ckpt_c, data_c, _ = train_tiny_lm(tmp_path, "char")
     chars = TextCodec(load_vocab(data_c, "enwik8"), "enwik8")
     assert chars.decode(chars.encode("héron sat\n")) == "héron sat\n"
     with pytest.raises(ValueError, match="bytes the corpus never contains"):

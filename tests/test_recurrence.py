@@ -8,7 +8,6 @@ from conftest import SMALL, grads, make, segments, tokens
 from rmt.model.recurrence import MemoryState, run_segments
 from rmt.model.transformer import MemTransformerLM
 
-
 # ---- recurrence -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("num_mem,mem_len,carries", [(0, 0, False), (3, 0, True), (0, 6, True), (2, 4, True)])

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from rmt.atomic import atomic_write
 
-ATTN_TYPES = {0: "relative (Transformer-XL)", 2: "absolute (Vaswani)"}
+ATTN_TYPES = {0: "relative (Transformer-XL)", 2: "absolute (Vaswani)", 4: "rotary (RoPE)"}
 MEM_INITS = ("distinct", "identical")
 # eager: explicit scores; fused: scaled_dot_product_attention with one additive bias;
 # flex: FlexAttention, the position term as a score modification and the mask as a block mask.
@@ -52,7 +52,9 @@ class ModelConfig:
     clamp_len: int = -1
     sample_softmax: int = -1  # kept for config compatibility; sampled softmax is not supported
     mem_init: str = "distinct"  # "identical" reproduces the original's M equal rows
-    attn_impl: str = "eager"  # one of ATTN_IMPLS; fused and flex apply to attn_type 0
+    attn_impl: str = "eager"  # one of ATTN_IMPLS; fused and flex apply to attn_type 0 and 4
+    causal: bool = True  # False: the bidirectional encoder (memory at the start only, mem_at_end False)
+    n_classes: int = 0  # > 0: a sequence-classification head over the final memory (or tokens)
 
     def __post_init__(self) -> None:
         if self.d_embed is None or self.d_embed <= 0:
@@ -75,7 +77,7 @@ class ModelConfig:
                     raise ValueError(f"{name} must be >= 0, got {value!r}")
 
         positive("n_token", "n_layer", "n_head", "d_model", "d_head", "d_inner", "tgt_len", "div_val")
-        non_negative("ext_len", "mem_len", "num_mem_tokens")
+        non_negative("ext_len", "mem_len", "num_mem_tokens", "n_classes")
         for name in ("dropout", "dropatt"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -86,6 +88,8 @@ class ModelConfig:
                 f"attn_type {self.attn_type} is not supported; use one of "
                 + ", ".join(f"{k} ({v})" for k, v in ATTN_TYPES.items())
             )
+        if self.attn_type == 4 and self.d_head % 2:
+            raise ValueError(f"d_head must be even for rotary positions (attn_type 4), got {self.d_head}")
         if self.d_model % 2:
             raise ValueError(f"d_model must be even for the sinusoidal positions, got {self.d_model}")
         cuts = self.cutoffs
@@ -112,8 +116,19 @@ class ModelConfig:
             raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
         if self.attn_impl == "flex" and self.dropatt > 0:
             raise ValueError("attn_impl 'flex' has no attention dropout; set --dropatt 0 or use eager/fused")
+        if not self.causal:
+            self._validate_encoder()
         if self.mem_init not in MEM_INITS:
             raise ValueError(f"mem_init must be one of {MEM_INITS}, got {self.mem_init!r}")
+
+    def _validate_encoder(self) -> None:
+        if self.mem_at_end and self.num_mem_tokens:
+            raise ValueError("the bidirectional encoder keeps memory at the start only (its slots see the whole "
+                             "segment, so they read and write): set mem_at_end False (--no-mem_at_end)")
+        if self.same_length:
+            raise ValueError("same_length is a causal window; it does not apply to the bidirectional encoder")
+        if self.attn_impl == "flex" and self.attn_type == 0:
+            raise ValueError("attn_impl 'flex' supports causal relative attention only; use eager or fused")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -159,7 +174,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--not_tied", action="store_true", help="do not tie input and output embeddings")
     g.add_argument("--div_val", type=int, default=1, help="adaptive input/softmax dimension divisor")
     g.add_argument("--pre_lnorm", action="store_true", help="apply LayerNorm to the input of each block")
-    g.add_argument("--attn_type", type=int, default=0, help="0: relative (Transformer-XL), 2: absolute")
+    g.add_argument("--attn_type", type=int, default=0, help="0: relative (Transformer-XL), 2: absolute, 4: rotary (RoPE)")
     g.add_argument("--clamp_len", type=int, default=-1, help="clamp relative distances (<=0: no clamp)")
     g.add_argument("--same_length", action="store_true", help="every token sees the same number of keys")
     g.add_argument("--tgt_len", type=int, default=70, help="segment length (tokens per segment)")
@@ -171,6 +186,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="write memory after the segment (default on; --no-mem_at_end: start-only ablation)")
     g.add_argument("--read_mem_from_cache", action=BOOL, default=False,
                    help="memory tokens may attend to the Transformer-XL cache")
+    g.add_argument("--causal", action=BOOL, default=True,
+                   help="causal attention (default); --no-causal: the bidirectional encoder, memory at the start "
+                        "only (with --no-mem_at_end), for classification")
     g.add_argument("--mem_init", choices=["distinct", "identical"], default="distinct",
                    help="initial memory rows: distinct N(0,1) rows, or the original's identical rows")
     g.add_argument("--attn_impl", choices=ATTN_IMPLS, default="eager",
@@ -268,11 +286,12 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         warnings.warn("--multi_gpu/--gpu0_bsz/--device_ids are ignored: launch with torchrun for several GPUs")
     if args.debug:
         warnings.warn("--debug is ignored: runs always write their directory (use --no_results to skip the CSV row)")
-    if args.num_mem_tokens and not args.mem_at_end:
+    if args.num_mem_tokens and not args.mem_at_end and args.causal:  # the encoder's start slots do write
         warnings.warn("--no-mem_at_end: memory is read only and never written (the paper's 'MT' ablation)")
 
 
-def model_config(args: argparse.Namespace, n_token: int, cutoffs=(), tie_projs=(False,)) -> ModelConfig:
+def model_config(args: argparse.Namespace, n_token: int, cutoffs=(), tie_projs=(False,),
+                 n_classes: int = 0) -> ModelConfig:
     """The model part of the flags, validated; a bad value becomes a ValueError naming it."""
     return ModelConfig(
         n_token=n_token, n_layer=args.n_layer, n_head=args.n_head, d_model=args.d_model, d_head=args.d_head,
@@ -281,7 +300,7 @@ def model_config(args: argparse.Namespace, n_token: int, cutoffs=(), tie_projs=(
         tgt_len=args.tgt_len, ext_len=args.ext_len, mem_len=args.mem_len, num_mem_tokens=args.num_mem_tokens,
         read_mem_from_cache=args.read_mem_from_cache, mem_at_end=args.mem_at_end, cutoffs=list(cutoffs),
         same_length=args.same_length, attn_type=args.attn_type, clamp_len=args.clamp_len, mem_init=args.mem_init,
-        attn_impl=args.attn_impl,
+        attn_impl=args.attn_impl, causal=args.causal, n_classes=n_classes,
     )
 
 

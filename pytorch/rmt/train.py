@@ -8,8 +8,9 @@
     python3 -m rmt.train --dataset copy --eval_only --eval_checkpoint runs/<run>/checkpoint_best.pt
     torchrun --standalone --nproc_per_node 4 -m rmt.train ...            # DDP, one process per GPU
 
---dataset picks the family: a corpus (wt103, enwik8, text8, wt2, ptb, lm1b; rmt.lm.training)
-or a task (copy, reverse, retrieval, sqeq...; rmt.tasks.training). Validation every
+--dataset picks the family: a corpus (wt103, enwik8, text8, wt2, ptb, lm1b; rmt.lm.training),
+a task (copy, reverse, retrieval, sqeq...; rmt.tasks.training) or the classification task fact
+(rmt.tasks.classification). Validation every
 --eval_interval steps keeps checkpoint_best.pt (by valid loss, or --select_by acc for tasks);
 the best model is tested at the end and one row goes to experiments/results/lm.csv or
 synthetic.csv (or --results_csv).
@@ -22,12 +23,12 @@ import sys
 import time
 
 from rmt import config
+from rmt.lm import training as lm_training
 from rmt.lm.corpus import DATASETS
 from rmt.lm.training import LanguageModelling
-from rmt.lm.training import add_args as add_lm_args
-from rmt.lm.training import check_args as check_lm_args
 from rmt.model.transformer import MemTransformerLM, init_weights
 from rmt.results import GROUP_COLUMNS, append_result, groups_csv, result_row
+from rmt.tasks import classification
 from rmt.tasks import training as task_training
 from rmt.tasks.registry import TASK_NAMES
 from rmt.training.checkpoint import CheckpointError, load_model, run_config
@@ -38,12 +39,27 @@ from rmt.training.trainer import LAST, Trainer
 def build_parser(dataset: str) -> argparse.ArgumentParser:
     """The shared flags, then the family's own (a task also brings its defaults)."""
     p = config.base_parser("python3 -m rmt.train", __doc__)
-    p.add_argument("--dataset", default=dataset, choices=list(DATASETS) + list(TASK_NAMES),
-                   help="a corpus (default data dir: data/<name>) or an algorithmic task")
+    p.add_argument("--dataset", default=dataset, choices=[*DATASETS, *TASK_NAMES, classification.NAME],
+                   help="a corpus (default data dir: data/<name>), an algorithmic task or fact (classification)")
     p.add_argument("--eval_only", action="store_true", help="tasks: evaluate --eval_checkpoint on the test split")
     p.add_argument("--eval_checkpoint", default=None, help="tasks: the checkpoint --eval_only evaluates")
-    (task_training.add_args if dataset in TASK_NAMES else add_lm_args)(p)
+    family_args(dataset).add_args(p)
     return p
+
+
+def family_args(dataset: str):
+    """The module that owns a dataset's flags (add_args, check_args) and its family."""
+    if dataset in TASK_NAMES:
+        return task_training
+    return classification if dataset == classification.NAME else lm_training
+
+
+def build_family(args, runtime):
+    if args.dataset in TASK_NAMES:
+        return task_training.AlgorithmicTask(args, runtime)
+    if args.dataset == classification.NAME:
+        return classification.FactRecall(args, runtime)
+    return LanguageModelling(args, runtime)
 
 
 def parse_args(argv) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
@@ -55,11 +71,10 @@ def parse_args(argv) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     trained = run_config(known.eval_checkpoint).get("args", {}) if known.eval_checkpoint else {}
     parser = build_parser(known.dataset or trained.get("dataset") or "wt103")
     args = parser.parse_args(argv)
-    is_task = args.dataset in TASK_NAMES
-    if is_task:
+    if args.dataset in (*TASK_NAMES, classification.NAME):
         args = task_training.inherit_trained_flags(parser, argv, args)
     config.check_args(args, parser)
-    (task_training.check_args if is_task else check_lm_args)(args, parser)
+    family_args(args.dataset).check_args(args, parser)
     return args, parser
 
 
@@ -100,7 +115,7 @@ def main(argv=None) -> int:
         parser.error(f"--batch_size {args.batch_size} is not divisible by {runtime.world} processes")
     seed_all(args.seed)
     try:
-        family = (task_training.AlgorithmicTask if args.dataset in TASK_NAMES else LanguageModelling)(args, runtime)
+        family = build_family(args, runtime)
     except ValueError as e:
         parser.error(str(e))
     family.load_data(print if runtime.is_main else lambda note: None)  # bad data fails before a run dir exists

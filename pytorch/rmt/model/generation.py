@@ -35,6 +35,8 @@ class Decoder:
             raise ValueError("generation needs ext_len 0 (the extended context is a training-time option)")
         if model.training:
             raise ValueError("generation needs model.eval() (dropout would differ at every token)")
+        if not cfg.causal:
+            raise ValueError("generation needs a causal model; this one is the bidirectional encoder")
         self.model, self.batch = model, batch
         self.segment_len = cfg.tgt_len
         self.state = MemoryState() if state is None else state
@@ -58,7 +60,7 @@ class Decoder:
         self.pos_emb = model.positions(k_full, device, dtype)
         prefix = [xl[i] if xl else torch.zeros(self.batch, 0, cfg.d_model, device=device, dtype=dtype)
                   for i in range(cfg.n_layer)]
-        if cfg.attn_type != 0 and xl:
+        if cfg.attn_type == 2 and xl:
             prefix[0] = prefix[0] + self.pos_emb[:mlen]  # as run_layers adds it to the first layer's cache
         if m:
             # The read memory never sees the segment's tokens: any tokens give its states.
@@ -66,17 +68,23 @@ class Decoder:
             hids = model.run_layers(model.segment_input(placeholder, self.state.mem), xl, self.mask)
             prefix = [torch.cat([p, h[:, :m]], dim=1) for p, h in zip(prefix, hids)]
         n_prefix = mlen + m
+        # Rotary (attn_type 4): key j of [cache | segment] sits at position j, cached rotated.
+        self.rope = model.rotary(torch.arange(k_full, device=device)) if cfg.attn_type == 4 else None
         self.keys, self.values = [], []
         for layer, rows in zip(model.layers, prefix):
-            _, k, v = layer.attn.project(rows)
-            keys = k.new_empty(self.batch, n_prefix + t, *k.shape[2:])
+            _, k, v = layer.attn.project(rows, self._rope(0, n_prefix))
+            # Head-major (B, H, K, D): each step reads them with plain batched matrix products.
+            keys = k.new_empty(self.batch, k.size(2), n_prefix + t, k.size(3))
             values = torch.empty_like(keys)
-            keys[:, :n_prefix], values[:, :n_prefix] = k, v
+            keys[:, :, :n_prefix], values[:, :, :n_prefix] = k.transpose(1, 2), v.transpose(1, 2)
             self.keys.append(keys)
             self.values.append(values)
         if cfg.attn_type == 0:
-            self.r_k = [layer.attn.r_net(self.pos_emb).view(k_full, cfg.n_head, cfg.d_head)
-                        for layer in model.layers]
+            self.r_k = [layer.attn.r_net(self.pos_emb).view(k_full, cfg.n_head, cfg.d_head).permute(1, 2, 0)
+                        .contiguous() for layer in model.layers]  # (H, D, K)
+
+    def _rope(self, start: int, stop: int):
+        return None if self.rope is None else tuple(t[start:stop] for t in self.rope)
 
     @torch.no_grad()
     def feed(self, token: torch.Tensor) -> torch.Tensor:
@@ -86,14 +94,14 @@ class Decoder:
         query = m + p  # this token's row in the segment mask
         n_keys = self.mlen + query + 1
         h = model.word_emb(token.view(-1, 1))  # (B, 1, C)
-        if cfg.attn_type != 0:
+        if cfg.attn_type == 2:
             h = h + self.pos_emb[-self.mask.size(0) + query]
         mask = self.mask[query : query + 1, :n_keys]
         for i, layer in enumerate(model.layers):
-            q, k, v = layer.attn.project(h)
-            self.keys[i][:, n_keys - 1 : n_keys], self.values[i][:, n_keys - 1 : n_keys] = k, v
-            r_k = self.r_k[i][-n_keys:] if cfg.attn_type == 0 else None
-            h = layer.attn.step(h, q, self.keys[i][:, :n_keys], self.values[i][:, :n_keys], mask, r_k,
+            q, k, v = layer.attn.project(h, self._rope(n_keys - 1, n_keys))
+            self.keys[i][:, :, n_keys - 1], self.values[i][:, :, n_keys - 1] = k[:, 0], v[:, 0]
+            r_k = self.r_k[i][..., -n_keys:] if cfg.attn_type == 0 else None
+            h = layer.attn.step(h, q, self.keys[i][:, :, :n_keys], self.values[i][:, :, :n_keys], mask, r_k,
                                 getattr(model, "r_w_bias", None), getattr(model, "r_r_bias", None))
             h = layer.ff(h)
         self.tokens.append(token.view(-1))

@@ -25,6 +25,27 @@ class PositionalEmbedding(nn.Module):
         return torch.cat([sinusoid.sin(), sinusoid.cos()], dim=-1)  # (K, C)
 
 
+class Rotary(nn.Module):
+    """Rotary position tables (RoPE): the angle of position p in frequency band f is p * inv_freq[f]."""
+
+    def __init__(self, d_head: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0.0, d_head, 2.0) / d_head))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (L,) -> cos, sin (L, D/2) in fp32."""
+        angles = torch.outer(positions.float(), self.inv_freq)
+        return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """x (B, L, H, D) rotated by the angles of its L positions, pairing the two halves of D."""
+    cos, sin = (t[:, None] for t in rope)  # (L, 1, D/2)
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
 class PositionwiseFF(nn.Module):
     def __init__(self, d_model: int, d_inner: int, dropout: float, pre_lnorm: bool):
         super().__init__()
@@ -109,6 +130,11 @@ class _Attention(nn.Module):
         vec = torch.einsum("bhqk,bkhd->bqhd", prob, v).reshape(h.size(0), h.size(1), -1)  # (B, Q, H*D)
         return self._output(h, vec)
 
+    def _attend_step(self, h, score, mask, v):
+        """Incremental decoding: score (B, H, 1, K) before scaling, v (B, H, K, D) head-major."""
+        prob = _masked_softmax(score * self.scale, mask)
+        return self._output(h, (prob @ v).transpose(1, 2).flatten(2))  # (B, 1, H*D)
+
     def _attend_fused(self, h, q, k, v, bias, mask):
         """q (B, Q, H, D), k and v (B, K, H, D); bias (B, H, Q, K) added to q.k before scaling."""
         bias = (bias.float() * self.scale).masked_fill(mask, float("-inf")).to(q.dtype)
@@ -153,19 +179,22 @@ class RelPartialLearnableAttention(_Attention):
         (for impl "flex" its FlexMask). probs: collect the probabilities (eager path)."""
         q_len = h.size(1)
         cat = h if cache is None else torch.cat([cache, h], dim=1)  # (B, K, C)
+        k_len = cat.size(1)
         q, k, v = self.project(cat)  # (B, K, H, D) each
         q = q[:, -q_len:]  # (B, Q, H, D)
-        r_k = self.r_net(r).view(cat.size(1), self.n_head, self.d_head)  # (K, H, D)
+        r_k = self.r_net(r).view(r.size(0), self.n_head, self.d_head)  # (K, H, D), or (K + Q - 1, H, D)
         bd = torch.einsum("bqhd,khd->bhqk", q + r_r_bias, r_k)  # position terms (b) + (d), unshifted
         if self.impl == "flex" and probs is None:
             return self._attend_flex(h, q + r_w_bias, k, v, bd, mask)
-        bd = rel_shift(bd)
+        # Bidirectional: r also covers the Q - 1 negative distances, so every key gets its own
+        # distance (no wrap-around) and the first K shifted columns are the keys.
+        bd = rel_shift(bd)[..., :k_len]
         if self.impl == "fused" and probs is None:
             return self._attend_fused(h, q + r_w_bias, k, v, bd, mask)
         ac = torch.einsum("bqhd,bkhd->bhqk", q + r_w_bias, k)  # content terms (a) + (c)
         return self._attend(h, ac + bd, mask, v, probs)
 
-    def project(self, h):
+    def project(self, h, rope=None):
         """h (B, L, C) -> q, k, v (B, L, H, D): per position, so keys and values can be cached."""
         b, n, _ = h.shape
         heads = self.qkv_net(self.layer_norm(h) if self.pre_lnorm else h)
@@ -173,11 +202,12 @@ class RelPartialLearnableAttention(_Attention):
 
     def step(self, h, q, k, v, mask, r_k, r_w_bias, r_r_bias):
         """One new position (incremental decoding): h (B, 1, C) and its query q (B, 1, H, D); k, v
-        (B, K, H, D) every key up to and including it; r_k (K, H, D) the projected positions of
-        distances K-1..0, so no relative shift is needed; mask (1, K)."""
-        ac = torch.einsum("bqhd,bkhd->bhqk", q + r_w_bias, k)
-        bd = torch.einsum("bqhd,khd->bhqk", q + r_r_bias, r_k)
-        return self._attend(h, ac + bd, mask, v)
+        (B, H, K, D) every key up to and including it, head-major as the decoding cache keeps
+        them; r_k (H, D, K) the projected positions of distances K-1..0, so no relative shift is
+        needed; mask (1, K)."""
+        q = q.transpose(1, 2)  # (B, H, 1, D)
+        score = (q + r_w_bias[:, None]) @ k.transpose(-1, -2) + (q + r_r_bias[:, None]) @ r_k
+        return self._attend_step(h, score, mask, v)
 
 
 class AbsoluteAttention(_Attention):
@@ -201,13 +231,52 @@ class AbsoluteAttention(_Attention):
         kv = self.kv_net(self.layer_norm(h) if self.pre_lnorm else h)
         return kv.view(*h.shape[:2], 2, self.n_head, self.d_head).unbind(2)  # (B, L, H, D) each
 
-    def project(self, h):
+    def project(self, h, rope=None):
         """h (B, L, C) -> q, k, v (B, L, H, D): per position, so keys and values can be cached."""
         return (self._query(h), *self._keys_values(h))
 
     def step(self, h, q, k, v, mask, *_):
         """One new position: as RelPartialLearnableAttention.step (positions are in the input here)."""
-        return self._attend(h, torch.einsum("bqhd,bkhd->bhqk", q, k), mask, v)
+        return self._attend_step(h, q.transpose(1, 2) @ k.transpose(-1, -2), mask, v)
+
+
+class RotaryAttention(_Attention):
+    """attn_type 4: rotary position embeddings on queries and keys, no additive position term, so
+    the fused path is plain scaled_dot_product_attention with the boolean mask and the flex path a
+    block mask alone. Positions: the index in [XL cache | read memory | tokens | write memory]."""
+
+    def __init__(self, n_head: int, d_model: int, d_head: int, dropout: float, dropatt: float, pre_lnorm: bool,
+                 impl: str = "eager"):
+        super().__init__(n_head, d_model, d_head, dropout, dropatt, pre_lnorm, impl)
+        self.qkv_net = nn.Linear(d_model, 3 * n_head * d_head, bias=False)
+
+    def forward(self, h, mask, cache=None, rope=None, probs: list | None = None):
+        """h (B, Q, C); rope: cos, sin (K, D/2) of the K key positions (the queries are the last Q)."""
+        q_len = h.size(1)
+        cat = h if cache is None else torch.cat([cache, h], dim=1)  # (B, K, C)
+        q, k, v = self.project(cat, rope)
+        q = q[:, -q_len:]
+        if self.impl == "fused" and probs is None:
+            vec = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 attn_mask=~mask, dropout_p=self.dropatt.p if self.training else 0.0,
+                                                 scale=self.scale)
+            return self._output(h, vec.transpose(1, 2).flatten(2))
+        if self.impl == "flex" and probs is None:
+            vec = _flex_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=mask.block,
+                                  scale=self.scale)
+            return self._output(h, vec.transpose(1, 2).flatten(2))
+        return self._attend(h, torch.einsum("bqhd,bkhd->bhqk", q, k), mask, v, probs)
+
+    def project(self, h, rope=None):
+        """h (B, L, C) -> q, k, v (B, L, H, D), q and k rotated to their positions when rope is given."""
+        b, n, _ = h.shape
+        heads = self.qkv_net(self.layer_norm(h) if self.pre_lnorm else h)
+        q, k, v = heads.view(b, n, 3, self.n_head, self.d_head).unbind(2)
+        return (q, k, v) if rope is None else (rotate(q, rope), rotate(k, rope), v)
+
+    def step(self, h, q, k, v, mask, *_):
+        """One new position: q and k come rotated from project."""
+        return self._attend_step(h, q.transpose(1, 2) @ k.transpose(-1, -2), mask, v)
 
 
 class DecoderLayer(nn.Module):

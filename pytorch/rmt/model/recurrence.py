@@ -152,6 +152,8 @@ def score(model, tokens: torch.Tensor, segment_len: int, state: MemoryState | No
     """
     if tokens.dim() != 2 or tokens.size(1) < 2:
         raise ValueError(f"tokens must be (batch, length >= 2), got shape {tuple(tokens.shape)}")
+    if not model.config.causal:
+        raise ValueError("score is a language-model loss; a bidirectional model (causal False) sees its targets")
     if segment_len <= 0:
         raise ValueError(f"segment_len must be positive, got {segment_len}")
     b, n = tokens.size(0), tokens.size(1) - 1
@@ -169,6 +171,39 @@ def score(model, tokens: torch.Tensor, segment_len: int, state: MemoryState | No
     nll = torch.where(scored, torch.cat(nlls, dim=1)[:, :n].float(), 0.0)
     count = scored.sum()
     return Scored(nll.sum() / count.clamp(min=1), nll, state, count)
+
+
+class _Encoding:
+    """The model as run_segments calls it, returning hidden states instead of a loss."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, x, _y, state: MemoryState):
+        return self.model.encode(x, state)
+
+    def initial_memory(self, batch: int):
+        return self.model.initial_memory(batch)
+
+
+def classify(model, tokens: torch.Tensor, segment_len: int, state: MemoryState | None = None,
+             depth: int | None = None, recompute: bool = False) -> tuple[torch.Tensor, MemoryState]:
+    """Class logits (B, n_classes) of whole sequences (B, N), N a multiple of segment_len.
+
+    The segments run in order with memory carried (gradient policy and recomputation as in
+    run_segments); the head reads the final memory, averaged over its slots: with the
+    bidirectional encoder (causal False) the memory of the last segment has seen all of it and,
+    through the earlier memories, what came before. Without memory tokens the head reads the
+    last segment's token states, averaged: such a model sees the last segment only.
+    """
+    if not model.config.n_classes:
+        raise ValueError("the model has no classification head: build it with n_classes > 0")
+    if tokens.dim() != 2 or tokens.size(1) % segment_len:
+        raise ValueError(f"tokens must be (batch, a multiple of segment_len {segment_len}), got {tuple(tokens.shape)}")
+    xs = tokens.split(segment_len, dim=1)
+    hidden, state = run_segments(_Encoding(model), xs, [None] * len(xs), state, depth, recompute)
+    pooled = state.mem.mean(1) if state.mem is not None else hidden[-1].mean(1)
+    return model.cls_head(pooled), state
 
 
 # ---- streams: the state of B corpus rows, carried from one optimiser step to the next -----------

@@ -25,17 +25,20 @@ from rmt.model.layers import (
     PositionalEmbedding,
     PositionwiseFF,
     RelPartialLearnableAttention,
+    Rotary,
+    RotaryAttention,
 )
 from rmt.model.recurrence import MemoryState
 
 
 @functools.lru_cache(maxsize=64)
-def _attn_mask(n_tokens, num_mem, mlen, mem_at_end, read_mem_from_cache, same_length, mem_len, device):
+def _attn_mask(n_tokens, num_mem, mlen, mem_at_end, read_mem_from_cache, same_length, mem_len, causal, device):
     n_write = num_mem if mem_at_end else 0
     q_len = num_mem + n_tokens + n_write
     k_len = mlen + q_len
     ones = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
-    mask = ones.triu(1 + mlen)  # causal: query i sees the cache and current keys <= i
+    # causal: query i sees the cache and current keys <= i; bidirectional: every key
+    mask = ones.triu(1 + mlen) if causal else ~ones
     if same_length:
         # Transformer-XL same-length window: every query sees the same number of keys.
         mask_len = k_len - mem_len
@@ -52,16 +55,20 @@ def _attn_mask(n_tokens, num_mem, mlen, mem_at_end, read_mem_from_cache, same_le
         if mem_at_end:
             mask[-m:] = False  # write memory sees read memory, the whole segment and itself
             mask[-m:, :mlen] = not read_mem_from_cache
+        if not causal:  # the encoder: memory (at the start only) reads and writes the whole segment
+            mask[:m, mlen + m :] = False
     return mask
 
 
 def build_attn_mask(n_tokens, num_mem, mlen, *, mem_at_end, read_mem_from_cache, same_length=False, mem_len=0,
-                    device=None) -> torch.Tensor:
-    """Boolean (Q, K) mask, True = blocked. Read tokens never see the segment; tokens never see
-    the write memory; write tokens see everything in the segment. Built once per shape."""
+                    causal=True, device=None) -> torch.Tensor:
+    """Boolean (Q, K) mask, True = blocked. Causal: read tokens never see the segment; tokens
+    never see the write memory; write tokens see everything in the segment. Bidirectional
+    (causal False, memory at the start only): everything sees the segment and the memory, and
+    the memory sees the cache only with read_mem_from_cache. Built once per shape."""
     # Cached per shape and device: no host-to-device copy per segment. Callers must not modify it.
     return _attn_mask(n_tokens, num_mem, mlen, bool(mem_at_end and num_mem), read_mem_from_cache, same_length,
-                      mem_len, torch.device(device) if device is not None else torch.device("cpu"))
+                      mem_len, causal, torch.device(device) if device is not None else torch.device("cpu"))
 
 
 @torch.compiler.disable  # a graph break per segment: compiled graphs get the mask as an input
@@ -85,6 +92,8 @@ class MemTransformerLM(nn.Module):
             if cfg.attn_type == 0:
                 return RelPartialLearnableAttention(n_head, d_model, d_head, dropout, dropatt, cfg.pre_lnorm,
                                                     impl=cfg.attn_impl)
+            if cfg.attn_type == 4:
+                return RotaryAttention(n_head, d_model, d_head, dropout, dropatt, cfg.pre_lnorm, impl=cfg.attn_impl)
             return AbsoluteAttention(n_head, d_model, d_head, dropout, dropatt, cfg.pre_lnorm)
 
         self.layers = nn.ModuleList(
@@ -93,12 +102,16 @@ class MemTransformerLM(nn.Module):
             for _ in range(n_layer)
         )
         self.pos_emb = PositionalEmbedding(d_model)
+        if cfg.attn_type == 4:
+            self.rotary = Rotary(d_head)
         if cfg.attn_type == 0:
             # One pair of global biases shared by all layers, as in the original (TXL's u and v).
             self.r_w_bias = nn.Parameter(torch.zeros(n_head, d_head))
             self.r_r_bias = nn.Parameter(torch.zeros(n_head, d_head))
         self.crit = ProjectedAdaptiveLogSoftmax(n_token, cfg.d_embed, d_model, cfg.cutoffs, cfg.div_val)
         self._tie(cfg)
+        if cfg.n_classes:  # sequence classification (rmt.model.recurrence.classify)
+            self.cls_head = nn.Linear(d_model, cfg.n_classes)
         if cfg.num_mem_tokens:
             mem = torch.randn(cfg.num_mem_tokens, d_model)  # N(0, 1), unscaled, as the original
             if cfg.mem_init == "identical":
@@ -178,16 +191,17 @@ class MemTransformerLM(nn.Module):
         """The (Q, K) mask of a segment of n_tokens after mlen cached positions (a FlexMask for
         attn_impl flex unless flex=False)."""
         cfg = self.config
-        masking = flex_mask if flex and cfg.attn_impl == "flex" and cfg.attn_type == 0 else build_attn_mask
+        masking = flex_mask if flex and cfg.attn_impl == "flex" and cfg.attn_type in (0, 4) else build_attn_mask
         return masking(n_tokens, cfg.num_mem_tokens, mlen, mem_at_end=cfg.mem_at_end,
                        read_mem_from_cache=cfg.read_mem_from_cache, same_length=cfg.same_length,
-                       mem_len=cfg.mem_len, device=device)
+                       mem_len=cfg.mem_len, causal=cfg.causal, device=device)
 
-    def positions(self, k_len: int, device, dtype) -> torch.Tensor:
-        """Sinusoids (K, C) for distances K-1 .. 0: memory tokens occupy positions like any other token."""
-        pos_seq = torch.arange(k_len - 1, -1, -1.0, device=device, dtype=dtype)
+    def positions(self, k_len: int, device, dtype, future: int = 0) -> torch.Tensor:
+        """Sinusoids (K + future, C) for distances K-1 .. -future: memory tokens occupy positions
+        like any other token; negative distances (keys after the query) for the bidirectional mode."""
+        pos_seq = torch.arange(k_len - 1, -future - 1, -1.0, device=device, dtype=dtype)
         if self.config.clamp_len > 0:
-            pos_seq = pos_seq.clamp(max=self.config.clamp_len)
+            pos_seq = pos_seq.clamp(min=-self.config.clamp_len, max=self.config.clamp_len)
         return self.pos_emb(pos_seq)
 
     def run_layers(self, h: torch.Tensor, cache, mask, maps: list | None = None) -> list[torch.Tensor]:
@@ -195,7 +209,9 @@ class MemTransformerLM(nn.Module):
         before the final dropout. maps: a list that receives each layer's attention probabilities."""
         mlen = cache[0].size(1) if cache else 0
         q_len = h.size(1)
-        pos_emb = self.positions(mlen + q_len, h.device, h.dtype)  # (K, C)
+        # (K, C); bidirectional relative attention also needs the Q - 1 negative distances
+        future = q_len - 1 if self.config.attn_type == 0 and not self.config.causal else 0
+        pos_emb = self.positions(mlen + q_len, h.device, h.dtype, future)
         if self.config.attn_type == 0:
             core = self.drop(h)  # dropout reaches the memory vectors too, as in the original
             pos_emb = self.drop(pos_emb)
@@ -203,6 +219,17 @@ class MemTransformerLM(nn.Module):
             for i, layer in enumerate(self.layers):
                 core = layer(core, pos_emb, self.r_w_bias, self.r_r_bias, mask, cache[i] if cache else None,
                              probs=maps)
+                hids.append(core)
+            return hids
+        if self.config.attn_type == 4:
+            # Rotary: key j sits at position j of [cache | segment], query i at mlen + i; scores
+            # depend on the difference only, so a memory token is as far from a segment token as
+            # their slots are apart (read memory just before the tokens, write memory just after).
+            rope = self.rotary(torch.arange(mlen + q_len, device=h.device))
+            core = self.drop(h)
+            hids = [core]
+            for i, layer in enumerate(self.layers):
+                core = layer(core, mask, cache[i] if cache else None, rope=rope, probs=maps)
                 hids.append(core)
             return hids
         core = self.drop(h + pos_emb[-q_len:])

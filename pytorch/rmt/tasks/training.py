@@ -46,11 +46,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max_root", type=int, default=None, help="sqeq: roots within +-(max_root-1) (paper: 100)")
     g.add_argument("--shuffle_limit", type=int, default=None,
                    help="sqeq: the equation is the monic one times +-k, k up to this (paper: 10)")
-    g.add_argument("--n_train", type=int, default=100_000, help="training samples when generating data")
-    g.add_argument("--n_val", type=int, default=10_000, help="validation samples when generating data")
-    g.add_argument("--n_test", type=int, default=20_000, help="test samples when generating data")
-    g.add_argument("--data_seed", type=int, default=0, help="seed of the generated data set")
-    g.add_argument("--eval_batch_size", type=int, default=None, help="evaluation batch (default: --batch_size)")
+    add_sample_args(g, 100_000, 10_000, 20_000)
     g.add_argument("--select_by", choices=["loss", "acc"], default="loss",
                    help="model selection on validation loss (the original) or teacher-forced accuracy")
     g.add_argument("--no_greedy_valid", action="store_true", help="skip greedy decoding during validation")
@@ -60,6 +56,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "and the earlier stages together take at most half of --max_step")
     g.add_argument("--curriculum_threshold", type=float, default=0.95, help="acc_tf that ends a curriculum stage")
     p.set_defaults(**DEFAULTS)
+
+
+def add_sample_args(g, n_train: int, n_val: int, n_test: int) -> None:
+    """The generated data's split sizes and seed, and the evaluation batch: every task has them."""
+    g.add_argument("--n_train", type=int, default=n_train, help="training samples when generating data")
+    g.add_argument("--n_val", type=int, default=n_val, help="validation samples when generating data")
+    g.add_argument("--n_test", type=int, default=n_test, help="test samples when generating data")
+    g.add_argument("--data_seed", type=int, default=0, help="seed of the generated data set")
+    g.add_argument("--eval_batch_size", type=int, default=None, help="evaluation batch (default: --batch_size)")
 
 
 def inherit_trained_flags(parser: argparse.ArgumentParser, argv, args: argparse.Namespace) -> argparse.Namespace:
