@@ -46,8 +46,8 @@ def test_command_draws_an_lm_checkpoint(tmp_path):
     assert attention_maps.main(["--checkpoint", str(ckpt), "--sample", "2", "--heads", "--out",
                                 str(tmp_path / "maps")]) == 0
     names = sorted(p.name for p in (tmp_path / "maps").iterdir())
-    assert names == ["wt2_sample2_segment2_layer0_heads.png", "wt2_sample2_segment2_layer1_heads.png",
-                     "wt2_sample2_segment2_layers.png"]
+    assert names == ["data-word_sample2_segment2_layer0_heads.png", "data-word_sample2_segment2_layer1_heads.png",
+                     "data-word_sample2_segment2_layers.png"]
     assert all((tmp_path / "maps" / n).read_bytes()[:4] == b"\x89PNG" for n in names)
     with pytest.raises(SystemExit, match="segments"):
         attention_maps.main(["--checkpoint", str(ckpt), "--sample", "100000"])

@@ -18,4 +18,5 @@ def test_readme_api_snippets_run(tmp_path, monkeypatch, capsys):
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, "README.md", "exec"), namespace)
-    assert "torch.Size([2, 999]) 1698" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "torch.Size([2, 999]) 1698" in out and "2 (4, 4, 48, 48)" in out

@@ -220,6 +220,8 @@ def add_optim_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eta_min", type=float, default=0.0, help="cosine minimum learning rate")
     g.add_argument("--patience", type=int, default=0, help="dev_perf patience (evaluations)")
     g.add_argument("--clip", type=float, default=0.25, help="gradient-norm clipping")
+    g.add_argument("--skip_nonfinite", action="store_true",
+                   help="skip a step whose loss or gradient is not finite instead of stopping the run")
     g.add_argument("--max_step", type=int, default=100000, help="optimiser steps")
     g.add_argument("--max_time", type=float, default=0,
                    help="stop after this many minutes of training (0: no limit); validates and tests as usual")

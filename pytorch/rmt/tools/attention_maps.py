@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 
-from rmt.lm.evaluation import default_data_dir, load_corpus  # noqa: E402
+from rmt.lm.evaluation import corpus_name, default_data_dir, load_corpus  # noqa: E402
 from rmt.model.recurrence import MemoryState  # noqa: E402
 from rmt.tasks.registry import TASK_NAMES  # noqa: E402
 from rmt.tasks.scoring import pad_to_segments  # noqa: E402
@@ -105,11 +105,13 @@ def task_segments(args, train_args: dict, tgt_len: int):
 
 def lm_segments(args, train_args: dict, tgt_len: int):
     dataset = train_args["dataset"]
-    corpus = load_corpus(train_args.get("data") or default_data_dir(dataset), dataset)
+    data = train_args.get("data") or default_data_dir(dataset)
+    corpus = load_corpus(data, dataset)
     stream = getattr(corpus, args.split)
     if (args.sample + 1) * tgt_len > len(stream):
         raise ValueError(f"--sample {args.sample}: the {args.split} split has {len(stream) // tgt_len} segments")
-    return [stream[k * tgt_len : (k + 1) * tgt_len].view(1, -1) for k in range(args.sample + 1)], dataset
+    return [stream[k * tgt_len : (k + 1) * tgt_len].view(1, -1) for k in range(args.sample + 1)], \
+        corpus_name(data, dataset)
 
 
 def main(argv=None) -> int:

@@ -14,6 +14,12 @@ rmt.tasks.training.AlgorithmicTask) with these methods:
   curriculum moved to a harder stage), else "";
 - `state_dict()` / `load_state_dict(d)`: data position and carried memory, saved in every
   checkpoint, so that a resumed run continues bit for bit.
+
+Divergence: a step whose loss or gradient norm is not finite (outside fp16, whose scaler skips
+its own overflows) is never applied. The run stops with a one-line error and exit status 1,
+checkpoint_last.pt and checkpoint_best.pt keep the last validated state, and no results row is
+written; `--skip_nonfinite` drops such steps and trains on. A non-finite validation loss stops
+the run the same way (nothing is saved from it).
 """
 from __future__ import annotations
 
@@ -58,6 +64,7 @@ class Trainer:
         self.args, self.runtime, self.logger, self.run_dir = args, runtime, logger, run_dir
         self.select_by = select_by  # "loss" (lower is better) or a metric name (higher is better)
         self.step = 0
+        self.skipped = 0  # steps dropped for a non-finite loss or gradient (--skip_nonfinite)
         self.best = None
         self.tokens_per_s = 0.0  # of the last logged window, for the results row
 
@@ -100,7 +107,8 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------------
 
-    def optimizer_step(self) -> float:
+    def optimizer_step(self, loss: float) -> float | None:
+        """Apply the accumulated gradients; returns their norm, or None for a dropped step."""
         scaler = self.runtime.scaler
         params = [p for p in self.raw_model.parameters() if p.requires_grad]
         self.runtime.all_reduce_grads(params)  # may give a rank zeros where another has a gradient
@@ -108,10 +116,27 @@ class Trainer:
         scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.args.clip) if self.args.clip > 0 else \
             torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        bad = not (math.isfinite(loss) and math.isfinite(float(grad_norm)))
+        if not scaler.is_enabled() and self.runtime.any_rank(bad):  # every rank drops the same step
+            self.optimizer.zero_grad(set_to_none=True)
+            self._nonfinite(f"loss {loss:.4g}, gradient norm {float(grad_norm):.4g}")
+            return None
         scaler.step(self.optimizer)
         scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return float(grad_norm)
+
+    def _nonfinite(self, what: str) -> None:
+        if self.args.skip_nonfinite:
+            self.skipped += 1
+            if self.skipped == 1 or self.skipped % 100 == 0:
+                self.logger.log(f"step {self.step + 1}: {what}; step skipped (--skip_nonfinite; {self.skipped} so far)")
+            return
+        message = (f"error: training diverged at step {self.step + 1} ({what}); the step was not applied. "
+                   f"{LAST} keeps the last validated state and no results row is written: lower --lr, "
+                   "lower --lr or --clip, raise --warmup_step, or pass --skip_nonfinite to skip such steps")
+        self.logger.log(message)
+        raise SystemExit(message)
 
     def fit(self, family) -> bool:
         """Train to --max_step (or --max_time). Returns False when stopped by a signal, True when
@@ -130,10 +155,12 @@ class Trainer:
                     return False
                 lr = self.schedule.step(self.step)
                 out = family.train_batch(self.model, self.step)
-                window.add(out, self.optimizer_step())
+                grad_norm = self.optimizer_step(out["loss"])
+                if grad_norm is not None:
+                    window.add(out, grad_norm)
                 self.step += 1
                 log.advance(1, loss=f"{out['loss']:.3f}")
-                if self.step % args.log_interval == 0 or self.step == args.max_step:
+                if (self.step % args.log_interval == 0 or self.step == args.max_step) and window.steps:
                     self._log_window(window, lr, out)
                 out_of_time = time_limit > 0 and self.runtime.any_rank(time.time() - t_start > time_limit)
                 if self.step % args.eval_interval == 0 or self.step == args.max_step or out_of_time:
@@ -156,6 +183,11 @@ class Trainer:
 
     def validate(self, family) -> None:
         metrics = family.evaluate(self.raw_model, "valid")
+        if not math.isfinite(metrics["loss"]):
+            message = (f"error: the validation loss at step {self.step} is {metrics['loss']}: the model diverged; "
+                       f"{LAST} and {BEST} keep the last good validation, no results row is written (lower --lr)")
+            self.logger.log(message)
+            raise SystemExit(message)
         self.schedule.observe(metrics["loss"])
         improved = self._is_better(metrics)
         if improved:
