@@ -1,14 +1,20 @@
-"""Divergence: a non-finite step is never applied, the run stops with one line (or skips the step
-on request), the checkpoints keep the last validated state and no results row is written."""
+"""Reliability: divergence (a non-finite step is never applied; one line, or skipped on request),
+restarts that change nothing when they fail, run directories that stay put and are not shared,
+results rows that are whole or absent, and no stale temporary files."""
 import argparse
+import fcntl
 import math
+import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
 from conftest import ROOT
+from rmt.atomic import atomic_write
 from rmt.model.transformer import MemTransformerLM
+from rmt.results import append_result, read_results
 from rmt.training.checkpoint import load_file
 from rmt.training.runtime import RunLogger, Runtime
 from rmt.training.trainer import LAST, Trainer
@@ -81,3 +87,118 @@ def test_a_huge_learning_rate_ends_in_one_line_and_no_results_row(tmp_path):
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("error: training diverged") and "Traceback" not in run.stderr
     assert not csv.exists()
+
+
+# ---- restarts, checkpoints, run directories, results files ---------------------------------------
+
+TASK_RUN = ["--dataset", "copy", "--task_seq_len", "4", "--tgt_len", "3", "--eval_tgt_len", "3", "--num_mem_tokens",
+            "2", "--n_layer", "1", "--d_model", "16", "--n_head", "2", "--d_head", "8", "--d_inner", "32",
+            "--max_step", "4", "--eval_interval", "2", "--log_interval", "2", "--n_train", "50", "--n_val", "8",
+            "--n_test", "8", "--batch_size", "4", "--device", "cpu"]
+
+
+def task_run(tmp_path, *extra):
+    return subprocess.run([sys.executable, "-m", "rmt.train", *TASK_RUN, "--work_dir", str(tmp_path / "runs"),
+                           "--data", str(tmp_path / "data"), "--results_csv", str(tmp_path / "res.csv"), *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def one_line_error(run):
+    assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    return run.stderr.strip().splitlines()[-1]
+
+
+def test_bad_restarts_change_nothing_and_a_finished_run_is_not_rerun(tmp_path):
+    assert task_run(tmp_path, "--run_name", "r").returncode == 0
+    run_dir = tmp_path / "runs" / "r"
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.suffix in (".pt", ".json")}
+    csv_before = (tmp_path / "res.csv").read_bytes()
+    finished = one_line_error(task_run(tmp_path, "--restart", "--restart_dir", str(run_dir)))
+    assert "finished at step 4 already" in finished
+    other_shape = one_line_error(task_run(tmp_path, "--restart", "--restart_dir", str(run_dir), "--max_step", "8",
+                                          "--d_model", "32"))
+    assert "does not fit this run" in other_shape
+    other_optim = one_line_error(task_run(tmp_path, "--restart", "--restart_dir", str(run_dir), "--max_step", "8",
+                                          "--optim", "sgd"))
+    assert "does not fit this run" in other_optim
+    (run_dir / "checkpoint_last.pt").write_bytes(before["checkpoint_last.pt"][:500])
+    truncated = one_line_error(task_run(tmp_path, "--restart", "--restart_dir", str(run_dir), "--max_step", "8"))
+    assert "not a readable checkpoint" in truncated
+    (run_dir / "checkpoint_last.pt").write_bytes(before["checkpoint_last.pt"])
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.suffix in (".pt", ".json")}
+    assert after == before and (tmp_path / "res.csv").read_bytes() == csv_before
+    bad_eval = one_line_error(task_run(tmp_path, "--eval_only", "--eval_checkpoint", str(tmp_path / "res.csv")))
+    assert "not a readable checkpoint" in bad_eval
+
+
+def test_run_names_stay_inside_the_work_dir_and_a_busy_run_dir_is_refused(tmp_path):
+    assert "plain directory name" in one_line_error(task_run(tmp_path, "--run_name", "../escape"))
+    assert not (tmp_path / "escape").exists()
+    run_dir = tmp_path / "runs" / "busy"
+    run_dir.mkdir(parents=True)
+    with open(run_dir / ".lock", "a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        assert "another run is using" in one_line_error(task_run(tmp_path, "--run_name", "busy"))
+    unwritable = tmp_path / "file"
+    unwritable.write_text("not a directory")
+    assert "cannot write under" in one_line_error(task_run(tmp_path, "--results_csv", str(unwritable / "r.csv")))
+
+
+def test_a_cut_row_is_dropped_before_the_next_append(tmp_path):
+    csv = tmp_path / "r.csv"
+    append_result(csv, {"run_id": "a", "split": "test"})
+    with open(csv, "a") as f:
+        f.write("b,2026-12-03,half a ro")  # what a full disk or a kill mid-write leaves
+    append_result(csv, {"run_id": "c", "split": "test"})
+    assert list(read_results(csv)["run_id"]) == ["a", "c"]
+
+
+def test_concurrent_appends_are_whole_rows(tmp_path):
+    csv = tmp_path / "r.csv"
+    code = ("import sys; from rmt.results import append_result\n"
+            "for i in range(50): append_result(sys.argv[1], {'run_id': f'{sys.argv[2]}-{i}', 'split': 'test', "
+            "'command': 'x' * 5000})")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(csv), f"p{k}"]) for k in range(4)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    ids = list(read_results(csv)["run_id"])
+    assert len(ids) == 200 and len(set(ids)) == 200
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="needs root to mount a tmpfs")
+def test_a_full_disk_leaves_no_partial_row(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        csv = disk / "r.csv"
+        append_result(csv, {"run_id": "a", "split": "test"})
+        with pytest.raises(OSError):
+            for i in range(1000):
+                append_result(csv, {"run_id": f"r{i}", "split": "test", "command": "y" * 4000})
+        data = csv.read_bytes()
+        assert data.endswith(b"\n") and read_results(csv)["run_id"].iloc[0] == "a"
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
+def test_stale_temp_files_of_a_killed_save_are_removed(tmp_path):
+    target = tmp_path / "checkpoint_last.pt"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".{target.name}.{dead.pid}.deadbeef.tmp"
+    stale.write_bytes(b"x" * 1000)
+    live = tmp_path / f".{target.name}.{os.getpid()}.cafecafe.tmp"  # a writer still running: kept
+    live.write_bytes(b"y")
+    atomic_write(target, lambda f: f.write(b"new"))
+    assert target.read_bytes() == b"new" and not stale.exists() and live.exists()
+
+
+def test_in_process_runs_may_reuse_their_run_directory(tmp_path):
+    """The lock keeps other processes out, not a later run of the same process (a notebook)."""
+    from rmt import train
+
+    common = [*TASK_RUN, "--work_dir", str(tmp_path / "runs"), "--data", str(tmp_path / "data"), "--no_results",
+              "--run_name", "same"]
+    assert train.main(common) == 0
+    assert train.main([*common, "--restart", "--restart_dir", str(tmp_path / "runs" / "same"), "--max_step", "6"]) == 0

@@ -2,10 +2,29 @@
 old file in place."""
 from __future__ import annotations
 
+import glob
 import os
 import pathlib
 import uuid
 from typing import IO, Callable
+
+
+def remove_stale(path: pathlib.Path) -> None:
+    """Delete temporary files of `path` left by writers that no longer run (a kill -9 mid-save)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], text: bool = False, **open_kwargs) -> None:
@@ -18,6 +37,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], text: boo
     """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "x" if text else "xb", **open_kwargs) as f:

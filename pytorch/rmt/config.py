@@ -11,8 +11,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import numbers
+import os
 import pathlib
+import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -273,11 +276,27 @@ def check_device(args: argparse.Namespace, device, parser: argparse.ArgumentPars
                      "use --attn_impl fused here, flex works for evaluation")
 
 
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
 def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Reject impossible values with one line; warn about flags that do nothing here."""
+    """Reject impossible values with one line, before anything is built or written; warn about
+    flags that do nothing here."""
     for name in ("max_step", "batch_size", "tgt_len", "eval_tgt_len", "log_interval", "eval_interval", "batch_chunk"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    if not math.isfinite(args.lr) or args.lr <= 0:
+        parser.error(f"--lr must be a positive finite number, got {args.lr}")
+    for name in ("warmup_step", "seed", "max_time", "clip", "mom", "eta_min", "lr_min", "patience"):
+        value = getattr(args, name)
+        if not math.isfinite(value) or value < 0:
+            parser.error(f"--{name} must be a finite number >= 0, got {value}")
+    eval_batch = getattr(args, "eval_batch_size", None)
+    if eval_batch is not None and eval_batch <= 0:
+        parser.error(f"--eval_batch_size must be positive, got {eval_batch}")
+    if not DEVICE.match(args.device):
+        parser.error(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
+    check_paths(args, parser)
     if args.max_eval_steps == 0:  # the original looped forever here; a silent empty validation is no better
         parser.error("--max_eval_steps 0 would evaluate nothing: give a positive cap, or -1 for the whole split")
     if args.batch_size % args.batch_chunk:
@@ -290,6 +309,21 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         warnings.warn("--debug is ignored: runs always write their directory (use --no_results to skip the CSV row)")
     if args.num_mem_tokens and not args.mem_at_end and args.causal:  # the encoder's start slots do write
         warnings.warn("--no-mem_at_end: memory is read only and never written (the paper's 'MT' ablation)")
+
+
+def check_paths(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """A run directory stays inside --work_dir, and what the run will write can be written."""
+    name = args.run_name
+    if name is not None and (not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith(".")):
+        parser.error(f"--run_name must be a plain directory name (no '/', not starting with '.'), got {name!r}")
+    targets = [] if args.restart else [pathlib.Path(args.work_dir)]
+    if args.results_csv and not args.no_results:
+        targets.append(pathlib.Path(args.results_csv).parent)
+    for target in targets:
+        existing = next((p for p in (target, *target.parents) if p.exists()), None)
+        if existing is not None and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):
+            parser.error(f"cannot write under {target} ({existing} is not a writable directory); "
+                         "choose another --work_dir or --results_csv")
 
 
 def model_config(args: argparse.Namespace, n_token: int, cutoffs=(), tie_projs=(False,),

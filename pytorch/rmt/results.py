@@ -151,24 +151,50 @@ def append_result(csv_path: str | os.PathLike, row: dict, columns: list[str] = R
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow([_cell(row.get(c)) for c in columns])
     line = buf.getvalue()
-    with open(path, "a+", encoding="utf-8", newline="") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    with open(path, "a+b") as f:
+        fd = f.fileno()
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            if os.fstat(f.fileno()).st_size == 0:
+            size = os.fstat(fd).st_size
+            if size == 0:
                 header = io.StringIO()
                 csv.writer(header, lineterminator="\n").writerow(columns)
                 line = header.getvalue() + line
             else:
                 f.seek(0)
-                existing = next(csv.reader([f.readline()]), [])
+                existing = next(csv.reader([f.readline().decode("utf-8", errors="replace")]), [])
                 if existing != columns:
                     raise ValueError(f"{path} has a different header; schema mismatch: {existing}")
-                f.seek(0, os.SEEK_END)
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+                size = _whole_rows(f, size)
+            _write_all(fd, line.encode("utf-8"), size)
         finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _whole_rows(f, size: int) -> int:
+    """The size of the file up to its last complete row: a row cut short by a crash or a full disk
+    (no final newline) is dropped, so the next row is never glued to it."""
+    f.seek(size - 1)
+    if f.read(1) == b"\n":
+        return size
+    f.seek(0)
+    data = f.read()
+    keep = data.rfind(b"\n") + 1
+    os.ftruncate(f.fileno(), keep)
+    print(f"warning: {f.name}: dropped an incomplete last row ({size - keep} bytes)", file=sys.stderr)
+    return keep
+
+
+def _write_all(fd: int, data: bytes, size: int) -> None:
+    """Append data at `size` in full, or leave the file as it was (a full disk, say)."""
+    try:
+        written = 0
+        while written < len(data):
+            written += os.pwrite(fd, data[written:], size + written)
+        os.fsync(fd)
+    except OSError:
+        os.ftruncate(fd, size)
+        raise
 
 
 def groups_csv(results_csv: str | os.PathLike) -> pathlib.Path:
@@ -184,7 +210,7 @@ def read_results(path_or_dir: str | os.PathLike) -> pd.DataFrame:
     """
     path = pathlib.Path(path_or_dir)
     files = sorted(path.glob("*.csv")) if path.is_dir() else ([path] if path.exists() else [])
-    frames = [pd.read_csv(f) for f in files if f.stat().st_size > 0]
+    frames = [_read_checked(f) for f in files if f.stat().st_size > 0]
     frames = [f for f in frames if len(f)]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RESULT_COLUMNS)
     for c in RESULT_COLUMNS:
@@ -192,6 +218,33 @@ def read_results(path_or_dir: str | os.PathLike) -> pd.DataFrame:
             df[c] = pd.NA
     extra = [c for c in df.columns if c not in RESULT_COLUMNS]
     return df[RESULT_COLUMNS + extra]
+
+
+def _read_checked(path: pathlib.Path) -> pd.DataFrame:
+    """One results CSV; ValueError (one line) when a row's width differs from the header's or a
+    metric is not a number, instead of silently shifted or coerced cells."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{path}: not a readable results CSV ({e})") from None
+    header = rows[0] if rows else []
+    for number, row in enumerate(rows[1:], start=2):
+        if row and len(row) != len(header):  # a blank line is harmless
+            raise ValueError(f"{path}: line {number} has {len(row)} fields, the header {len(header)}; "
+                             "repair or remove that line")
+    rows = [header] + [row for row in rows[1:] if row]
+    df = pd.DataFrame(rows[1:], columns=header).replace("", pd.NA)
+    for column in ("metric_value", "loss", "ppl", "bpc", "acc_tf", "acc_greedy", "exact_match"):
+        if column in df:
+            numbers = pd.to_numeric(df[column], errors="coerce")
+            bad = df[column].notna() & numbers.isna()
+            if bad.any():
+                line = int(bad.to_numpy().nonzero()[0][0]) + 2
+                raise ValueError(f"{path}: line {line}: {column} is {df[column][bad].iloc[0]!r}, not a number")
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return pd.read_csv(io.StringIO(buf.getvalue()))
 
 
 def show(csv_path: str | os.PathLike, run_ids: list[str]) -> str:

@@ -31,8 +31,8 @@ from rmt.results import GROUP_COLUMNS, append_result, groups_csv, result_row
 from rmt.tasks import classification
 from rmt.tasks import training as task_training
 from rmt.tasks.registry import TASK_NAMES
-from rmt.training.checkpoint import CheckpointError, load_model, run_config
-from rmt.training.runtime import RunLogger, Runtime, prepare_run_dir, seed_all
+from rmt.training.checkpoint import CheckpointError, first_line, load_model, run_config
+from rmt.training.runtime import RunLogger, Runtime, prepare_run_dir, release_run_dir, seed_all
 from rmt.training.trainer import LAST, Trainer
 
 
@@ -85,6 +85,9 @@ def build_model(args, family, runtime) -> MemTransformerLM:
             model, _ = load_model(args.eval_checkpoint, runtime.device)
         except CheckpointError as e:
             raise SystemExit(f"error: {e}")
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a dict of ours, but not a model
+            raise SystemExit(f"error: {args.eval_checkpoint} does not hold a usable model ({type(e).__name__}: "
+                             f"{first_line(e)})")
         family.check_model(model, args.eval_checkpoint)
         return model
     model = MemTransformerLM.from_config(family.model_config())
@@ -125,21 +128,27 @@ def main(argv=None) -> int:
         model = build_model(args, family, runtime)
     except ValueError as e:
         parser.error(str(e))
+    trainer = Trainer(model, args, runtime, logger, run_dir, select_by=family.select_by)
+    if args.restart:  # before config.json is written: a checkpoint that does not fit changes nothing
+        trainer.resume(pathlib.Path(args.restart_dir) / LAST, family)
+        if trainer.step >= args.max_step:
+            raise SystemExit(f"error: {args.restart_dir} finished at step {trainer.step} already (its results row "
+                             "was written then); raise --max_step to train on, or re-test with python -m "
+                             "rmt.evaluate --checkpoint <run>/checkpoint_best.pt")
     if run_dir is not None:
         config.write_config(run_dir, args, model.config, {**family.facts(), "device": runtime.describe()})
     if getattr(args, "trained_flags", ""):
         logger.log(f"evaluating as trained: flags from {args.trained_flags}, then the command line's")
     logger.log(f"{family.describe(model)}; device {runtime.describe()}; run dir {run_dir}")
-
-    trainer = Trainer(model, args, runtime, logger, run_dir, select_by=family.select_by)
     if args.restart:
-        trainer.resume(pathlib.Path(args.restart_dir) / LAST, family)
         logger.log(f"resumed at step {trainer.step}{family.resumed()}")
     t0 = time.time()
     if not args.eval_only:
         if not trainer.fit(family):  # stopped by a signal: the checkpoint is saved, no test
             logger.close()
             runtime.close()
+            if run_dir is not None:
+                release_run_dir(run_dir)
             return 0
         if family.tests_best:
             trainer.load_best()
@@ -155,6 +164,8 @@ def main(argv=None) -> int:
     runtime.barrier()
     logger.close()
     runtime.close()
+    if run_dir is not None:
+        release_run_dir(run_dir)
     return 0
 
 

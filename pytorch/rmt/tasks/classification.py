@@ -26,7 +26,7 @@ from rmt import REPO_ROOT
 from rmt.config import BOOL, FULL_BPTT, model_config
 from rmt.model.recurrence import classify
 from rmt.results import TestResult
-from rmt.tasks.training import BatchSampler, add_sample_args
+from rmt.tasks.training import BatchSampler, add_sample_args, check_sample_args
 
 NAME = "fact"
 FACT, QUERY = 1, 2  # marker tokens; 0 is never emitted (the padding id elsewhere)
@@ -63,7 +63,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    for name in ("n_segments", "n_values", "n_distractors", "n_train", "n_val", "n_test"):
+    check_sample_args(args, parser)
+    for name in ("n_segments", "n_values", "n_distractors"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
     if args.n_segments < 2:

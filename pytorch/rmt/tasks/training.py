@@ -98,6 +98,20 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
                      "is already back-propagated, to --mem_backprop_depth segments of memory")
     if args.eval_only and not args.eval_checkpoint:
         parser.error("--eval_only needs --eval_checkpoint PATH (e.g. runs/<run>/checkpoint_best.pt)")
+    check_sample_args(args, parser)
+    if any(c <= 0 for c in args.curriculum):
+        parser.error(f"--curriculum segment lengths must be positive, got {args.curriculum}")
+    if not 0 < args.curriculum_threshold <= 1:
+        parser.error(f"--curriculum_threshold must be in (0, 1], got {args.curriculum_threshold}")
+
+
+def check_sample_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Split sizes that train, validate and test something."""
+    for name in ("n_train", "n_val", "n_test"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}: every split is used")
+    if not args.eval_only and args.batch_size > args.n_train:
+        parser.error(f"--batch_size {args.batch_size} is larger than the training split (--n_train {args.n_train})")
 
 
 def resolve_task(args: argparse.Namespace):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import os
 import pathlib
 import random
@@ -162,10 +163,34 @@ def prepare_run_dir(args, default_name: str) -> pathlib.Path:
         run_dir = pathlib.Path(args.restart_dir)
         if not (run_dir / "checkpoint_last.pt").is_file():
             raise SystemExit(f"error: no checkpoint_last.pt in --restart_dir {run_dir!s}; nothing to resume")
-        return run_dir
-    run_dir = pathlib.Path(args.work_dir) / (args.run_name or f"{default_name}-{timestamp()}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = pathlib.Path(args.work_dir) / (args.run_name or f"{default_name}-{timestamp()}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    lock_run_dir(run_dir)
     return run_dir
+
+
+_RUN_LOCKS: dict[str, object] = {}  # run directory -> its open lock file, held while the run lives
+
+
+def lock_run_dir(run_dir: pathlib.Path) -> None:
+    """Refuse a second live run in the same directory (same --run_name, or a restart of a running
+    run) from another process; a run of this process there (called again in-process) has ended."""
+    key = str(run_dir.resolve())
+    release_run_dir(key)
+    f = open(run_dir / ".lock", "a")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise SystemExit(f"error: another run is using {run_dir} right now; give this one another --run_name")
+    _RUN_LOCKS[key] = f
+
+
+def release_run_dir(run_dir: str | pathlib.Path) -> None:
+    f = _RUN_LOCKS.pop(str(pathlib.Path(run_dir).resolve()), None)
+    if f is not None:
+        f.close()
 
 
 class RunLogger:

@@ -31,7 +31,7 @@ import time
 
 import torch
 
-from rmt.training.checkpoint import CheckpointError, load_file, save_atomic
+from rmt.training.checkpoint import CheckpointError, first_line, load_file, save_atomic
 from rmt.training.optim import LRSchedule, build_optimizer
 from rmt.training.runtime import compile_model, rng_state, set_rng_state
 
@@ -92,13 +92,20 @@ class Trainer:
         missing = {"model", "optimizer", "schedule", "rng", "step"} - set(ckpt)
         if missing:
             raise SystemExit(f"error: {path} is not a training checkpoint (missing {sorted(missing)})")
-        self.raw_model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.schedule.load_state_dict(ckpt["schedule"])
-        self.runtime.scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
-        self.step, self.best = ckpt["step"], ckpt["best"]
-        family.load_state_dict(ckpt["extra"])
+        try:
+            self.raw_model.load_state_dict(ckpt["model"])
+            saved = set(ckpt["optimizer"]["param_groups"][0])
+            if saved != set(self.optimizer.param_groups[0]):  # another --optim: loading would not notice
+                raise ValueError(f"the checkpoint's optimiser has settings {sorted(saved - {'params'})}")
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.schedule.load_state_dict(ckpt["schedule"])
+            self.runtime.scaler.load_state_dict(ckpt["scaler"])
+            set_rng_state(ckpt["rng"])
+            self.step, self.best = int(ckpt["step"]), ckpt["best"]
+            family.load_state_dict(ckpt["extra"])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
+            raise SystemExit(f"error: {path} does not fit this run ({type(e).__name__}: {first_line(e)}); restart "
+                             "with the flags it was trained with (model sizes, --optim, task)")
 
     def load_best(self) -> None:
         """The best validated weights into the model (main process; kept as is when none was saved)."""
