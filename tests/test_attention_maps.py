@@ -59,7 +59,8 @@ def test_command_draws_every_segment_of_a_task_sample(tmp_path):
                           "--n_head", "2", "--d_head", "8", "--d_inner", "32", "--max_step", "2", "--eval_interval",
                           "2", "--n_train", "50", "--n_val", "8", "--n_test", "8", "--batch_size", "4", "--device",
                           "cpu", "--work_dir", str(tmp_path / "runs"), "--run_name", "c", "--data",
-                          str(tmp_path / "data"), "--no_results"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          str(tmp_path / "data"), "--no_results"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     ckpt = tmp_path / "runs" / "c" / "checkpoint_best.pt"
     assert attention_maps.main(["--checkpoint", str(ckpt), "--sample", "3"]) == 0

@@ -202,3 +202,46 @@ def test_in_process_runs_may_reuse_their_run_directory(tmp_path):
               "--run_name", "same"]
     assert train.main(common) == 0
     assert train.main([*common, "--restart", "--restart_dir", str(tmp_path / "runs" / "same"), "--max_step", "6"]) == 0
+
+
+def test_parity_refuses_a_negative_tolerance_and_names_a_wrong_file(tmp_path):
+    bad_tol = subprocess.run([sys.executable, "-m", "rmt.parity", str(ROOT / "tests" / "golden" / "rmt.pt"), "--tol",
+                              "-1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad_tol.returncode == 2 and "--tol must be a finite number >= 0" in bad_tol.stderr
+    model = MemTransformerLM(n_token=8, n_layer=1, n_head=1, d_model=8, d_head=8, d_inner=8)
+    ours = tmp_path / "ours.pt"
+    torch.save({"config": model.config.to_dict(), "model": model.state_dict()}, ours)
+    wrong = subprocess.run([sys.executable, "-m", "rmt.parity", str(ours)], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+    assert wrong.returncode == 2 and "not a parity file" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_an_enwik8_file_with_words_is_refused(tmp_path):
+    from rmt.lm.corpus import get_lm_corpus
+
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"{split}.txt").write_text("104 101 108 108 111\n" * 5)
+    (tmp_path / "train.txt").write_text("104 101 hello 111\n")
+    with pytest.raises(ValueError, match="'hello' is not a byte value 0-255"):
+        get_lm_corpus(tmp_path, "enwik8")
+
+
+def test_task_arrays_of_another_width_are_refused(tmp_path):
+    import numpy as np
+
+    assert task_run(tmp_path, "--run_name", "a", "--no_results").returncode == 0
+    x_path = next((tmp_path / "data").glob("*train*X*.npy"), None) or next((tmp_path / "data").glob("*train*.npy"))
+    x = np.load(x_path)
+    np.save(x_path, np.concatenate([x, x[:, :1]], axis=1))  # one token wider, as another task's arrays
+    assert "tokens long" in one_line_error(task_run(tmp_path, "--run_name", "b", "--no_results"))
+
+
+def test_compare_and_sweep_refuse_a_malformed_results_csv_in_one_line(tmp_path):
+    append_result(tmp_path / "lm.csv", {"run_id": "a", "split": "test", "metric_value": 0.5})
+    with open(tmp_path / "lm.csv", "a") as f:
+        f.write("x,y\n")
+    for cmd in (["rmt.tools.compare", "--results", str(tmp_path), "--no-plots"],
+                ["rmt.tools.sweep", str(ROOT / "experiments" / "grids" / "copy_cpu.json"), "--dry-run", "--results",
+                 str(tmp_path / "lm.csv")]):
+        run = subprocess.run([sys.executable, "-m", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert "line 3 has 2 fields" in one_line_error(run), cmd

@@ -177,7 +177,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--not_tied", action="store_true", help="do not tie input and output embeddings")
     g.add_argument("--div_val", type=int, default=1, help="adaptive input/softmax dimension divisor")
     g.add_argument("--pre_lnorm", action="store_true", help="apply LayerNorm to the input of each block")
-    g.add_argument("--attn_type", type=int, default=0, help="0: relative (Transformer-XL), 2: absolute, 4: rotary (RoPE)")
+    g.add_argument("--attn_type", type=int, default=0,
+                   help="0: relative (Transformer-XL), 2: absolute, 4: rotary (RoPE)")
     g.add_argument("--clamp_len", type=int, default=-1, help="clamp relative distances (<=0: no clamp)")
     g.add_argument("--same_length", action="store_true", help="every token sees the same number of keys")
     g.add_argument("--tgt_len", type=int, default=70, help="segment length (tokens per segment)")

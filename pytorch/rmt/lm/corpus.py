@@ -102,7 +102,8 @@ def get_lm_corpus(data_dir: str | os.PathLike, dataset: str) -> Corpus:
         corpus = _build(data_dir, dataset, sources)
         try:
             _save_cache(cache_dir, corpus, stats)
-        except OSError as e:  # a read-only data dir should not stop training
+        except (OSError, RuntimeError) as e:  # a read-only or full data dir should not stop training
+            # (torch.save reports a full disk as a RuntimeError from its zip writer)
             warnings.warn(f"could not write the corpus cache in {cache_dir}: {e}")
     if dataset == "lm1b":
         corpus.train = _lm1b_shards(data_dir)
@@ -171,6 +172,8 @@ def _build(data_dir: str, dataset: str, sources: dict[str, str]) -> Corpus:
                   vocab_file=sources.get(LM1B_VOCAB))
     for split in rules.count_splits:
         vocab.count_file(sources[f"{split}.txt"])
+        if dataset == "enwik8":
+            _check_bytes(vocab, sources[f"{split}.txt"])
     vocab.build_vocab()
     if dataset == "lm1b":
         valid, valid_lengths = vocab.encode_sentences(sources["valid.txt"], add_double_eos=True)
@@ -179,6 +182,14 @@ def _build(data_dir: str, dataset: str, sources: dict[str, str]) -> Corpus:
                       sentence_lengths={"valid": valid_lengths, "test": test_lengths})
     splits = {s: vocab.encode_file(sources[f"{s}.txt"], add_eos=rules.add_eos) for s in SPLITS}
     return Corpus(dataset, vocab, **splits)
+
+
+def _check_bytes(vocab: Vocab, path: str) -> None:
+    """An enwik8-format file holds decimal byte values only; anything else would join the vocabulary."""
+    bad = next((sym for sym in vocab.counter if not (sym.isdigit() and int(sym) < 256)), None)
+    if bad is not None:
+        raise ValueError(f"{path}: token {bad[:20]!r} is not a byte value 0-255, as the enwik8 format needs; "
+                         "make the corpus with python -m rmt.lm.prepare text FILES --level char")
 
 
 # ---- cache ----

@@ -147,7 +147,8 @@ class FactRecall:
         bsz = self.args.eval_batch_size or self.args.batch_size
         loss, right = 0.0, 0
         for start in range(0, len(y_all), bsz):
-            x, y = x_all[start : start + bsz].to(self.runtime.device), y_all[start : start + bsz].to(self.runtime.device)
+            device = self.runtime.device
+            x, y = x_all[start : start + bsz].to(device), y_all[start : start + bsz].to(device)
             with self.runtime.autocast():
                 logits = self._logits(model, x).float()
             loss += F.cross_entropy(logits, y, reduction="sum").item()

@@ -228,6 +228,11 @@ class AlgorithmicTask:
                                                        for s in ("train", "val", "test"))
         except (FileNotFoundError, ValueError) as e:
             raise SystemExit(f"error: {e}")
+        for split, (src, _) in zip(("train", "val", "test"), (self.train, self.valid, self.test_split)):
+            if src.size(1) != self.spec.sample_len:  # another task's arrays, or other task flags
+                raise SystemExit(f"error: the {split} samples in {self.data_dir} are {src.size(1)} tokens long; "
+                                 f"{self.name} needs {self.spec.sample_len}: regenerate them (delete the directory) "
+                                 "or pass the task flags they were made with")
         self.sampler = BatchSampler(len(self.train[0]), args.batch_size, args.seed)
 
     def model_config(self):

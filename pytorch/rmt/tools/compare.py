@@ -303,7 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     if paper.empty:
         print(f"no paper tables found in {args.paper}", file=sys.stderr)
         return 1
-    ours, dropped = load_ours(args.results, args.split)
+    try:
+        ours, dropped = load_ours(args.results, args.split)
+    except ValueError as e:  # a malformed results CSV (rmt.results.read_results says where)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     pairs, only = match(paper, ours)
     other = other_corpus_rows(paper, only)
     only = only.drop(index=other.index)

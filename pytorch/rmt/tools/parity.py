@@ -10,6 +10,7 @@ segment. Exits 1 when any error exceeds --tol, 2 when a file cannot be read.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 import torch
@@ -17,7 +18,7 @@ import torch
 from rmt.config import ATTN_IMPLS
 from rmt.model.recurrence import MemoryState
 from rmt.tools.convert import load_original_model
-from rmt.training.checkpoint import CheckpointError, load_file
+from rmt.training.checkpoint import CheckpointError, first_line, load_file
 
 
 def _batch_first(t: torch.Tensor) -> torch.Tensor:
@@ -49,13 +50,24 @@ def main(argv=None) -> int:
     parser.add_argument("--tol", type=float, default=1e-4, help="largest acceptable max abs error (default 1e-4)")
     parser.add_argument("--attn_impl", choices=ATTN_IMPLS, default="eager", help="attention implementation")
     args = parser.parse_args(argv)
+    if not math.isfinite(args.tol) or args.tol < 0:
+        parser.error(f"--tol must be a finite number >= 0, got {args.tol}")
     worst_overall, status = 0.0, 0
     for path in args.files:
         try:
             golden = load_file(path)
             errors = check_golden(golden, args.attn_impl)
-        except (CheckpointError, KeyError, ValueError) as e:
+        except CheckpointError as e:
             print(f"{path}: cannot check: {e}", file=sys.stderr)
+            status = 2
+            continue
+        except KeyError as e:
+            print(f"{path}: cannot check: not a parity file (it has no {e} entry; tests/golden/ holds the format)",
+                  file=sys.stderr)
+            status = 2
+            continue
+        except (ValueError, TypeError, RuntimeError, IndexError) as e:
+            print(f"{path}: cannot check: {type(e).__name__}: {first_line(e)}", file=sys.stderr)
             status = 2
             continue
         print(f"{path}: {golden.get('note', '')}")

@@ -92,6 +92,11 @@ def _shown(path: pathlib.Path) -> str:
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
+def _names(keys) -> str:
+    """Keys for a one-line message: a key with a newline or other control character is quoted."""
+    return ", ".join(k if k.isprintable() else repr(k) for k in keys)
+
+
 def _int_list(value, where: str, allow_empty: bool = False) -> list[int]:
     if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value) \
             or (not value and not allow_empty):
@@ -109,7 +114,7 @@ def _flags(value, where: str) -> list[str]:
 
 
 def _kinds(value, where: str) -> list[str]:
-    if not isinstance(value, list) or not value or not set(value) <= set(MEMORY_FLAG):
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v in MEMORY_FLAG for v in value):
         raise GridError(f"{where} must be a non-empty list of {', '.join(MEMORY_FLAG)}, got {value!r}")
     return value
 
@@ -118,10 +123,13 @@ def expand(grid: dict, default_name: str = "grid", results_csv: str | os.PathLik
     """All runs of a grid (see the module docstring), in execution order; GridError on a bad grid."""
     unknown = sorted(set(grid) - GRID_KEYS)
     if unknown:
-        raise GridError(f"unknown grid keys: {', '.join(unknown)} (known: {', '.join(sorted(GRID_KEYS))})")
+        raise GridError(f"unknown grid keys: {_names(unknown)} (known: {', '.join(sorted(GRID_KEYS))})")
     for key in ("script", "kinds", "tgt_len", "seeds"):
         if key not in grid:
             raise GridError(f"the grid has no {key!r}")
+    for key in ("script", "name", "results_csv"):
+        if key in grid and not (isinstance(grid[key], str) and grid[key].strip() and grid[key].isprintable()):
+            raise GridError(f"{key} must be a non-empty string, got {grid[key]!r}")
     name = str(grid.get("name") or default_name)
     script = pathlib.Path(grid["script"])
     script = script if script.is_absolute() else REPO_ROOT / script
@@ -166,7 +174,7 @@ def _entry(e, where: str, kinds: list[str], memory: list[int] | None, fixed: lis
     if not isinstance(e, dict) or not isinstance(e.get("tgt_len"), int):
         raise GridError(f"{where} must be an integer or an object with an integer 'tgt_len', got {e!r}")
     if set(e) - ENTRY_KEYS:
-        raise GridError(f"{where}: unknown keys {', '.join(sorted(set(e) - ENTRY_KEYS))}")
+        raise GridError(f"{where}: unknown keys {_names(sorted(set(e) - ENTRY_KEYS))}")
     e_kinds = _kinds(e["kinds"], f"{where}.kinds") if "kinds" in e else kinds
     e_memory = _int_list(e["memory"], f"{where}.memory") if "memory" in e else memory
     if e_memory is None and set(e_kinds) - {"baseline"}:
@@ -215,7 +223,10 @@ def load_grid(path: str | os.PathLike, results_csv: str | os.PathLike | None = N
 
 def _results(csv: pathlib.Path) -> pd.DataFrame:
     """Rows of the results CSV, last row per run_id (empty if there is none)."""
-    df = read_results(csv)
+    try:
+        df = read_results(csv)
+    except ValueError as e:  # a malformed results CSV: say where, never guess which runs are done
+        raise SystemExit(f"error: {e}")
     df = df[df["run_id"].notna()]
     test = df["split"].astype(str) == "test"  # prefer a test row over other splits of the same run
     return pd.concat([df[~test], df[test]]).drop_duplicates("run_id", keep="last").set_index("run_id")
