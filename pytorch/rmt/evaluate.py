@@ -118,10 +118,8 @@ def load_for_eval(args, parser, runtime):
     checkpoint = pathlib.Path(args.checkpoint)
     try:
         model, _ = load_model(checkpoint, runtime.device)
-    except CheckpointError as e:
+    except CheckpointError as e:  # unreadable, or a dict of ours that is not a model
         raise SystemExit(f"error: {e}")
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a dict of ours, but not a model
-        raise SystemExit(f"error: {checkpoint} does not hold a usable model ({type(e).__name__}: {e})")
     train_args = run_config(checkpoint).get("args", {})
     args.dataset = args.dataset or train_args.get("dataset") or "wt103"
     explicit = dict(tgt_len=args.tgt_len, ext_len=args.ext_len, mem_len=args.mem_len, clamp_len=args.clamp_len,

@@ -76,8 +76,6 @@ def main(argv=None) -> int:
         model, _ = load_model(args.checkpoint, runtime.device)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}")
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise SystemExit(f"error: {args.checkpoint} does not hold a usable model ({type(e).__name__}: {e})")
     try:
         vocab = load_vocab(data, dataset)
         codec = TextCodec(vocab, dataset)

@@ -233,18 +233,15 @@ def _read_checked(path: pathlib.Path) -> pd.DataFrame:
         if row and len(row) != len(header):  # a blank line is harmless
             raise ValueError(f"{path}: line {number} has {len(row)} fields, the header {len(header)}; "
                              "repair or remove that line")
-    rows = [header] + [row for row in rows[1:] if row]
-    df = pd.DataFrame(rows[1:], columns=header).replace("", pd.NA)
+    df = pd.read_csv(path)  # the widths are right now, so no cell can shift
     for column in ("metric_value", "loss", "ppl", "bpc", "acc_tf", "acc_greedy", "exact_match"):
-        if column in df:
-            numbers = pd.to_numeric(df[column], errors="coerce")
-            bad = df[column].notna() & numbers.isna()
-            if bad.any():
-                line = int(bad.to_numpy().nonzero()[0][0]) + 2
-                raise ValueError(f"{path}: line {line}: {column} is {df[column][bad].iloc[0]!r}, not a number")
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(rows)
-    return pd.read_csv(io.StringIO(buf.getvalue()))
+        if column in df and df[column].dtype == object:  # some cell is not a number
+            bad = df[column].notna() & pd.to_numeric(df[column], errors="coerce").isna()
+            if not bad.any():
+                continue
+            line = int(bad.to_numpy().nonzero()[0][0]) + 2
+            raise ValueError(f"{path}: line {line}: {column} is {df[column][bad].iloc[0]!r}, not a number")
+    return df
 
 
 def show(csv_path: str | os.PathLike, run_ids: list[str]) -> str:

@@ -31,7 +31,7 @@ from rmt.results import GROUP_COLUMNS, append_result, groups_csv, result_row
 from rmt.tasks import classification
 from rmt.tasks import training as task_training
 from rmt.tasks.registry import TASK_NAMES
-from rmt.training.checkpoint import CheckpointError, first_line, load_model, run_config
+from rmt.training.checkpoint import CheckpointError, load_model, run_config
 from rmt.training.runtime import RunLogger, Runtime, prepare_run_dir, release_run_dir, seed_all
 from rmt.training.trainer import LAST, Trainer
 
@@ -83,11 +83,8 @@ def build_model(args, family, runtime) -> MemTransformerLM:
     if args.eval_only:
         try:
             model, _ = load_model(args.eval_checkpoint, runtime.device)
-        except CheckpointError as e:
+        except CheckpointError as e:  # unreadable, or a dict of ours that is not a model
             raise SystemExit(f"error: {e}")
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a dict of ours, but not a model
-            raise SystemExit(f"error: {args.eval_checkpoint} does not hold a usable model ({type(e).__name__}: "
-                             f"{first_line(e)})")
         family.check_model(model, args.eval_checkpoint)
         return model
     model = MemTransformerLM.from_config(family.model_config())

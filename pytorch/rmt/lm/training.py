@@ -41,8 +41,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    if args.eval_batch_size <= 0:
-        parser.error(f"--eval_batch_size must be positive, got {args.eval_batch_size}")
     if args.cutoffs is not None and not args.adaptive:
         parser.error("--cutoffs needs --adaptive")
     if args.mem_backprop_depth == FULL_BPTT:

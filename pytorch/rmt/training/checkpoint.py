@@ -58,8 +58,11 @@ def load_model(path: str | os.PathLike, map_location="cpu"):
     if "config" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path} has no 'config'/'model' entries; is it an original-code file? "
                               "convert it with `python -m rmt.tools.convert from-original`")
-    model = MemTransformerLM.from_config(ckpt["config"])
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = MemTransformerLM.from_config(ckpt["config"])
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:  # a dict of ours, not a model
+        raise CheckpointError(f"{path} does not hold a usable model ({type(e).__name__}: {first_line(e)})") from None
     return model, ckpt
 
 
