@@ -1,0 +1,326 @@
+"""Recurrent memory over a Hugging Face `transformers` model: any causal LM or encoder.
+
+    model = RMTForCausalLM(AutoModelForCausalLM.from_pretrained(path), num_mem_tokens=16, segment_size=512)
+    out = model(input_ids=ids, attention_mask=mask, labels=ids)   # out.loss, out.logits (B, N, V), out.memory
+
+A long input is cut into segments of `segment_size` tokens that run in order through the
+project's one segment loop (`rmt.model.recurrence.run_segments`: the same gradient policies and
+per-segment recomputation as the Transformer-XL models). Memory is M learned vectors fed to the
+backbone as `inputs_embeds`, never as token ids:
+
+- decoders (RMTForCausalLM): [read memory M | segment T | write memory M]. Causal attention lets
+  the read slots carry the previous segment into every token and the write slots see the whole
+  segment; the write slots' last-layer states become the next segment's memory. The write slots
+  hold the same vectors as the read slots (as in the paper). Tokens never see the write slots.
+- encoders (RMTForSequenceClassification): [CLS] [memory M | segment T] [SEP], memory at the start
+  only: attention is bidirectional, so the same slots read the old memory and write the new one
+  (their last-layer states); write slots at the end would add nothing. [CLS]/[SEP] are added when
+  their ids are given (pass ids without special tokens then). The backbone's own head classifies
+  the row's last segment, reading position 0 ([CLS], or the first memory slot).
+
+Positions: every segment is a fresh sequence for the backbone, with explicit `position_ids`
+counting only what is present: memory slots first (0..M-1, after [CLS]), then the real tokens,
+then the write slots (or [SEP]). So rotary backbones (Llama, Qwen, GPT-NeoX) and absolute ones
+(GPT-2, BERT) see the same layout, and a right-padded row gives exactly the real-token outputs
+and the memory of the unpadded row (its pads are masked and take no position). A row whose
+segment holds no real token keeps its memory unchanged.
+
+Memory travels as a value: `out.memory` (a `MemoryState`) passed back as `memory=` continues the
+sequence. `bptt_depth`: None full BPTT, 0 detached, D truncated to D segments (the loss of a
+segment reaches the memory of the D segments before it and nothing older).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.utils import ModelOutput
+
+from rmt.atomic import atomic_write
+from rmt.model.recurrence import MemoryState, run_segments
+
+CONFIG_FILE, MEMORY_FILE = "rmt_config.json", "rmt_memory.safetensors"
+BACKBONE_DIR, ADAPTER_DIR = "backbone", "adapter"
+
+
+@dataclass
+class RMTConfig:
+    """The wrapper's settings (saved as rmt_config.json) and the backbone's sizes, for result rows."""
+    kind: str  # "causal-lm" or "sequence-classification"
+    num_mem_tokens: int
+    segment_size: int
+    bptt_depth: int | None = None
+    recompute: bool = False
+    cls_token_id: int | None = None
+    sep_token_id: int | None = None
+    backbone: str = ""  # the backbone's name or path, where from_pretrained finds it when not saved alongside
+    n_layer: int = 0
+    d_model: int = 0
+    n_head: int = 0
+    d_head: int = 0
+    d_inner: int = 0
+    mem_len: int = 0  # no Transformer-XL cache here; the result rows' schema has the column
+    read_mem_from_cache: bool = False
+
+    @property
+    def causal(self) -> bool:
+        return self.kind == "causal-lm"
+
+    @property
+    def mem_at_end(self) -> bool:
+        return self.causal
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class SegmentInput(NamedTuple):
+    """One segment of B rows: token ids and the attention mask (1 real, 0 padding)."""
+    ids: torch.Tensor  # (B, T)
+    mask: torch.Tensor  # (B, T)
+
+    def size(self, dim: int) -> int:  # the segment loop asks a segment for its batch size
+        return self.ids.size(dim)
+
+
+@dataclass
+class RMTOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None  # causal LM (B, N, V); classification (B, n_classes)
+    memory: MemoryState | None = None  # the state after the last segment: pass it as memory= to continue
+
+
+def _sizes(cfg) -> dict:
+    """Layer count and widths read off a transformers config (names differ between families)."""
+    d_model = getattr(cfg, "hidden_size", 0) or 0
+    n_head = getattr(cfg, "num_attention_heads", 0) or 0
+    d_inner = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d_model
+    return {"n_layer": getattr(cfg, "num_hidden_layers", 0) or 0, "d_model": d_model, "n_head": n_head,
+            "d_head": getattr(cfg, "head_dim", None) or (d_model // n_head if n_head else 0), "d_inner": d_inner}
+
+
+def _is_peft(module) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(module, PeftModel)
+
+
+class _SegmentStep:
+    """The wrapper as the segment loop calls it: (segment, _, state) -> (output, new state)."""
+
+    def __init__(self, wrapper):
+        self.wrapper = wrapper
+
+    def __call__(self, x: SegmentInput, _y, state: MemoryState):
+        return self.wrapper.segment(x, state)
+
+    def initial_memory(self, batch: int):
+        return self.wrapper.initial_memory(batch)
+
+
+class RecurrentWrapper(nn.Module):
+    """What both wrappers share: the memory parameter, segmenting, the segment loop, the backbone
+    call with explicit positions, freezing, saving and loading."""
+
+    kind = ""
+    auto_class = ""
+
+    def __init__(self, backbone: nn.Module, num_mem_tokens: int, segment_size: int, bptt_depth: int | None = None,
+                 recompute: bool = False, freeze_backbone: bool = False, cls_token_id: int | None = None,
+                 sep_token_id: int | None = None):
+        super().__init__()
+        if num_mem_tokens < 0 or segment_size <= 0:
+            raise ValueError(f"need num_mem_tokens >= 0 and segment_size > 0, got {num_mem_tokens} and {segment_size}")
+        if bptt_depth is not None and bptt_depth < 0:
+            raise ValueError(f"bptt_depth must be None (full BPTT), 0 (detached) or D > 0, got {bptt_depth}")
+        self.backbone = backbone
+        cfg = backbone.config
+        self.config = RMTConfig(self.kind, num_mem_tokens, segment_size, bptt_depth, recompute, cls_token_id,
+                                sep_token_id, str(getattr(cfg, "_name_or_path", "") or ""), **_sizes(cfg))
+        weight = backbone.get_input_embeddings().weight
+        # Memory starts like token embeddings (same scale), distinct rows so the slots can differ.
+        self.memory = nn.Parameter(torch.randn(num_mem_tokens, weight.size(1)) * weight.detach().float().std()) \
+            if num_mem_tokens else None
+        if freeze_backbone:
+            self.freeze_backbone()
+
+    def freeze_backbone(self) -> None:
+        """Train the memory only (and a classification head: it is new); the backbone stays as loaded."""
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        for p in self.head_parameters():
+            p.requires_grad_(True)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def initial_memory(self, batch: int) -> torch.Tensor | None:
+        if self.memory is None:
+            return None
+        dtype = self.backbone.get_input_embeddings().weight.dtype
+        return self.memory.to(dtype).unsqueeze(0).expand(batch, -1, -1)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.backbone.get_input_embeddings()(ids)
+
+    def call_backbone(self, embeds: torch.Tensor, present: torch.Tensor, **kwargs):
+        """One backbone pass over a laid-out segment; positions count the present slots only."""
+        positions = (present.cumsum(1) - 1).clamp(min=0)
+        return self.backbone(inputs_embeds=embeds, attention_mask=present, position_ids=positions,
+                             output_hidden_states=True, use_cache=False, **kwargs)
+
+    @staticmethod
+    def keep_if_empty(new: torch.Tensor, old: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """A row with no real token in the segment keeps its memory."""
+        return torch.where(mask.any(1).view(-1, 1, 1), new, old)
+
+    def segments(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[SegmentInput]:
+        t = self.config.segment_size
+        pad = -input_ids.size(1) % t
+        ids = F.pad(input_ids, (0, pad), value=0)
+        mask = F.pad(attention_mask.to(torch.long), (0, pad), value=0)
+        return [SegmentInput(i, m) for i, m in zip(ids.split(t, dim=1), mask.split(t, dim=1))]
+
+    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, memory: MemoryState | None):
+        """([output per segment], state, segments): the segment loop under the gradient policy."""
+        if input_ids.dim() != 2 or input_ids.size(1) == 0:
+            raise ValueError(f"input_ids must be (batch, length >= 1), got shape {tuple(input_ids.shape)}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}")
+        segs = self.segments(input_ids, attention_mask)
+        cfg = self.config
+        outs, state = run_segments(_SegmentStep(self), segs, [None] * len(segs), memory, cfg.bptt_depth, cfg.recompute)
+        return outs, state, segs
+
+    # ---- save / load --------------------------------------------------------------------------
+
+    def save_pretrained(self, path: str | pathlib.Path, save_backbone: bool = True) -> None:
+        """path/rmt_config.json and rmt_memory.safetensors, plus the backbone in path/backbone
+        (its own save_pretrained, safetensors), or only its LoRA adapter in path/adapter for a
+        peft model; save_backbone False keeps the backbone by reference (config.backbone)."""
+        from safetensors.torch import save
+
+        path = pathlib.Path(path)
+        if save_backbone:
+            self.backbone.save_pretrained(path / (ADAPTER_DIR if _is_peft(self.backbone) else BACKBONE_DIR))
+        tensors = {} if self.memory is None else {"memory": self.memory.detach().cpu().contiguous()}
+        atomic_write(path / MEMORY_FILE, lambda f: f.write(save(tensors)))
+        text = json.dumps(self.config.to_dict(), indent=2) + "\n"
+        atomic_write(path / CONFIG_FILE, lambda f: f.write(text), text=True, encoding="utf-8")
+
+    @classmethod
+    def from_pretrained(cls, path: str | pathlib.Path, backbone: nn.Module | None = None, **backbone_kwargs):
+        """The wrapper saved in `path`; the backbone from path/backbone, else `backbone` or the
+        saved reference (with path/adapter applied through peft when present)."""
+        import transformers
+        from safetensors.torch import load_file
+
+        path = pathlib.Path(path)
+        try:
+            cfg = json.loads((path / CONFIG_FILE).read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path} holds no readable {CONFIG_FILE} ({type(e).__name__}): "
+                             "save the wrapper with save_pretrained") from None
+        if cfg.get("kind") != cls.kind:
+            raise ValueError(f"{path} holds a {cfg.get('kind')!r} wrapper, not {cls.kind!r}: load it with its own class")
+        auto = getattr(transformers, cls.auto_class)
+        if backbone is None:
+            source = path / BACKBONE_DIR if (path / BACKBONE_DIR).is_dir() else cfg["backbone"]
+            if not source:
+                raise ValueError(f"{path} has no saved backbone and no reference to one: pass backbone=")
+            backbone = auto.from_pretrained(source, **backbone_kwargs)
+        if (path / ADAPTER_DIR).is_dir() and not _is_peft(backbone):
+            from peft import PeftModel
+            backbone = PeftModel.from_pretrained(backbone, path / ADAPTER_DIR)
+        model = cls(backbone, cfg["num_mem_tokens"], cfg["segment_size"], cfg["bptt_depth"], cfg["recompute"],
+                    cls_token_id=cfg["cls_token_id"], sep_token_id=cfg["sep_token_id"])
+        model.config.backbone = cfg["backbone"]
+        if model.memory is not None:
+            model.memory.data.copy_(load_file(path / MEMORY_FILE)["memory"])
+        return model
+
+
+class RMTForCausalLM(RecurrentWrapper):
+    """A causal LM over inputs of any length: every real token after the first is supervised."""
+
+    kind, auto_class = "causal-lm", "AutoModelForCausalLM"
+
+    def segment(self, x: SegmentInput, state: MemoryState):
+        b, t = x.ids.shape
+        m = self.config.num_mem_tokens
+        tokens = self.embed(x.ids)
+        if not m:
+            out = self.call_backbone(tokens, x.mask)
+            return out.logits, MemoryState()
+        mem = self.initial_memory(b) if state.mem is None else state.mem
+        slots = x.mask.new_ones(b, m)
+        out = self.call_backbone(torch.cat([mem, tokens, mem], 1), torch.cat([slots, x.mask, slots], 1))
+        written = self.keep_if_empty(out.hidden_states[-1][:, m + t:], mem, x.mask)
+        return out.logits[:, m : m + t], MemoryState(written)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, memory: MemoryState | None = None) -> RMTOutput:
+        """labels (B, N) as in transformers (shifted inside, -100 ignored; padding is ignored too)."""
+        outs, state, _ = self.run(input_ids, attention_mask, memory)
+        logits = torch.cat(outs, 1)[:, : input_ids.size(1)]
+        loss = None
+        if labels is not None:
+            if attention_mask is not None:
+                labels = labels.masked_fill(attention_mask == 0, -100)
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        return RMTOutput(loss=loss, logits=logits, memory=state)
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, max_new_tokens: int = 32,
+                 **kwargs) -> torch.Tensor:
+        """The next max_new_tokens tokens of every row (B, max_new_tokens); see rmt.hf.generation."""
+        from rmt.hf.generation import generate
+        return generate(self, input_ids, attention_mask, max_new_tokens, **kwargs)
+
+
+class RMTForSequenceClassification(RecurrentWrapper):
+    """A bidirectional encoder classifying inputs of any length; the backbone's head reads the
+    last segment of each row, whose memory carries the segments before it."""
+
+    kind, auto_class = "sequence-classification", "AutoModelForSequenceClassification"
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        body = {id(p) for p in self.backbone.base_model.parameters()}
+        return [p for p in self.backbone.parameters() if id(p) not in body]
+
+    def _special(self, token_id: int | None, b: int, like: torch.Tensor):
+        if token_id is None:
+            return [], []
+        ids = torch.full((b, 1), token_id, dtype=like.dtype, device=like.device)
+        return [self.embed(ids)], [torch.ones_like(ids)]
+
+    def segment(self, x: SegmentInput, state: MemoryState):
+        b, m = x.ids.size(0), self.config.num_mem_tokens
+        cls_emb, cls_mask = self._special(self.config.cls_token_id, b, x.ids)
+        sep_emb, sep_mask = self._special(self.config.sep_token_id, b, x.ids)
+        mem = self.initial_memory(b) if state.mem is None else state.mem
+        mem_emb, mem_mask = ([mem], [x.mask.new_ones(b, m)]) if m else ([], [])
+        out = self.call_backbone(torch.cat([*cls_emb, *mem_emb, self.embed(x.ids), *sep_emb], 1),
+                                 torch.cat([*cls_mask, *mem_mask, x.mask, *sep_mask], 1))
+        if not m:
+            return out.logits, MemoryState()
+        start = len(cls_emb)
+        return out.logits, MemoryState(self.keep_if_empty(out.hidden_states[-1][:, start : start + m], mem, x.mask))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, memory: MemoryState | None = None) -> RMTOutput:
+        outs, state, segs = self.run(input_ids, attention_mask, memory)
+        n_real = torch.stack([s.mask.sum(1) for s in segs]).sum(0)
+        last = ((n_real - 1).clamp(min=0) // self.config.segment_size)  # each row's last segment with a token
+        logits = torch.stack(outs)[last, torch.arange(len(last), device=last.device)]
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
+        return RMTOutput(loss=loss, logits=logits, memory=state)
