@@ -28,10 +28,10 @@ from rmt.lm.corpus import DATASETS
 from rmt.lm.training import LanguageModelling
 from rmt.model.transformer import MemTransformerLM, init_weights
 from rmt.results import GROUP_COLUMNS, append_result, groups_csv, result_row
-from rmt.tasks import classification
+from rmt.tasks import classification, memorize
 from rmt.tasks import training as task_training
 from rmt.tasks.registry import TASK_NAMES
-from rmt.training.checkpoint import CheckpointError, load_model, run_config
+from rmt.training.checkpoint import CheckpointError, load_file, load_model, run_config
 from rmt.training.runtime import RunLogger, Runtime, prepare_run_dir, release_run_dir, seed_all
 from rmt.training.trainer import LAST, Trainer
 
@@ -39,8 +39,9 @@ from rmt.training.trainer import LAST, Trainer
 def build_parser(dataset: str) -> argparse.ArgumentParser:
     """The shared flags, then the family's own (a task also brings its defaults)."""
     p = config.base_parser("python3 -m rmt.train", __doc__)
-    p.add_argument("--dataset", default=dataset, choices=[*DATASETS, *TASK_NAMES, classification.NAME],
-                   help="a corpus (default data dir: data/<name>), an algorithmic task or fact (classification)")
+    p.add_argument("--dataset", default=dataset, choices=[*DATASETS, *TASK_NAMES, classification.NAME, memorize.NAME],
+                   help="a corpus (default data dir: data/<name>), an algorithmic task, fact (classification) or "
+                        "memorize (classification with a pretrained Hugging Face encoder)")
     p.add_argument("--eval_only", action="store_true", help="tasks: evaluate --eval_checkpoint on the test split")
     p.add_argument("--eval_checkpoint", default=None, help="tasks: the checkpoint --eval_only evaluates")
     family_args(dataset).add_args(p)
@@ -51,7 +52,7 @@ def family_args(dataset: str):
     """The module that owns a dataset's flags (add_args, check_args) and its family."""
     if dataset in TASK_NAMES:
         return task_training
-    return classification if dataset == classification.NAME else lm_training
+    return {classification.NAME: classification, memorize.NAME: memorize}.get(dataset, lm_training)
 
 
 def build_family(args, runtime):
@@ -59,6 +60,8 @@ def build_family(args, runtime):
         return task_training.AlgorithmicTask(args, runtime)
     if args.dataset == classification.NAME:
         return classification.FactRecall(args, runtime)
+    if args.dataset == memorize.NAME:
+        return memorize.Memorize(args, runtime)
     return LanguageModelling(args, runtime)
 
 
@@ -71,7 +74,7 @@ def parse_args(argv) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     trained = run_config(known.eval_checkpoint).get("args", {}) if known.eval_checkpoint else {}
     parser = build_parser(known.dataset or trained.get("dataset") or "wt103")
     args = parser.parse_args(argv)
-    if args.dataset in (*TASK_NAMES, classification.NAME):
+    if args.dataset in (*TASK_NAMES, classification.NAME, memorize.NAME):
         args = task_training.inherit_trained_flags(parser, argv, args)
     config.check_args(args, parser)
     family_args(args.dataset).check_args(args, parser)
@@ -79,7 +82,16 @@ def parse_args(argv) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
 
 
 def build_model(args, family, runtime) -> MemTransformerLM:
-    """A new model as the flags describe it, or the evaluated checkpoint's."""
+    """A new model as the flags describe it, or the evaluated checkpoint's. A family with a model
+    of its own (a Hugging Face backbone) builds it."""
+    if hasattr(family, "build_model"):
+        state = None
+        if args.eval_only:
+            try:
+                state = load_file(args.eval_checkpoint)["model"]
+            except (CheckpointError, KeyError) as e:
+                raise SystemExit(f"error: {args.eval_checkpoint} is not a training checkpoint of this task ({e})")
+        return family.build_model(state).to(runtime.device)
     if args.eval_only:
         try:
             model, _ = load_model(args.eval_checkpoint, runtime.device)
