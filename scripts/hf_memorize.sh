@@ -17,7 +17,7 @@ if [ ! -f "$MODEL_DIR/config.json" ]; then
              "(or pass --backbone DIR)" >&2; exit 1; }
 fi
 PAPER=(--dataset memorize --backbone "$MODEL_DIR" --num_mem_tokens 10 --n_segments 4 --tgt_len 32 --eval_tgt_len 32
-       --lr 1e-4 --batch_size 16 --max_step 200 --eval_interval 50 --log_interval 10 --scale custom)
+       --lr 1e-4 --batch_size 16 --max_step 150 --eval_interval 50 --log_interval 10 --scale custom)
 CPU=(--scale cpu-preset)
 
 run_task_script hf_memorize.sh "$@"

@@ -35,7 +35,7 @@ PLACES = ("kitchen", "garden", "garage", "attic", "cellar", "office", "library",
 FACT, QUESTION = "the key is in the {} .", "where is the key ?"
 
 DEFAULTS = dict(lr=1e-4, scheduler="constant", warmup_step=0, log_interval=10, eval_interval=50, tgt_len=32,
-                eval_tgt_len=32, batch_size=16, max_step=200, mem_backprop_depth=FULL_BPTT, causal=False,
+                eval_tgt_len=32, batch_size=16, max_step=150, mem_backprop_depth=FULL_BPTT, causal=False,
                 mem_at_end=False, num_mem_tokens=10, clip=1.0, optim="adam")
 
 
