@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -63,3 +64,12 @@ def test_generation_rows(tmp_path):
     rows = bench(tmp_path, "generation", "--tokens", "40")
     assert list(rows.impl) == ["ours-cache", "ours-reencode"] and (rows.tok_s > 0).all()
     assert rows.cache_speedup.iloc[1] > 0 and list(rows.tokens) == [40, 40]
+
+
+def test_hf_rows(tmp_path):
+    pytest.importorskip("transformers")
+    rows = bench(tmp_path, "hf", "--tokens", "64", "--segment", "32", "--mem", "4", "--steps", "1", "--warmup", "1")
+    assert list(rows.impl) == ["bare-long", "bare-segments", "rmt"] and (rows.train_ms_per_token > 0).all()
+    rmt = rows.iloc[2]
+    assert rmt["train_vs_bare-long"] > 0
+    assert rmt["eval_vs_bare-segments_mem_aside"] == pytest.approx(rmt["eval_vs_bare-segments"] / ((32 + 8) / 32))

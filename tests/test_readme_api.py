@@ -2,12 +2,14 @@
 in order, in one namespace, as a reader would paste them."""
 import re
 
+import pytest
+
 from conftest import ROOT
 
 
-def api_blocks() -> list[str]:
+def api_blocks(heading: str = "## The model in code") -> list[str]:
     text = (ROOT / "README.md").read_text()
-    section = text.split("## The model in code", 1)[1].split("\n## ", 1)[0]
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```python\n(.*?)```", section, re.S)
 
 
@@ -20,3 +22,13 @@ def test_readme_api_snippets_run(tmp_path, monkeypatch, capsys):
         exec(compile(block, "README.md", "exec"), namespace)
     out = capsys.readouterr().out
     assert "torch.Size([2, 999]) 1698" in out and "2 (4, 4, 48, 48)" in out
+
+
+def test_readme_hugging_face_snippet_runs(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("transformers")
+    monkeypatch.chdir(tmp_path)  # save_pretrained writes here
+    (block,) = api_blocks("## RMT over Hugging Face models")
+    exec(compile(block, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "(2, 300, 1000) (2, 16, 64)" in out and "(2, 64)" in out and "(2, 4)" in out
+    assert (tmp_path / "rmt-llama" / "backbone").is_dir()

@@ -142,8 +142,10 @@ class Memorize(FactRecall):
 
         a = self.args
         try:
-            base = AutoModelForSequenceClassification.from_pretrained(a.backbone, num_labels=a.n_values)
-        except (OSError, ValueError) as e:
+            # a head of another size is replaced: this task's head is trained from scratch anyway
+            base = AutoModelForSequenceClassification.from_pretrained(a.backbone, num_labels=a.n_values,
+                                                                      ignore_mismatched_sizes=True)
+        except (OSError, ValueError, RuntimeError) as e:
             raise SystemExit(f"error: --backbone {a.backbone} is not a loadable model ({type(e).__name__})") from None
         model = RMTForSequenceClassification(
             base, a.num_mem_tokens, a.tgt_len, self.depth, a.recompute_segments, a.freeze_backbone,

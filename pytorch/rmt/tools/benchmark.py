@@ -7,6 +7,7 @@
     python3 -m rmt.tools.benchmark stream --tokens 8192 1048576  # constant-memory evaluation
     python3 -m rmt.tools.benchmark generation --configs gen --tokens 1024 8192 [--peer]
                                                      # tokens/s: cached decoding vs re-encoding
+    python3 -m rmt.tools.benchmark hf --tokens 2048 --segment 512   # rmt.hf wrapper vs its bare backbone
 
 Every measurement runs in a fresh child process, so its peak memory is its own (CUDA: peak
 allocated; CPU: peak resident set above the process's size after building the model; for throughput
@@ -106,7 +107,7 @@ def _append(rows: list[dict], path: pathlib.Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m rmt.tools.benchmark", description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=["throughput", "bptt", "stream", "generation"])
+    p.add_argument("mode", choices=["throughput", "bptt", "stream", "generation", "hf"])
     p.add_argument("--configs", nargs="+", default=["copy"], choices=sorted(CONFIGS))
     p.add_argument("--kinds", nargs="+", default=["baseline", "txl", "rmt"], choices=["baseline", "txl", "rmt"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -122,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segments", type=int, nargs="+", default=[1, 8, 64], help="bptt: segments per step")
     p.add_argument("--tokens", type=int, nargs="+", default=None,
                    help="stream: tokens to evaluate (default 8192 1048576); generation: to generate (1024 8192)")
+    p.add_argument("--segment", type=int, default=512, help="hf: segment length of the wrapper")
+    p.add_argument("--mem", type=int, default=16, help="hf: memory tokens of the wrapper")
     p.add_argument("--csv", default=None, help="default: experiments/benchmarks/<mode>.csv")
     p.add_argument("--note", default=None, help="recorded with every row (e.g. what else shared the machine)")
     return p
@@ -174,9 +177,31 @@ def generation_rows(args, config: str, tokens: int, meta: dict) -> list[dict]:
     return rows
 
 
+def hf_rows(args, tokens: int, meta: dict) -> list[dict]:
+    """Time per token of the rmt.hf wrapper and of its bare backbone (one long pass, and the same
+    segments without memory), with the wrapper's ratio to each; `vs_*_mem_aside` divides out the
+    memory slots' share of the positions, (T + 2M) / T."""
+    spec = dict(tokens=tokens, segment=args.segment, mem=args.mem, batch=args.batch or 1, device=args.device,
+                steps=args.steps, warmup=args.warmup)
+    impls = ["bare-long", "bare-segments", "rmt"]
+    res = {impl: _child("hf", spec | {"impl": impl}) for impl in impls}
+    rows = [{**meta, "mode": "hf", "config": "gpt2-4x256", "impl": impl, **spec, **r} for impl, r in res.items()]
+    share = (args.segment + 2 * args.mem) / args.segment
+    rmt = res["rmt"]
+    for bare in impls[:2]:
+        if "error" in rmt or "error" in res[bare]:
+            continue
+        for phase in ("train", "eval"):
+            ratio = rmt[f"{phase}_ms_per_token"] / res[bare][f"{phase}_ms_per_token"]
+            rows[-1][f"{phase}_vs_{bare}"] = ratio
+            rows[-1][f"{phase}_vs_{bare}_mem_aside"] = ratio / share
+    return rows
+
+
 def shown(row: dict) -> str:
     keys = ("config", "kind", "impl", "segments", "recompute", "tokens", "train_tok_s", "eval_tok_s", "tok_s",
-            "peak_mem_mb", "mfu", "vs_original", "vs_peer", "cache_speedup", "error")
+            "peak_mem_mb", "mfu", "vs_original", "vs_peer", "cache_speedup", "train_ms_per_token", "eval_ms_per_token",
+            "train_vs_bare-long", "train_vs_bare-segments", "eval_vs_bare-long", "eval_vs_bare-segments", "error")
     return json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k in keys})
 
 
@@ -214,8 +239,10 @@ def main(argv=None) -> int:
             batches = ([{**meta, "mode": "stream", "config": config,
                          **_child("stream", dict(config=config, tokens=n, batch=args.batch or 8, device=args.device))}]
                        for n in args.tokens or [8192, 1 << 20])
-        else:
+        elif args.mode == "generation":
             batches = (generation_rows(args, config, n, meta) for n in args.tokens or [1024, 8192])
+        else:  # hf: its own backbone, whatever --configs says
+            batches = (hf_rows(args, n, meta) for n in args.tokens or [2048]) if config == args.configs[0] else ()
         for rows in batches:  # written as measured: an interrupted run keeps what it finished
             _append(rows, out)
             n_rows += len(rows)

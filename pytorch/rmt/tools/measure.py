@@ -1,6 +1,6 @@
 """The measurements behind rmt.tools.benchmark, one per fresh process:
 
-    python3 -m rmt.tools.measure throughput|bptt|stream SPEC_JSON     # prints one JSON result
+    python3 -m rmt.tools.measure throughput|bptt|stream|generation|hf SPEC_JSON   # prints one JSON result
 
 Each builds one model (ours, the original code's, or the pip peer's) and times or measures it.
 """
@@ -259,6 +259,56 @@ def measure_generation(spec: dict) -> dict:
     return {"tokens": n, "time_s": elapsed, "tok_s": n / elapsed, "peak_mem_mb": _peak_mb(device, rss0)}
 
 
+# A GPT-2-shaped causal LM for the Hugging Face wrapper's timing (rmt.hf), built from its config.
+HF_CONFIG = dict(n_layer=4, n_embd=256, n_head=8, vocab_size=8192)
+
+
+def measure_hf(spec: dict) -> dict:
+    """Child process: time per token of RMTForCausalLM against its bare backbone on the same tokens.
+
+    impl bare-long: the backbone over the whole input in one pass; bare-segments: the backbone over
+    the input cut into independent segments (one batch); rmt: the wrapper, segments in order with
+    memory. Training steps are forward, backward and an Adam step on the LM loss."""
+    from transformers import GPT2Config, GPT2LMHeadModel, logging
+
+    from rmt.hf import RMTForCausalLM
+
+    logging.set_verbosity_error()
+    torch.manual_seed(0)
+    device = torch.device(spec["device"])
+    b, n, t, m = spec["batch"], spec["tokens"], spec["segment"], spec["mem"]
+    backbone = GPT2LMHeadModel(GPT2Config(**HF_CONFIG, n_positions=max(n, t + 2 * m), resid_pdrop=0.0,
+                                          embd_pdrop=0.0, attn_pdrop=0.0)).to(device)
+    model = RMTForCausalLM(backbone, m, t).to(device) if spec["impl"] == "rmt" else backbone
+    shape = (b * n // t, t) if spec["impl"] == "bare-segments" else (b, n)
+    ids = torch.randint(0, HF_CONFIG["vocab_size"], shape, device=device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def train():
+        model(ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def infer():
+        with torch.no_grad():
+            model(ids)
+
+    rss0 = _rss_mb()
+    seconds = {}
+    for name, fn in (("train", train), ("eval", infer)):
+        model.train(name == "train")
+        for _ in range(spec["warmup"]):
+            fn()
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(spec["steps"]):
+            fn()
+        _sync(device)
+        seconds[name] = (time.perf_counter() - t0) / spec["steps"]
+    return {"train_ms_per_token": seconds["train"] * 1e3 / (b * n), "eval_ms_per_token": seconds["eval"] * 1e3 / (b * n),
+            "peak_mem_mb": _peak_mb(device, rss0)}
+
+
 def train_flops_per_token(cfg: dict, kind: str) -> float:
     """Model FLOPs of one training step per input token (forward + backward = 3x forward).
 
@@ -292,5 +342,5 @@ def matmul_gflops(device: torch.device, n: int = 1024, reps: int = 10, dtype=tor
 if __name__ == "__main__":
     mode, spec = sys.argv[1], json.loads(sys.argv[2])
     modes = {"throughput": measure_throughput, "bptt": measure_bptt, "stream": measure_stream,
-             "generation": measure_generation}
+             "generation": measure_generation, "hf": measure_hf}
     print(json.dumps(modes[mode](spec)))
