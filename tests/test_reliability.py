@@ -245,3 +245,10 @@ def test_compare_and_sweep_refuse_a_malformed_results_csv_in_one_line(tmp_path):
                  str(tmp_path / "lm.csv")]):
         run = subprocess.run([sys.executable, "-m", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert "line 3 has 2 fields" in one_line_error(run), cmd
+
+
+def test_a_model_too_large_for_memory_is_a_one_line_error(tmp_path):
+    # 4 TB of feed-forward weights: no allocator grants that, and the run says what to change
+    run = task_run(tmp_path, "--d_inner", "1000000000000")
+    last = one_line_error(run)
+    assert last.startswith("error: the model does not fit in memory") and "--d_inner" in last

@@ -295,6 +295,11 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
     eval_batch = getattr(args, "eval_batch_size", None)
     if eval_batch is not None and eval_batch <= 0:
         parser.error(f"--eval_batch_size must be positive, got {eval_batch}")
+    init = getattr(args, "init_checkpoint", None)
+    if init and (args.restart or getattr(args, "eval_only", False)):
+        parser.error("--init_checkpoint starts a new run from other weights: not with --restart or --eval_only")
+    if init and not pathlib.Path(init).is_file():
+        parser.error(f"--init_checkpoint {init}: no such file")
     if not DEVICE.match(args.device):
         parser.error(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
     check_paths(args, parser)

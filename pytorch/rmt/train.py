@@ -22,6 +22,8 @@ import pathlib
 import sys
 import time
 
+import torch
+
 from rmt import config
 from rmt.lm import training as lm_training
 from rmt.lm.corpus import DATASETS
@@ -31,7 +33,7 @@ from rmt.results import GROUP_COLUMNS, append_result, groups_csv, result_row
 from rmt.tasks import classification, memorize
 from rmt.tasks import training as task_training
 from rmt.tasks.registry import TASK_NAMES
-from rmt.training.checkpoint import CheckpointError, load_file, load_model, run_config
+from rmt.training.checkpoint import CheckpointError, first_line, load_file, load_model, run_config
 from rmt.training.runtime import RunLogger, Runtime, prepare_run_dir, release_run_dir, seed_all
 from rmt.training.trainer import LAST, Trainer
 
@@ -44,6 +46,9 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
                         "memorize (classification with a pretrained Hugging Face encoder)")
     p.add_argument("--eval_only", action="store_true", help="tasks: evaluate --eval_checkpoint on the test split")
     p.add_argument("--eval_checkpoint", default=None, help="tasks: the checkpoint --eval_only evaluates")
+    p.add_argument("--init_checkpoint", default=None,
+                   help="start from this checkpoint's weights (a new optimiser, schedule and step count), e.g. a "
+                        "run on fewer segments: a curriculum over segments, as RMT is trained on long inputs")
     family_args(dataset).add_args(p)
     return p
 
@@ -104,6 +109,15 @@ def build_model(args, family, runtime) -> MemTransformerLM:
     return model.to(runtime.device)
 
 
+def init_weights_from(model, path: str, device) -> None:
+    """--init_checkpoint: another run's weights into this model (same shapes), nothing else."""
+    try:
+        model.load_state_dict(load_file(path, device)["model"])
+    except (CheckpointError, KeyError, RuntimeError) as e:
+        raise SystemExit(f"error: --init_checkpoint {path} does not fit this model ({first_line(e)}); "
+                         "give a checkpoint of a run with the same model flags") from None
+
+
 def write_results(args, family, test, model, runtime, run_dir, trainer: Trainer, train_time: float, log) -> None:
     """The run's results row (and per-group rows) from its test."""
     csv = args.results_csv or family.results_csv
@@ -137,6 +151,14 @@ def main(argv=None) -> int:
         model = build_model(args, family, runtime)
     except ValueError as e:
         parser.error(str(e))
+    except RuntimeError as e:  # torch.OutOfMemoryError too: sizes no machine of this kind can hold
+        if "alloc" not in str(e).lower() and not isinstance(e, torch.OutOfMemoryError):
+            raise
+        raise SystemExit(f"error: the model does not fit in memory on {runtime.describe()} ({first_line(e)}); "
+                         "lower --d_model, --d_inner, --n_layer or --n_head") from None
+    if args.init_checkpoint:
+        init_weights_from(model, args.init_checkpoint, runtime.device)
+        logger.log(f"weights from {args.init_checkpoint}")
     trainer = Trainer(model, args, runtime, logger, run_dir, select_by=family.select_by)
     if args.restart:  # before config.json is written: a checkpoint that does not fit changes nothing
         trainer.resume(pathlib.Path(args.restart_dir) / LAST, family)

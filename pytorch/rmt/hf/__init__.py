@@ -1,4 +1,9 @@
 """RMT over Hugging Face `transformers` models (an optional dependency: pip install -e '.[hf]')."""
-from rmt.hf.modeling import RMTConfig, RMTForCausalLM, RMTForSequenceClassification, RMTOutput
+try:
+    import transformers  # noqa: F401
+except ImportError as e:  # one line that says what to install, not a traceback from deep inside
+    raise ImportError("rmt.hf needs transformers: pip install -e '.[hf]' (peft too, for LoRA)") from e
+
+from rmt.hf.modeling import RMTConfig, RMTForCausalLM, RMTForSequenceClassification, RMTOutput  # noqa: E402
 
 __all__ = ["RMTConfig", "RMTForCausalLM", "RMTForSequenceClassification", "RMTOutput"]

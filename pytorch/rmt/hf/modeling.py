@@ -199,7 +199,9 @@ class RecurrentWrapper(nn.Module):
             raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}")
         segs = self.segments(input_ids, attention_mask)
         cfg = self.config
-        outs, state = run_segments(_SegmentStep(self), segs, [None] * len(segs), memory, cfg.bptt_depth, cfg.recompute)
+        # Without gradient every policy computes the same values: skip truncation's replays.
+        depth = cfg.bptt_depth if torch.is_grad_enabled() else None
+        outs, state = run_segments(_SegmentStep(self), segs, [None] * len(segs), memory, depth, cfg.recompute)
         return outs, state, segs
 
     # ---- save / load --------------------------------------------------------------------------
