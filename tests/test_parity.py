@@ -93,3 +93,19 @@ def test_convert_cli_round_trip(tmp_path):
 def test_from_original_rejects_unsupported_attention():
     with pytest.raises(ValueError, match="attn_type 1 or 3"):
         from_original({"r_emb": torch.zeros(1)})
+
+
+def test_convert_refuses_weights_or_config_of_another_shape_in_one_line(tmp_path):
+    rmt_file = next(p for p in GOLDEN if p.stem == "rmt")
+    golden = torch.load(rmt_file, weights_only=True)
+    name = next(iter(golden["state_dict"]))
+    resized = {**golden, "state_dict": {**golden["state_dict"], name: torch.zeros(3, 3, 3)}}
+    save_atomic(resized, tmp_path / "resized.pt")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    runs = [["from-original", str(tmp_path / "resized.pt"), str(tmp_path / "a.pt")],
+            ["from-original", str(rmt_file), str(tmp_path / "b.pt"), "--config", str(tmp_path / "list.json")]]
+    for cmd in runs:
+        run = subprocess.run([sys.executable, "-m", "rmt.convert", *cmd], capture_output=True, text=True)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-1500:]
+        assert run.stderr.strip().startswith("error:") and len(run.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / cmd[2]).exists()

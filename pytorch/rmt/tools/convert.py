@@ -18,7 +18,7 @@ import sys
 
 from rmt.config import ModelConfig
 from rmt.model.layers import PositionalEmbedding
-from rmt.training.checkpoint import CheckpointError, load_file, save_atomic
+from rmt.training.checkpoint import CheckpointError, first_line, load_file, save_atomic
 
 # (original name prefix, our name prefix); {i} stands for a layer or cluster index.
 _NAME_PAIRS = [
@@ -130,6 +130,10 @@ def main(argv=None) -> int:
         args.func(args)
     except (CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (TypeError, KeyError, AttributeError, RuntimeError) as e:  # weights or config of another shape
+        print(f"error: {args.src} does not convert ({type(e).__name__}: {first_line(e)}); check that it is a "
+              f"model file of the kind {args.cmd} reads and that --config describes it", file=sys.stderr)
         return 2
     return 0
 
