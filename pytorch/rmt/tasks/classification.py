@@ -84,13 +84,18 @@ class FactRecall:
     select_by = "acc"
     tests_best = True
 
+    task = NAME  # the prefix of the results rows' task name
+
     def __init__(self, args: argparse.Namespace, runtime):
         self.args, self.runtime = args, runtime
         self.n_segments = 1 if args.last_segment_only else args.n_segments
-        self.name = f"{NAME}{args.n_segments}x{args.tgt_len}" + ("-last" if args.last_segment_only else "")
+        self.name = f"{self.task}{args.n_segments}x{args.tgt_len}" + ("-last" if args.last_segment_only else "")
         self.run_prefix = f"{self.name}-{'rmt' if args.num_mem_tokens else 'base'}"
         self.depth = None if args.mem_backprop_depth == FULL_BPTT else args.mem_backprop_depth
-        self.vocab_size = FIRST_VALUE + args.n_values + args.n_distractors
+
+    @property
+    def vocab_size(self) -> int:
+        return FIRST_VALUE + self.args.n_values + self.args.n_distractors
 
     def load_data(self, log) -> None:
         a = self.args

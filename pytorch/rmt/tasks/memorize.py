@@ -90,13 +90,7 @@ class Memorize(FactRecall):
     are the fact task's, the model is RMT over a pretrained encoder."""
 
     results_csv = REPO_ROOT / "experiments" / "results" / "hf.csv"
-
-    def __init__(self, args: argparse.Namespace, runtime):
-        self.args, self.runtime = args, runtime
-        self.n_segments = 1 if args.last_segment_only else args.n_segments
-        self.name = f"{NAME}{args.n_segments}x{args.tgt_len}" + ("-last" if args.last_segment_only else "")
-        self.run_prefix = f"{self.name}-{'rmt' if args.num_mem_tokens else 'base'}"
-        self.depth = None if args.mem_backprop_depth == FULL_BPTT else args.mem_backprop_depth
+    task = NAME
 
     def _text(self, split: str, tokenizer) -> np.ndarray:
         path = pathlib.Path(self.args.distractor_dir) / f"{split}.txt"
