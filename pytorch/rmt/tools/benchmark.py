@@ -228,7 +228,8 @@ def main(argv=None) -> int:
         rates = matmul_gflops(device, n), bf16
         print(f"fp32 matmul {rates[0]:.1f} GFLOP/s" + (f", bf16 matmul {rates[1]:.1f} GFLOP/s" if rates[1] else ""))
     n_rows = 0
-    for config in args.configs:
+    configs = ["gpt2-4x256"] if args.mode == "hf" else args.configs  # hf times its own backbone shape
+    for config in configs:
         if args.mode == "throughput":
             batches = (throughput_rows(args, config, kind, meta, rates) for kind in args.kinds)
         elif args.mode == "bptt":
@@ -241,8 +242,8 @@ def main(argv=None) -> int:
                        for n in args.tokens or [8192, 1 << 20])
         elif args.mode == "generation":
             batches = (generation_rows(args, config, n, meta) for n in args.tokens or [1024, 8192])
-        else:  # hf: its own backbone, whatever --configs says
-            batches = (hf_rows(args, n, meta) for n in args.tokens or [2048]) if config == args.configs[0] else ()
+        else:
+            batches = (hf_rows(args, n, meta) for n in args.tokens or [2048])
         for rows in batches:  # written as measured: an interrupted run keeps what it finished
             _append(rows, out)
             n_rows += len(rows)
