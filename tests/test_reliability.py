@@ -3,11 +3,15 @@ restarts that change nothing when they fail, run directories that stay put and a
 results rows that are whole or absent, and no stale temporary files."""
 import argparse
 import fcntl
+import json
 import math
 import os
+import random
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -15,6 +19,7 @@ from conftest import ROOT
 from rmt.atomic import atomic_write
 from rmt.model.transformer import MemTransformerLM
 from rmt.results import append_result, read_results
+from rmt.train import TESTED
 from rmt.training.checkpoint import load_file
 from rmt.training.runtime import RunLogger, Runtime
 from rmt.training.trainer import LAST, Trainer
@@ -131,6 +136,89 @@ def test_bad_restarts_change_nothing_and_a_finished_run_is_not_rerun(tmp_path):
     assert "not a readable checkpoint" in bad_eval
 
 
+# ---- kill -9 -----------------------------------------------------------------------------------
+
+def test_a_run_killed_after_training_and_before_its_test_is_tested_on_restart(tmp_path):
+    assert task_run(tmp_path, "--run_name", "straight", "--results_csv", str(tmp_path / "straight.csv")).returncode == 0
+    run_dir = tmp_path / "runs" / "killed"
+    killed = subprocess.run([sys.executable, "-m", "rmt.train", *TASK_RUN, "--work_dir", str(tmp_path / "runs"),
+                             "--data", str(tmp_path / "data"), "--results_csv", str(tmp_path / "res.csv"),
+                             "--run_name", "killed"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "RMT_KILL_AFTER_STEP": "4"})  # the last step: saved, not tested
+    assert killed.returncode == -signal.SIGKILL and not (tmp_path / "res.csv").exists()
+    assert task_run(tmp_path, "--restart", "--restart_dir", str(run_dir)).returncode == 0
+    assert "training had ended but the test had not run" in (run_dir / "log.txt").read_text()
+    assert metrics(tmp_path / "res.csv") == metrics(tmp_path / "straight.csv")
+    assert json.loads((run_dir / TESTED).read_text())["test"] == \
+        json.loads((tmp_path / "runs" / "straight" / TESTED).read_text())["test"]
+    assert "finished at step 4 already" in one_line_error(task_run(tmp_path, "--restart", "--restart_dir",
+                                                                   str(run_dir)))
+    assert len(read_results(tmp_path / "res.csv")) == 1
+
+
+def metrics(csv) -> list[dict]:
+    """A results file's measured cells, without its provenance (times, names, flags)."""
+    rows = read_results(csv)
+    return rows[["metric_name", "metric_value", "loss", "acc_tf", "acc_greedy", "exact_match"]].to_dict("records")
+
+
+# A run that validates and saves every 2 steps, with dropout and a curriculum stage change at step 8.
+KILL_RUN = [*TASK_RUN, "--max_step", "16", "--eval_interval", "2", "--curriculum", "6", "--dropout", "0.1"]
+
+
+def start_kill_run(tmp_path, name: str) -> subprocess.Popen:
+    run_dir = tmp_path / "runs" / name
+    where = ["--restart", "--restart_dir", str(run_dir)] if (run_dir / LAST).is_file() else ["--run_name", name]
+    return subprocess.Popen([sys.executable, "-m", "rmt.train", *KILL_RUN, "--work_dir", str(tmp_path / "runs"),
+                             "--data", str(tmp_path / "data"), "--results_csv", str(tmp_path / f"{name}.csv"), *where],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_training(proc, log, starts: int) -> bool:
+    """Wait until the run logs its start-up line (`starts` earlier ones in the log): training begins."""
+    while proc.poll() is None:
+        if log.is_file() and log.read_text().count("; run dir ") > starts:
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def test_kill_9_at_random_moments_then_restarts_give_the_uninterrupted_run(tmp_path):
+    """SIGKILL at random moments of training, validation, checkpoint writes, the test and the results
+    append, then --restart, five times over: the run ends with the weights, the test and the results
+    row of a run that was never killed. The moments are in the failure message."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    straight = start_kill_run(tmp_path, "straight")
+    assert wait_for_training(straight, tmp_path / "runs" / "straight" / "log.txt", 0)
+    t0 = time.time()
+    assert straight.wait(timeout=300) == 0, straight.stderr.read()[-2000:]
+    window = time.time() - t0  # training, test and results row
+    rng, moments, log = random.Random(seed), [], tmp_path / "runs" / "killed" / "log.txt"
+    for attempt in range(6):
+        proc = start_kill_run(tmp_path, "killed")
+        if attempt == 5:  # the last one runs to its end
+            rc, err = proc.wait(timeout=300), proc.stderr.read()
+            break
+        starts = log.read_text().count("; run dir ") if log.is_file() else 0
+        delay = rng.uniform(0, window)
+        if wait_for_training(proc, log, starts):
+            try:
+                proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+        rc, err = proc.wait(timeout=300), proc.stderr.read()
+        moments.append(f"{delay:.2f}s of {window:.2f}s: exit {rc}")
+        if rc != -signal.SIGKILL:
+            break
+    context = f"seed {seed}, kills {moments}: {err[-1500:]}"
+    assert rc == 0 or "finished at step 16 already" in err, context  # a kill after the test: nothing left to do
+    a = load_file(tmp_path / "runs" / "straight" / LAST)
+    b = load_file(tmp_path / "runs" / "killed" / LAST)
+    assert a["step"] == b["step"] == 16 and a["extra"] == b["extra"], context
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), context
+    assert metrics(tmp_path / "killed.csv") == metrics(tmp_path / "straight.csv"), context
+
+
 def test_run_names_stay_inside_the_work_dir_and_a_busy_run_dir_is_refused(tmp_path):
     assert "plain directory name" in one_line_error(task_run(tmp_path, "--run_name", "../escape"))
     assert not (tmp_path / "escape").exists()
@@ -202,6 +290,10 @@ def test_in_process_runs_may_reuse_their_run_directory(tmp_path):
               "--run_name", "same"]
     assert train.main(common) == 0
     assert train.main([*common, "--restart", "--restart_dir", str(tmp_path / "runs" / "same"), "--max_step", "6"]) == 0
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="junk.pt"):  # a run that fails after locking its directory
+        train.main([*common, "--run_name", "failed", "--init_checkpoint", str(tmp_path / "junk.pt")])
+    assert task_run(tmp_path, "--run_name", "failed", "--no_results").returncode == 0  # ... leaves it free
 
 
 def test_parity_refuses_a_negative_tolerance_and_names_a_wrong_file(tmp_path):

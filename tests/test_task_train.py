@@ -352,14 +352,18 @@ def test_retrieval_run_records_accuracy_by_queried_pair_beside_the_results(tmp_p
     assert len(read_results(tmp_path / "res")) == 1  # the results directory still holds one row
 
 
-def test_resume_after_hard_kill_is_bit_identical(tmp_path):
-    run_driver(tmp_path, "--run_name", "straight", "--no_results")
-    killed = run_driver(tmp_path, "--run_name", "killed", "--no_results", env={"RMT_KILL_AFTER_STEP": "7"}, check=False)
+@pytest.mark.parametrize("curriculum", [[], ["--curriculum", "6"]], ids=["plain", "curriculum"])
+def test_resume_after_hard_kill_is_bit_identical(curriculum, tmp_path):
+    # With a curriculum, the stage changes at the validation of step 6: the checkpoint saved there
+    # must hold the new stage, or the resumed run trains the old one.
+    run_driver(tmp_path, "--run_name", "straight", "--no_results", *curriculum)
+    killed = run_driver(tmp_path, "--run_name", "killed", "--no_results", *curriculum,
+                        env={"RMT_KILL_AFTER_STEP": "7"}, check=False)
     assert killed.returncode != 0  # SIGKILL after step 7; the last checkpoint is from step 6
-    run_driver(tmp_path, "--restart", "--restart_dir", str(tmp_path / "runs" / "killed"), "--no_results")
+    run_driver(tmp_path, "--restart", "--restart_dir", str(tmp_path / "runs" / "killed"), "--no_results", *curriculum)
     a = torch.load(tmp_path / "runs" / "straight" / "checkpoint_last.pt", weights_only=True)
     b = torch.load(tmp_path / "runs" / "killed" / "checkpoint_last.pt", weights_only=True)
-    assert a["step"] == b["step"] == 12
+    assert a["step"] == b["step"] == 12 and a["extra"] == b["extra"]
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
 

@@ -18,6 +18,7 @@ synthetic.csv (or --results_csv).
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import sys
 import time
@@ -25,6 +26,7 @@ import time
 import torch
 
 from rmt import config
+from rmt.atomic import atomic_write
 from rmt.lm import training as lm_training
 from rmt.lm.corpus import DATASETS
 from rmt.lm.training import LanguageModelling
@@ -36,6 +38,8 @@ from rmt.tasks.registry import TASK_NAMES
 from rmt.training.checkpoint import CheckpointError, first_line, load_file, load_model, run_config
 from rmt.training.runtime import RunLogger, Runtime, prepare_run_dir, release_run_dir, seed_all
 from rmt.training.trainer import LAST, Trainer
+
+TESTED = "test.json"  # written after a run's test and results rows: the run is finished
 
 
 def build_parser(dataset: str) -> argparse.ArgumentParser:
@@ -148,39 +152,42 @@ def main(argv=None) -> int:
     run_dir = prepare_run_dir(args, family.run_prefix) if runtime.is_main else None
     logger = RunLogger(run_dir, runtime.is_main, total=args.max_step)
     try:
-        model = build_model(args, family, runtime)
-    except ValueError as e:
-        parser.error(str(e))
-    except RuntimeError as e:  # torch.OutOfMemoryError too: sizes no machine of this kind can hold
-        if "alloc" not in str(e).lower() and not isinstance(e, torch.OutOfMemoryError):
-            raise
-        raise SystemExit(f"error: the model does not fit in memory on {runtime.describe()} ({first_line(e)}); "
-                         "lower --d_model, --d_inner, --n_layer or --n_head") from None
+        run(args, parser, family, runtime, run_dir, logger)
+    finally:  # an error too: the run directory is free for a restart by this process
+        logger.close()
+        runtime.close()
+        if run_dir is not None:
+            release_run_dir(run_dir)
+    return 0
+
+
+def run(args, parser, family, runtime, run_dir, logger) -> None:
+    """Build, resume, train, test and record one run."""
+    model = build_model_or_exit(args, parser, family, runtime)
     if args.init_checkpoint:
         init_weights_from(model, args.init_checkpoint, runtime.device)
         logger.log(f"weights from {args.init_checkpoint}")
     trainer = Trainer(model, args, runtime, logger, run_dir, select_by=family.select_by)
+    trained = False  # True: a run stopped after its last training step and before its test
     if args.restart:  # before config.json is written: a checkpoint that does not fit changes nothing
         trainer.resume(pathlib.Path(args.restart_dir) / LAST, family)
-        if trainer.step >= args.max_step:
-            raise SystemExit(f"error: {args.restart_dir} finished at step {trainer.step} already (its results row "
-                             "was written then); raise --max_step to train on, or re-test with python -m "
-                             "rmt.evaluate --checkpoint <run>/checkpoint_best.pt")
+        if trainer.step >= args.max_step and (pathlib.Path(args.restart_dir) / TESTED).is_file():
+            raise SystemExit(f"error: {args.restart_dir} finished at step {trainer.step} already (its test and "
+                             "results row were written then); raise --max_step to train on, or re-test with "
+                             "python -m rmt.evaluate --checkpoint <run>/checkpoint_best.pt")
+        trained = trainer.step >= args.max_step
     if run_dir is not None:
         config.write_config(run_dir, args, model.config, {**family.facts(), "device": runtime.describe()})
     if getattr(args, "trained_flags", ""):
         logger.log(f"evaluating as trained: flags from {args.trained_flags}, then the command line's")
     logger.log(f"{family.describe(model)}; device {runtime.describe()}; run dir {run_dir}")
     if args.restart:
-        logger.log(f"resumed at step {trainer.step}{family.resumed()}")
+        logger.log(f"resumed at step {trainer.step}{family.resumed()}"
+                   + ("; training had ended but the test had not run: testing now" if trained else ""))
     t0 = time.time()
     if not args.eval_only:
-        if not trainer.fit(family):  # stopped by a signal: the checkpoint is saved, no test
-            logger.close()
-            runtime.close()
-            if run_dir is not None:
-                release_run_dir(run_dir)
-            return 0
+        if not trained and not trainer.fit(family):  # stopped by a signal: the checkpoint is saved, no test
+            return
         if family.tests_best:
             trainer.load_best()
     train_time = time.time() - t0
@@ -192,12 +199,22 @@ def main(argv=None) -> int:
                                          for k, v in test.metrics.items()))
         if not args.no_results:
             write_results(args, family, test, model, runtime, run_dir, trainer, train_time, logger.log)
+        if run_dir is not None:  # last: a restart of a run killed before this line tests it again
+            text = json.dumps({"step": trainer.step, "test": test.metrics}, indent=2, default=str) + "\n"
+            atomic_write(run_dir / TESTED, lambda f: f.write(text), text=True, encoding="utf-8")
     runtime.barrier()
-    logger.close()
-    runtime.close()
-    if run_dir is not None:
-        release_run_dir(run_dir)
-    return 0
+
+
+def build_model_or_exit(args, parser, family, runtime):
+    try:
+        return build_model(args, family, runtime)
+    except ValueError as e:
+        parser.error(str(e))
+    except RuntimeError as e:  # torch.OutOfMemoryError too: sizes no machine of this kind can hold
+        if "alloc" not in str(e).lower() and not isinstance(e, torch.OutOfMemoryError):
+            raise
+        raise SystemExit(f"error: the model does not fit in memory on {runtime.describe()} ({first_line(e)}); "
+                         "lower --d_model, --d_inner, --n_layer or --n_head") from None
 
 
 if __name__ == "__main__":

@@ -200,14 +200,15 @@ class Trainer:
         if improved:
             self.best = metrics[self.select_by]
             self.save(BEST, family)
-        self.save(LAST, family)
+        note = family.after_validation(metrics, self.step)
+        if note:
+            self.best = None  # selection restarts (a harder curriculum stage)
+        self.save(LAST, family)  # after the stage change: a run resumed from here trains the new stage
         self.logger.log(f"eval step {self.step} | " + " | ".join(f"valid {k} {v:.4f}" for k, v in metrics.items())
                         + (" | best" if improved else ""))
         self.logger.scalars(self.step, {f"valid/{k}": v for k, v in metrics.items()})
-        note = family.after_validation(metrics, self.step)
         if note:
             self.logger.log(note)
-            self.best = None  # selection restarts (a harder curriculum stage)
         self.model.train()
 
     def _log_window(self, window: "Window", lr: float, out: dict) -> None:
