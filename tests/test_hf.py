@@ -295,3 +295,6 @@ def test_bad_arguments_are_one_line_errors():
     with pytest.raises(ValueError, match="input_ids"):
         model(tokens(2, 10)[0])
     assert isinstance(model(tokens(1, 4)).memory, MemoryState)
+    decoder = transformers.GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=V))
+    with pytest.raises(ValueError, match="needs a bidirectional encoder"):
+        RMTForSequenceClassification(decoder, 2, 8)

@@ -295,6 +295,10 @@ class RMTForSequenceClassification(RecurrentWrapper):
 
     kind, auto_class = "sequence-classification", "AutoModelForSequenceClassification"
 
+    def __init__(self, backbone: nn.Module, *args, **kwargs):
+        _require_encoder(backbone.config)
+        super().__init__(backbone, *args, **kwargs)
+
     def head_parameters(self) -> list[nn.Parameter]:
         body = {id(p) for p in self.backbone.base_model.parameters()}
         return [p for p in self.backbone.parameters() if id(p) not in body]
@@ -326,3 +330,15 @@ class RMTForSequenceClassification(RecurrentWrapper):
         logits = torch.stack(outs)[last, torch.arange(len(last), device=last.device)]
         loss = None if labels is None else F.cross_entropy(logits.float(), labels)
         return RMTOutput(loss=loss, logits=logits, memory=state)
+
+
+def _require_encoder(cfg) -> None:
+    """The head reads position 0 ([CLS]), which a decoder's causal attention lets see nothing of
+    the segment or the memory: a decoder-only backbone would train a classifier blind to its input."""
+    from transformers.models.auto import modeling_auto as auto
+
+    kind = getattr(cfg, "model_type", "")
+    decoder_only = kind in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    if decoder_only or getattr(cfg, "is_decoder", False):
+        raise ValueError(f"RMTForSequenceClassification needs a bidirectional encoder (BERT-style), and {kind!r} is "
+                         "configured as a decoder: use an encoder backbone, or RMTForCausalLM")
