@@ -122,10 +122,8 @@ def test_damaged_checkpoints_are_one_line_errors(how, good_checkpoint, tmp_path)
     path.write_bytes(data)
     try:
         model, _ = load_model(path)
-    except CheckpointError as e:
+    except CheckpointError as e:  # the one error type the drivers, eval, parity and convert word in one line
         assert "\n" not in str(e) and str(path) in str(e)
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a dict, not a model: the drivers word these
-        assert type(e).__name__ in {"KeyError", "TypeError", "ValueError", "RuntimeError"}
     else:  # the damage missed everything that matters (e.g. bytes of a weight): a whole model loads
         assert isinstance(model, MemTransformerLM)
     assert path.read_bytes() == data  # loading never writes

@@ -306,6 +306,24 @@ def test_cache_created_reused_and_rebuilt_on_change(tmp_path, monkeypatch):
     assert json.loads((cache / "meta.json").read_text())["sources"] != meta["sources"]
 
 
+def test_a_cache_that_cannot_be_written_leaves_the_corpus_loaded_and_no_temp_file(tmp_path, monkeypatch):
+    """A full disk mid-cache: torch's zip writer raises RuntimeError, not OSError. The corpus is used
+    uncached, nothing half-written is left behind, and the next load writes the cache."""
+    d = write_splits(tmp_path / "wt2", WT_TRAIN, WT_VALID, WT_TEST)
+
+    def disk_full(obj, f, *a, **k):
+        f.write(b"PK\x03\x04 partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0: file write failed")
+
+    with monkeypatch.context() as m:
+        m.setattr(corpus_mod.torch, "save", disk_full)
+        with pytest.warns(UserWarning, match="could not write the corpus cache"):
+            uncached = get_lm_corpus(d, "wt2")
+    assert sorted(p.name for p in (d / "cache").iterdir()) == []  # no meta.json: nothing looks valid
+    cached = get_lm_corpus(d, "wt2")
+    assert torch.equal(cached.train, uncached.train) and (d / "cache" / "meta.json").is_file()
+
+
 @pytest.mark.parametrize("damage", ["data.pt", "vocab.txt", "meta.json", "delete_data"])
 def test_corrupt_cache_is_rebuilt(tmp_path, damage):
     d = write_splits(tmp_path / "wt103", WT_TRAIN, WT_VALID, WT_TEST)

@@ -113,27 +113,61 @@ def one_line_error(run):
     return run.stderr.strip().splitlines()[-1]
 
 
-def test_bad_restarts_change_nothing_and_a_finished_run_is_not_rerun(tmp_path):
+def protected(run_dir, csv) -> dict:
+    """The bytes a failed command must leave alone: the run's checkpoints and config, the results CSV."""
+    files = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.suffix in (".pt", ".json")}
+    return {**files, "csv": csv.read_bytes() if csv.is_file() else None}
+
+
+def test_bad_checkpoints_are_one_line_errors_for_both_drivers_and_change_nothing(tmp_path):
+    """Restart and eval-only with checkpoints of another shape, optimiser or driver, cut, empty or
+    random: one line each, and the run's files and results stay as they were."""
     assert task_run(tmp_path, "--run_name", "r").returncode == 0
-    run_dir = tmp_path / "runs" / "r"
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.suffix in (".pt", ".json")}
-    csv_before = (tmp_path / "res.csv").read_bytes()
-    finished = one_line_error(task_run(tmp_path, "--restart", "--restart_dir", str(run_dir)))
-    assert "finished at step 4 already" in finished
-    other_shape = one_line_error(task_run(tmp_path, "--restart", "--restart_dir", str(run_dir), "--max_step", "8",
-                                          "--d_model", "32"))
-    assert "does not fit this run" in other_shape
-    other_optim = one_line_error(task_run(tmp_path, "--restart", "--restart_dir", str(run_dir), "--max_step", "8",
-                                          "--optim", "sgd"))
-    assert "does not fit this run" in other_optim
-    (run_dir / "checkpoint_last.pt").write_bytes(before["checkpoint_last.pt"][:500])
-    truncated = one_line_error(task_run(tmp_path, "--restart", "--restart_dir", str(run_dir), "--max_step", "8"))
-    assert "not a readable checkpoint" in truncated
-    (run_dir / "checkpoint_last.pt").write_bytes(before["checkpoint_last.pt"])
-    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.suffix in (".pt", ".json")}
-    assert after == before and (tmp_path / "res.csv").read_bytes() == csv_before
-    bad_eval = one_line_error(task_run(tmp_path, "--eval_only", "--eval_checkpoint", str(tmp_path / "res.csv")))
-    assert "not a readable checkpoint" in bad_eval
+    run_dir, csv = tmp_path / "runs" / "r", tmp_path / "res.csv"
+    lm_data = tmp_path / "wt"
+    write_word_corpus(lm_data)
+    lm = [*KILL_RUNS["lm"], "--max_step", "2", "--data", str(lm_data), "--work_dir", str(tmp_path / "runs"),
+          "--no_results"]
+
+    def lm_run(*extra):
+        return subprocess.run([sys.executable, "-m", "rmt.train", *lm, *extra], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+    assert lm_run("--run_name", "lm").returncode == 0
+    lm_dir = tmp_path / "runs" / "lm"
+    before = protected(run_dir, csv), protected(lm_dir, csv)
+    good = (run_dir / LAST).read_bytes()
+    restart = ("--restart", "--restart_dir", str(run_dir), "--max_step", "8")
+    assert "does not fit this run" in one_line_error(task_run(tmp_path, *restart, "--d_model", "32"))
+    assert "does not fit this run" in one_line_error(task_run(tmp_path, *restart, "--optim", "sgd"))
+    for damage in (good[:500], good[: len(good) // 2], b"", os.urandom(4096), (lm_dir / LAST).read_bytes()):
+        (run_dir / LAST).write_bytes(damage)
+        message = one_line_error(task_run(tmp_path, *restart))
+        assert str(run_dir / LAST) in message and ("not a readable checkpoint" in message or "does not fit" in message)
+    (run_dir / LAST).write_bytes(good)
+    for bad in (csv, lm_dir / LAST):
+        assert str(bad) in one_line_error(task_run(tmp_path, "--eval_only", "--eval_checkpoint", str(bad)))
+    lm_eval = subprocess.run([sys.executable, "-m", "rmt.evaluate", "--checkpoint", str(csv), "--data", str(lm_data)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "not a readable checkpoint" in one_line_error(lm_eval)
+    lm_good = (lm_dir / LAST).read_bytes()
+    for damage in (lm_good[:700], good):
+        (lm_dir / LAST).write_bytes(damage)
+        message = one_line_error(lm_run("--restart", "--restart_dir", str(lm_dir), "--max_step", "4"))
+        assert str(lm_dir / LAST) in message and ("not a readable checkpoint" in message or "does not fit" in message)
+    (lm_dir / LAST).write_bytes(lm_good)
+    assert (protected(run_dir, csv), protected(lm_dir, csv)) == before
+
+
+def test_a_failed_restart_keeps_the_record_and_a_finished_run_is_not_rerun(tmp_path):
+    assert task_run(tmp_path, "--run_name", "r").returncode == 0
+    run_dir, csv = tmp_path / "runs" / "r", tmp_path / "res.csv"
+    before = protected(run_dir, csv)
+    mismatched = task_run(tmp_path, "--restart", "--restart_dir", str(run_dir), "--max_step", "8", "--d_model", "32")
+    assert protected(run_dir, csv) == before  # config.json is written only once the checkpoint is accepted
+    assert "does not fit this run" in one_line_error(mismatched)
+    assert "finished at step 4 already" in one_line_error(task_run(tmp_path, "--restart", "--restart_dir",
+                                                                   str(run_dir)))
+    assert protected(run_dir, csv) == before  # no second results row, nothing rewritten
 
 
 # ---- kill -9 -----------------------------------------------------------------------------------
