@@ -300,6 +300,8 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         parser.error("--init_checkpoint starts a new run from other weights: not with --restart or --eval_only")
     if init and not pathlib.Path(init).is_file():
         parser.error(f"--init_checkpoint {init}: no such file")
+    if getattr(args, "memory_ablation", "none") != "none" and not getattr(args, "eval_only", False):
+        parser.error("--memory_ablation is an evaluation: give it with --eval_only --eval_checkpoint PATH")
     if not DEVICE.match(args.device):
         parser.error(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
     check_paths(args, parser)

@@ -18,6 +18,8 @@ learned initial memory once per split and is carried across it (the original eva
 memory uninitialised). --dataset and --data default to the run's config.json next to the
 checkpoint. Prints loss and ppl (bpc for the byte and character corpora) per split and appends
 one row per split to experiments/results/lm.csv (or --results_csv), named <run>-eval.
+--memory_ablation reset|shuffle reads, at every segment after the first, the initial memory or
+another row's instead of the row's own (rmt.model.ablation); its rows' task is <corpus>-mem_<how>.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from rmt import REPO_ROOT, train
 from rmt.config import BOOL, ModelConfig
 from rmt.lm.corpus import DATASETS
 from rmt.lm.evaluation import corpus_name, default_data_dir, evaluate_split, load_corpus, metric_name
+from rmt.model.ablation import ABLATIONS, MemoryAblation
 from rmt.results import append_result, result_row
 from rmt.tasks import classification, memorize
 from rmt.tasks.registry import TASK_NAMES
@@ -60,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--same_length", action=BOOL, default=None,
                    help="TXL same-length attention (default: the protocol's)")
     p.add_argument("--max_eval_steps", type=int, default=-1, help="cap on batches per split (-1: all)")
+    p.add_argument("--memory_ablation", choices=ABLATIONS, default="none",
+                   help="replace the memory each segment reads by the initial memory (reset) or by another "
+                        "row's (shuffle); see rmt.model.ablation")
     p.add_argument("--by_position", action="store_true",
                    help="also print the loss by position in the segment (where memory or a cache helps)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -151,13 +157,15 @@ def main(argv=None) -> int:
         or default_data_dir(dataset)
     batch_size = args.batch_size or int(train_args.get("eval_batch_size") or 10)
     corpus = load_corpus(data, dataset)
-    name = corpus_name(data, dataset)
+    name = corpus_name(data, dataset) + ("" if args.memory_ablation == "none" else f"-mem_{args.memory_ablation}")
     if len(corpus.vocab) != cfg.n_token:
         raise SystemExit(f"error: {checkpoint} has a vocabulary of {cfg.n_token}, {dataset} in {data} has "
                          f"{len(corpus.vocab)}; pass the --dataset/--data it was trained on")
     print(f"{checkpoint}: {name} ({data}) | protocol {args.protocol} | tgt_len {cfg.tgt_len} | mem_len {cfg.mem_len} "
           f"| num_mem_tokens {cfg.num_mem_tokens} | clamp_len {cfg.clamp_len} | same_length {cfg.same_length} | "
-          f"batch {batch_size} | {runtime.describe()}", flush=True)
+          f"batch {batch_size} | memory ablation {args.memory_ablation} | {runtime.describe()}", flush=True)
+    if args.memory_ablation != "none":
+        model = MemoryAblation(model, args.memory_ablation)
     # The row describes the trained run plus how it was evaluated; compare lets a re-evaluation under
     # the run's own protocol stand for the run, and keeps any other protocol apart.
     flags = {"scale": "custom", **train_args, "eval_only": True, "eval_checkpoint": str(checkpoint),

@@ -30,6 +30,7 @@ from rmt.atomic import atomic_write
 from rmt.lm import training as lm_training
 from rmt.lm.corpus import DATASETS
 from rmt.lm.training import LanguageModelling
+from rmt.model.ablation import ABLATIONS, MemoryAblation
 from rmt.model.transformer import MemTransformerLM, init_weights
 from rmt.results import GROUP_COLUMNS, append_result, groups_csv, result_row
 from rmt.tasks import classification, memorize
@@ -50,6 +51,9 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
                         "memorize (classification with a pretrained Hugging Face encoder)")
     p.add_argument("--eval_only", action="store_true", help="tasks: evaluate --eval_checkpoint on the test split")
     p.add_argument("--eval_checkpoint", default=None, help="tasks: the checkpoint --eval_only evaluates")
+    p.add_argument("--memory_ablation", choices=ABLATIONS, default="none",
+                   help="with --eval_only: replace the memory each segment reads by the initial memory (reset) or "
+                        "by another sample's (shuffle), to measure what the model owes to its memory")
     p.add_argument("--init_checkpoint", default=None,
                    help="start from this checkpoint's weights (a new optimiser, schedule and step count), e.g. a "
                         "run on fewer segments: a curriculum over segments, as RMT is trained on long inputs")
@@ -125,7 +129,8 @@ def init_weights_from(model, path: str, device) -> None:
 def write_results(args, family, test, model, runtime, run_dir, trainer: Trainer, train_time: float, log) -> None:
     """The run's results row (and per-group rows) from its test."""
     csv = args.results_csv or family.results_csv
-    row = result_row(vars(args), model.config, runtime.describe(), run_dir, family.name, "test",
+    task = family.name + ("" if args.memory_ablation == "none" else f"-mem_{args.memory_ablation}")
+    row = result_row(vars(args), model.config, runtime.describe(), run_dir, task, "test",
                      n_segments=family.n_segments, max_step=trainer.step if not args.eval_only else None,
                      train_time_s=train_time, tokens_per_s=trainer.tokens_per_s, peak_mem_mb=runtime.peak_mem_mb(),
                      **test.row)
@@ -192,10 +197,11 @@ def run(args, parser, family, runtime, run_dir, logger) -> None:
             trainer.load_best()
     train_time = time.time() - t0
     if runtime.is_main:  # the test: rank 0 alone, every row
-        test = family.test(model)
+        test = run_test(args, family, model)
         if test.note:
             logger.log(test.note)
-        logger.log("test | " + " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+        ablated = "" if args.memory_ablation == "none" else f" (memory {args.memory_ablation})"
+        logger.log(f"test{ablated} | " + " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                          for k, v in test.metrics.items()))
         if not args.no_results:
             write_results(args, family, test, model, runtime, run_dir, trainer, train_time, logger.log)
@@ -203,6 +209,16 @@ def run(args, parser, family, runtime, run_dir, logger) -> None:
             text = json.dumps({"step": trainer.step, "test": test.metrics}, indent=2, default=str) + "\n"
             atomic_write(run_dir / TESTED, lambda f: f.write(text), text=True, encoding="utf-8")
     runtime.barrier()
+
+
+def run_test(args, family, model):
+    """The family's test of `model`, through a memory ablation when one is asked for."""
+    if args.memory_ablation == "none":
+        return family.test(model)
+    try:
+        return family.test(MemoryAblation(model, args.memory_ablation, args.seed))
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def build_model_or_exit(args, parser, family, runtime):

@@ -59,7 +59,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "data/models/all-MiniLM-L6-v2 (scripts/hf_memorize.sh unpacks it)")
     g.add_argument("--distractor_dir", default=str(REPO_ROOT / "data" / "wikitext-2"),
                    help="directory with WikiText-2 valid.txt and test.txt (bash getdata.sh wt2)")
-    g.add_argument("--n_segments", type=int, default=4, help="segments per sample (fact in the first, question in the last)")
+    g.add_argument("--n_segments", type=int, default=4,
+                   help="segments per sample (fact in the first, question in the last)")
     g.add_argument("--n_values", type=int, default=4, help=f"classes: the places a fact can name (2..{len(PLACES)})")
     g.add_argument("--last_segment_only", action=BOOL, default=False,
                    help="the baseline: the model sees the last segment alone")
@@ -83,6 +84,9 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         parser.error("--bptt_bp and --mem_len apply to the Transformer-XL models, not to a Hugging Face backbone")
     if args.eval_only and not args.eval_checkpoint:
         parser.error("--eval_only needs --eval_checkpoint PATH (e.g. runs/<run>/checkpoint_best.pt)")
+    if args.memory_ablation != "none":
+        parser.error("--memory_ablation works on this project's models; the Hugging Face wrapper carries its "
+                     "memory inside its own forward")
 
 
 class Memorize(FactRecall):

@@ -1,0 +1,59 @@
+"""Memory ablations at evaluation: how much a trained model owes to the memory it carries.
+
+    python3 -m rmt.train --eval_only --eval_checkpoint runs/<task run>/checkpoint_best.pt --memory_ablation reset
+    python3 -m rmt.evaluate --checkpoint runs/<LM run>/checkpoint_best.pt --memory_ablation shuffle
+
+`MemoryAblation(model, how)` stands in for the model wherever evaluation code calls it (the
+segment loop, encode, the heads). The memory that reaches each segment after the first is
+replaced before the segment reads it:
+- reset: by the learned initial memory, as if every segment were the first. What the model
+  still gets right comes from the segment itself (and from the XL cache, which is left alone).
+- shuffle: by the memory of another row of the same batch (a fixed derangement for each batch
+  size, drawn from `seed`). Memory of the right shape and statistics, from another sample: a
+  model that reads content from its memory falls to chance, one that uses it only as a bias
+  does not.
+The write side is untouched: every segment still writes as trained, so an ablation changes
+what is read, never the model.
+"""
+from __future__ import annotations
+
+import torch
+
+from rmt.model.recurrence import MemoryState
+
+ABLATIONS = ("none", "reset", "shuffle")
+
+
+class MemoryAblation:
+    def __init__(self, model, how: str, seed: int = 0):
+        if how not in ABLATIONS[1:]:
+            raise ValueError(f"memory ablation must be one of {', '.join(ABLATIONS[1:])}, got {how!r}")
+        self.model, self.how, self.seed = model, how, seed
+        self._derangements: dict[int, torch.Tensor] = {}
+
+    def __getattr__(self, name):  # everything else (config, heads, eval(), parameters()) is the model's
+        return getattr(self.model, name)
+
+    def derangement(self, n: int) -> torch.Tensor:
+        """A permutation of n rows that moves every row (n >= 2), the same for every call."""
+        if n < 2:
+            raise ValueError("the shuffle ablation needs batches of at least 2 rows (a row's memory goes to another)")
+        if n not in self._derangements:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+            perm = torch.empty(n, dtype=torch.long)
+            perm[order] = order.roll(-1)  # row order[i] reads the memory of row order[i + 1]
+            self._derangements[n] = perm
+        return self._derangements[n]
+
+    def ablate(self, state: MemoryState | None) -> MemoryState | None:
+        if state is None or state.mem is None:  # the first segment reads the initial memory anyway
+            return state
+        if self.how == "reset":
+            return MemoryState(None, state.xl)
+        return MemoryState(state.mem[self.derangement(state.mem.size(0)).to(state.mem.device)], state.xl)
+
+    def encode(self, x: torch.Tensor, state: MemoryState | None = None, **kwargs):
+        return self.model.encode(x, self.ablate(state), **kwargs)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, state: MemoryState | None = None):
+        return self.model(x, y, self.ablate(state))
