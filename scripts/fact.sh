@@ -5,6 +5,8 @@
 #   bash scripts/fact.sh train --last_segment_only               # the baseline: the last segment only
 #   bash scripts/fact.sh train --n_segments 8                    # a longer sample
 #   bash scripts/fact.sh eval --eval_checkpoint runs/<run>/checkpoint_best.pt
+#   bash scripts/fact.sh eval --eval_checkpoint ... --memory_ablation shuffle   # without its own memory
+#   bash scripts/fact.sh eval --eval_checkpoint ... --n_segments 16             # longer inputs than trained
 # The recipe is small (2 layers, d_model 64; minutes on 2 CPU cores); it is not a paper experiment.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 

@@ -180,6 +180,19 @@ def test_compare_aggregates_and_matches(tmp_path):
     assert "Ours only" in text and "900.00" in text
 
 
+def test_runs_started_from_other_weights_are_a_row_of_their_own(tmp_path):
+    for run_id, acc, init in (("m4-a", 0.25, None), ("m4-b", 1.0, "runs/m2-rmt/checkpoint_best.pt")):
+        append_result(tmp_path / "hf.csv", {
+            "run_id": run_id, "scale": "cpu-preset", "device": "cpu", "task": "memorize4x32", "tgt_len": 32,
+            "n_segments": 4, "num_mem_tokens": 10, "model_kind": "rmt-encoder", "split": "test",
+            "metric_name": "accuracy", "metric_value": acc, "config_json": {"init_checkpoint": init}})
+    ours, _ = compare.load_ours(tmp_path, "test")
+    pairs, only = compare.match(compare.load_paper(PAPER), ours)
+    text = compare.render(pairs, only, str(tmp_path), len(ours), 0)
+    assert "| memorize4x32 | 32 | 4 |" in text and "0.25 ± — (n=1)" in text
+    assert "| memorize4x32, from m2-rmt | 32 | 4 |" in text and "1.00 ± — (n=1)" in text
+
+
 def test_a_reevaluated_best_checkpoint_replaces_its_runs_measurements(tmp_path):
     # e.g. after a metric fix: eval mode on a run's best checkpoint, with the run's own settings
     base = {"scale": "cpu-preset", "device": "cpu", "task": "sqeq_cd-max_root15", "seed": 1, "tgt_len": 30,

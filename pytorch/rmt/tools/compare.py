@@ -203,13 +203,15 @@ def render(pairs: pd.DataFrame, only: pd.DataFrame, results_dir: str, n_ours: in
         out += [f"## {name} (experiments/paper/{name}.csv): {n_hit} of {n_all} paper rows matched",
                 "", table(head, rows), ""]
     if len(only):
-        keys = ["task", "tgt_len", "n_segments", "model_kind", "mem_len", "num_mem_tokens", "mem_backprop_depth",
-                "metric_name", "device", "scale"]
+        # A run started from another run's weights (--init_checkpoint) is another recipe: its own row.
+        only = only.assign(start=[init_label(c) for c in only["config_json"]])
+        keys = ["task", "start", "tgt_len", "n_segments", "model_kind", "mem_len", "num_mem_tokens",
+                "mem_backprop_depth", "metric_name", "device", "scale"]
         rows = []
         for key, g in only.groupby(keys, dropna=False, sort=True):
             k = dict(zip(keys, key))
             v = pd.to_numeric(g["metric_value"], errors="coerce").dropna()
-            rows.append([k["task"], num(k["tgt_len"]).split(".")[0], num(k["n_segments"]).split(".")[0],
+            rows.append([k["task"] + k["start"], num(k["tgt_len"]).split(".")[0], num(k["n_segments"]).split(".")[0],
                          k["model_kind"], memory_cell(k["model_kind"], k["mem_len"], k["num_mem_tokens"]),
                          num(k["mem_backprop_depth"]).split(".")[0], str(k["metric_name"]),
                          ours_cell(v.mean(), v.std(ddof=1), len(v)), k["device"] or "—",
@@ -218,6 +220,12 @@ def render(pairs: pd.DataFrame, only: pd.DataFrame, results_dir: str, n_ours: in
                 "device", "scale"]
         out += ["## Ours only (no paper counterpart)", "", table(head, rows), ""]
     return "\n".join(out)
+
+
+def init_label(config_json: object) -> str:
+    """', from <run>' for a run started from another run's weights, else ''."""
+    init = config_of(config_json).get("init_checkpoint")
+    return f", from {pathlib.PurePath(init).parent.name}" if init else ""
 
 
 def group_section(results_dir: str | pathlib.Path) -> str:
