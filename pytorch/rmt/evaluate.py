@@ -35,8 +35,6 @@ from rmt.lm.corpus import DATASETS
 from rmt.lm.evaluation import corpus_name, default_data_dir, evaluate_split, load_corpus, metric_name
 from rmt.model.ablation import ABLATIONS, MemoryAblation
 from rmt.results import append_result, result_row
-from rmt.tasks import classification, memorize
-from rmt.tasks.registry import TASK_NAMES
 from rmt.training.checkpoint import CheckpointError, load_model, run_config
 from rmt.training.runtime import Runtime
 
@@ -116,7 +114,7 @@ def task_run(argv) -> tuple[str, list[str]] | None:
     given = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     given.add_argument("--dataset")  # kept in `rest`: the task evaluation reads it too
     dataset = given.parse_known_args(rest)[0].dataset or run_config(known.checkpoint).get("args", {}).get("dataset")
-    return (known.checkpoint, rest) if dataset in (*TASK_NAMES, classification.NAME, memorize.NAME) else None
+    return (known.checkpoint, rest) if dataset in train.OWN_EVALUATION else None
 
 
 def load_for_eval(args, parser, runtime):

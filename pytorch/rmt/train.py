@@ -27,6 +27,7 @@ import torch
 
 from rmt import config
 from rmt.atomic import atomic_write
+from rmt.lm import pretrained
 from rmt.lm import training as lm_training
 from rmt.lm.corpus import DATASETS
 from rmt.lm.training import LanguageModelling
@@ -41,14 +42,17 @@ from rmt.training.runtime import RunLogger, Runtime, prepare_run_dir, release_ru
 from rmt.training.trainer import LAST, Trainer
 
 TESTED = "test.json"  # written after a run's test and results rows: the run is finished
+# Families that evaluate a checkpoint themselves (rmt.train --eval_only), with the run's own flags.
+OWN_EVALUATION = (*TASK_NAMES, classification.NAME, memorize.NAME, pretrained.NAME)
 
 
 def build_parser(dataset: str) -> argparse.ArgumentParser:
     """The shared flags, then the family's own (a task also brings its defaults)."""
     p = config.base_parser("python3 -m rmt.train", __doc__)
-    p.add_argument("--dataset", default=dataset, choices=[*DATASETS, *TASK_NAMES, classification.NAME, memorize.NAME],
-                   help="a corpus (default data dir: data/<name>), an algorithmic task, fact (classification) or "
-                        "memorize (classification with a pretrained Hugging Face encoder)")
+    p.add_argument("--dataset", default=dataset, choices=[*DATASETS, *OWN_EVALUATION],
+                   help="a corpus (default data dir: data/<name>), an algorithmic task, fact (classification), "
+                        "memorize (classification with a pretrained Hugging Face encoder) or hf_lm (language "
+                        "modelling with a pretrained Hugging Face causal LM)")
     p.add_argument("--eval_only", action="store_true", help="tasks: evaluate --eval_checkpoint on the test split")
     p.add_argument("--eval_checkpoint", default=None, help="tasks: the checkpoint --eval_only evaluates")
     p.add_argument("--memory_ablation", choices=ABLATIONS, default="none",
@@ -65,7 +69,8 @@ def family_args(dataset: str):
     """The module that owns a dataset's flags (add_args, check_args) and its family."""
     if dataset in TASK_NAMES:
         return task_training
-    return {classification.NAME: classification, memorize.NAME: memorize}.get(dataset, lm_training)
+    return {classification.NAME: classification, memorize.NAME: memorize,
+            pretrained.NAME: pretrained}.get(dataset, lm_training)
 
 
 def build_family(args, runtime):
@@ -75,6 +80,8 @@ def build_family(args, runtime):
         return classification.FactRecall(args, runtime)
     if args.dataset == memorize.NAME:
         return memorize.Memorize(args, runtime)
+    if args.dataset == pretrained.NAME:
+        return pretrained.PretrainedLM(args, runtime)
     return LanguageModelling(args, runtime)
 
 
@@ -87,7 +94,7 @@ def parse_args(argv) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     trained = run_config(known.eval_checkpoint).get("args", {}) if known.eval_checkpoint else {}
     parser = build_parser(known.dataset or trained.get("dataset") or "wt103")
     args = parser.parse_args(argv)
-    if args.dataset in (*TASK_NAMES, classification.NAME, memorize.NAME):
+    if args.dataset in OWN_EVALUATION:
         args = task_training.inherit_trained_flags(parser, argv, args)
     config.check_args(args, parser)
     family_args(args.dataset).check_args(args, parser)

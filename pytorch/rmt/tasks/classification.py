@@ -26,7 +26,7 @@ from rmt import REPO_ROOT
 from rmt.config import BOOL, FULL_BPTT, model_config
 from rmt.model.recurrence import classify
 from rmt.results import TestResult
-from rmt.tasks.training import BatchSampler, add_sample_args, check_sample_args
+from rmt.tasks.training import BatchSampler, SampledFamily, add_sample_args, check_sample_args
 
 NAME = "fact"
 FACT, QUERY = 1, 2  # marker tokens; 0 is never emitted (the padding id elsewhere)
@@ -77,7 +77,7 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         parser.error("--eval_only needs --eval_checkpoint PATH (e.g. runs/<run>/checkpoint_best.pt)")
 
 
-class FactRecall:
+class FactRecall(SampledFamily):
     """The fact task as a family of rmt.training.trainer (see its protocol)."""
 
     results_csv = REPO_ROOT / "experiments" / "results" / "classification.csv"
@@ -134,8 +134,7 @@ class FactRecall:
 
     def train_batch(self, model, step: int) -> dict:
         args, runtime = self.args, self.runtime
-        per_rank = args.batch_size // runtime.world
-        idx = self.sampler.next()[runtime.rank * per_rank : (runtime.rank + 1) * per_rank]
+        idx = self.sampler.next_shard(runtime.rank, runtime.world)
         x, y = (t[idx].to(runtime.device) for t in self.splits["train"])
         total = 0.0
         for xc, yc in zip(x.chunk(args.batch_chunk), y.chunk(args.batch_chunk)):
@@ -159,18 +158,6 @@ class FactRecall:
             loss += F.cross_entropy(logits, y, reduction="sum").item()
             right += (logits.argmax(-1) == y).sum().item()
         return {"loss": loss / len(y_all), "acc": right / len(y_all)}
-
-    def after_validation(self, metrics: dict, step: int) -> str:
-        return ""
-
-    def state_dict(self) -> dict:
-        return {"sampler": self.sampler.state_dict()}
-
-    def load_state_dict(self, d: dict) -> None:
-        self.sampler.load_state_dict(d["sampler"])
-
-    def resumed(self) -> str:
-        return ""
 
     def test(self, model) -> TestResult:
         m = self.evaluate(model, "test")

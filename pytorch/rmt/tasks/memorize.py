@@ -28,7 +28,7 @@ from rmt import REPO_ROOT
 from rmt.config import BOOL, FULL_BPTT
 from rmt.tasks.classification import FactRecall
 from rmt.tasks.training import BatchSampler, add_sample_args, check_sample_args
-from rmt.training.checkpoint import first_line
+from rmt.training.backbones import load_backbone, load_tokenizer, load_weights
 
 NAME = "memorize"
 PLACES = ("kitchen", "garden", "garage", "attic", "cellar", "office", "library", "bedroom")
@@ -110,16 +110,8 @@ class Memorize(FactRecall):
         return ids
 
     def load_data(self, log) -> None:
-        from transformers import AutoTokenizer, logging
-
-        logging.set_verbosity_error()  # the tokenizer warns that the whole text is longer than one input
-        logging.disable_progress_bar()
         a = self.args
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(a.backbone)
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"error: --backbone {a.backbone} has no loadable tokenizer ({type(e).__name__}); "
-                             "give a transformers model directory") from None
+        self.tokenizer = load_tokenizer(a.backbone)
         encode = lambda s: self.tokenizer(s, add_special_tokens=False).input_ids  # noqa: E731
         facts = [encode(FACT.format(place)) for place in PLACES[: a.n_values]]
         question = encode(QUESTION)
@@ -134,27 +126,16 @@ class Memorize(FactRecall):
 
     def build_model(self, checkpoint_state: dict | None = None):
         """RMTForSequenceClassification over --backbone; a checkpoint's weights when given."""
-        from transformers import AutoModelForSequenceClassification
-
         from rmt.hf import RMTForSequenceClassification
 
         a = self.args
-        try:
-            # a head of another size is replaced: this task's head is trained from scratch anyway
-            base = AutoModelForSequenceClassification.from_pretrained(a.backbone, num_labels=a.n_values,
-                                                                      ignore_mismatched_sizes=True)
-        except (OSError, ValueError, RuntimeError) as e:
-            raise SystemExit(f"error: --backbone {a.backbone} is not a loadable model ({type(e).__name__})") from None
+        # a head of another size is replaced: this task's head is trained from scratch anyway
+        base = load_backbone("AutoModelForSequenceClassification", a.backbone, num_labels=a.n_values,
+                             ignore_mismatched_sizes=True)
         model = RMTForSequenceClassification(
             base, a.num_mem_tokens, a.tgt_len, self.depth, a.recompute_segments, a.freeze_backbone,
             cls_token_id=self.tokenizer.cls_token_id, sep_token_id=self.tokenizer.sep_token_id)
-        if checkpoint_state is not None:
-            try:
-                model.load_state_dict(checkpoint_state)
-            except RuntimeError as e:
-                raise SystemExit(f"error: the checkpoint does not fit --backbone {a.backbone} with these flags "
-                                 f"({first_line(e)}); pass the flags it was trained with") from None
-        return model
+        return load_weights(model, checkpoint_state, a.backbone)
 
     def facts(self) -> dict:
         return {**super().facts(), "backbone": self.args.backbone}

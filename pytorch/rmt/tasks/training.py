@@ -154,6 +154,28 @@ class BatchSampler:
     def load_state_dict(self, d: dict) -> None:
         self.epoch, self.pos, self._perm = d["epoch"], d["pos"], None
 
+    def next_shard(self, rank: int, world: int) -> torch.Tensor:
+        """This process's rows of the next global batch (every DDP rank draws the same batch)."""
+        per_rank = self.batch_size // world
+        return self.next()[rank * per_rank : (rank + 1) * per_rank]
+
+
+class SampledFamily:
+    """The family protocol's state for a family that draws its training batches from
+    `self.sampler` (a BatchSampler) and never restarts model selection."""
+
+    def after_validation(self, metrics: dict, step: int) -> str:
+        return ""
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.sampler.load_state_dict(d["sampler"])
+
+    def resumed(self) -> str:
+        return ""
+
 
 class Curriculum:
     """Segment lengths to train on, longest (fewest segments) first, ending at --tgt_len.
@@ -257,8 +279,7 @@ class AlgorithmicTask:
 
     def train_batch(self, model, step: int) -> dict:
         args, runtime = self.args, self.runtime
-        per_rank = args.batch_size // runtime.world
-        idx = self.sampler.next()[runtime.rank * per_rank : (runtime.rank + 1) * per_rank]
+        idx = self.sampler.next_shard(runtime.rank, runtime.world)
         src, tgt = self.train[0][idx].to(runtime.device), self.train[1][idx].to(runtime.device)
         total = 0.0
         for s, t in zip(src.chunk(args.batch_chunk), tgt.chunk(args.batch_chunk)):

@@ -1,0 +1,182 @@
+"""Language modelling over a pretrained Hugging Face causal LM: the `hf_lm` family of `rmt.train`.
+
+    python3 -m rmt.train --dataset hf_lm --backbone gpt2 --data data/wikitext-2 --n_segments 4 --tgt_len 128 \\
+        --num_mem_tokens 10                    # RMT over GPT-2 on inputs of 4 x 128 tokens
+    python3 -m rmt.train --dataset hf_lm --backbone gpt2 ... --num_mem_tokens 0   # the same segments, no memory
+
+The text is --data/{train,valid,test}.txt (the WikiText layout, `bash getdata.sh wt2`, or any
+text of your own), read with the backbone's tokenizer and cut into windows of n_segments *
+tgt_len tokens. Each window is a sample: memory starts from the learned initial memory, runs
+through its segments (rmt.hf.RMTForCausalLM), and every token after the window's first is
+supervised. Training windows are drawn in a seeded random order (exact resume); validation
+and test read every window of their split in order (--max_eval_steps caps validation).
+
+The test reports the perplexity over the last --last_tokens targets of every window (default:
+its last segment), where memory of the earlier segments can help, as the row's metric
+(ppl_last_<N>), and over all its tokens (the loss and ppl columns). Without memory
+(--num_mem_tokens 0) every segment is read on its own; with --n_segments 1 and tgt_len the whole
+window, the backbone sees all of it at once: the full-attention reference (within its position
+limit), measured on the same last tokens. Rows go to experiments/results/hf.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import pathlib
+
+import torch
+import torch.nn.functional as F
+
+from rmt import REPO_ROOT
+from rmt.config import BOOL, FULL_BPTT
+from rmt.results import TestResult
+from rmt.tasks.training import BatchSampler, SampledFamily
+from rmt.training.backbones import load_backbone, load_tokenizer, load_weights
+
+NAME = "hf_lm"
+SPLITS = ("train", "valid", "test")
+DEFAULTS = dict(lr=5e-5, scheduler="constant", warmup_step=0, log_interval=10, eval_interval=100, tgt_len=128,
+                eval_tgt_len=128, batch_size=8, max_step=500, mem_backprop_depth=FULL_BPTT, num_mem_tokens=10,
+                clip=1.0, optim="adam")
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("hf_lm (a pretrained Hugging Face causal LM)")
+    g.add_argument("--backbone", default=None,
+                   help="transformers causal-LM directory (or hub name) with its tokenizer, e.g. gpt2")
+    g.add_argument("--n_segments", type=int, default=4, help="segments per window (a sample)")
+    g.add_argument("--freeze_backbone", action=BOOL, default=False, help="train the memory only")
+    g.add_argument("--last_tokens", type=int, default=0,
+                   help="the test's metric: perplexity of the last N targets of every window (0: the last segment)")
+    g.add_argument("--eval_batch_size", type=int, default=None, help="evaluation windows per batch (default: "
+                                                                      "--batch_size)")
+    p.set_defaults(**DEFAULTS, data=str(REPO_ROOT / "data" / "wikitext-2"))
+
+
+def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if not args.backbone:
+        parser.error("--backbone is required: a transformers causal-LM directory (or hub name) with its tokenizer")
+    if args.n_segments <= 0:
+        parser.error(f"--n_segments must be positive, got {args.n_segments}")
+    if not 0 <= args.last_tokens < args.n_segments * args.tgt_len:
+        parser.error(f"--last_tokens must be 0 (the last segment) to {args.n_segments * args.tgt_len - 1} "
+                     f"(a window holds {args.n_segments * args.tgt_len} tokens), got {args.last_tokens}")
+    if args.bptt_bp or args.mem_len:
+        parser.error("--bptt_bp and --mem_len apply to the Transformer-XL models, not to a Hugging Face backbone")
+    if args.memory_ablation != "none":
+        parser.error("--memory_ablation works on this project's models; the Hugging Face wrapper carries its "
+                     "memory inside its own forward")
+    if args.eval_only and not args.eval_checkpoint:
+        parser.error("--eval_only needs --eval_checkpoint PATH (e.g. runs/<run>/checkpoint_best.pt)")
+
+
+def windows(ids: torch.Tensor, length: int) -> torch.Tensor:
+    """(n, length): the token stream cut into whole windows (a last partial one is dropped)."""
+    n = ids.numel() // length
+    return ids[: n * length].view(n, length)
+
+
+class PretrainedLM(SampledFamily):
+    """Windows of a text corpus read by RMT over a pretrained causal LM (see the module docstring)."""
+
+    results_csv = REPO_ROOT / "experiments" / "results" / "hf.csv"
+    select_by = "loss"
+    tests_best = True
+
+    def __init__(self, args: argparse.Namespace, runtime):
+        self.args, self.runtime = args, runtime
+        self.n_segments = args.n_segments
+        self.corpus = pathlib.Path(args.data).name
+        self.name = f"{self.corpus}-{args.n_segments}x{args.tgt_len}"
+        self.run_prefix = f"{self.name}-{'rmt' if args.num_mem_tokens else 'base'}"
+        self.depth = None if args.mem_backprop_depth == FULL_BPTT else args.mem_backprop_depth
+        self.last = args.last_tokens or min(args.tgt_len, args.n_segments * args.tgt_len - 1)
+
+    def load_data(self, log) -> None:
+        a = self.args
+        self.tokenizer = load_tokenizer(a.backbone)
+        length = a.n_segments * a.tgt_len
+        self.splits = {}
+        for split in SPLITS:
+            path = pathlib.Path(a.data) / f"{split}.txt"
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise SystemExit(f"error: cannot read {path} ({type(e).__name__}); the corpus needs train.txt, "
+                                 "valid.txt and test.txt (bash getdata.sh wt2, or your own text)") from None
+            ids = torch.tensor(self.tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
+            self.splits[split] = windows(ids, length)
+            if not len(self.splits[split]):
+                raise SystemExit(f"error: {path} holds {ids.numel()} tokens, fewer than one window of "
+                                 f"{a.n_segments} x {a.tgt_len}")
+        if len(self.splits["train"]) < a.batch_size:
+            raise SystemExit(f"error: the training text gives {len(self.splits['train'])} windows of {length} "
+                             f"tokens, fewer than --batch_size {a.batch_size}")
+        self.sampler = BatchSampler(len(self.splits["train"]), a.batch_size, a.seed)
+        counts = ", ".join(f"{s} {len(w):,}" for s, w in self.splits.items())
+        log(f"{NAME}: {a.data} read with the tokenizer of {a.backbone}; windows of {length} tokens: {counts}")
+
+    def build_model(self, checkpoint_state: dict | None = None):
+        """RMTForCausalLM over --backbone; a checkpoint's weights when given."""
+        from rmt.hf import RMTForCausalLM
+
+        a = self.args
+        base = load_backbone("AutoModelForCausalLM", a.backbone)
+        model = RMTForCausalLM(base, a.num_mem_tokens, a.tgt_len, self.depth, a.recompute_segments,
+                               a.freeze_backbone)
+        return load_weights(model, checkpoint_state, a.backbone)
+
+    def facts(self) -> dict:
+        return {"task": self.name, "n_segments": self.n_segments, "backbone": self.args.backbone,
+                "windows": {s: len(w) for s, w in self.splits.items()}}
+
+    def describe(self, model) -> str:
+        a = self.args
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return (f"{self.name}: windows of {a.n_segments} segments of {a.tgt_len} tokens, {a.num_mem_tokens} memory "
+                f"tokens; {sum(p.numel() for p in model.parameters()):,} parameters ({trained:,} trained); "
+                f"backbone {a.backbone}")
+
+    # ---- the family protocol of rmt.training.trainer -----------------------------------------
+
+    def train_batch(self, model, step: int) -> dict:
+        args, runtime = self.args, self.runtime
+        idx = self.sampler.next_shard(runtime.rank, runtime.world)
+        x = self.splits["train"][idx].to(runtime.device)
+        total = 0.0
+        for xc in x.chunk(args.batch_chunk):
+            with runtime.autocast():
+                loss = model(xc, labels=xc).loss / args.batch_chunk
+            runtime.scaler.scale(loss).backward()
+            total += loss.item()
+        return {"loss": total, "tokens": x.numel()}
+
+    @torch.no_grad()
+    def evaluate(self, model, split: str) -> dict:
+        """Mean NLL per supervised token, over the whole window and over its last `self.last` targets."""
+        model.eval()
+        data = self.splits[split]
+        bsz = self.args.eval_batch_size or self.args.batch_size
+        limit = self.args.max_eval_steps if split == "valid" else -1
+        last = self.last
+        total = total_last = 0.0
+        n = n_last = 0
+        for i, start in enumerate(range(0, len(data), bsz)):
+            if 0 <= limit <= i:
+                break
+            x = data[start : start + bsz].to(self.runtime.device)
+            with self.runtime.autocast():
+                logits = model(x).logits
+            nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), x[:, 1:].flatten(), reduction="none")
+            nll = nll.view(x.size(0), -1)
+            total, n = total + nll.sum().item(), n + nll.numel()
+            total_last, n_last = total_last + nll[:, -last:].sum().item(), n_last + nll[:, -last:].numel()
+        loss, loss_last = total / n, total_last / n_last
+        return {"loss": loss, "ppl": math.exp(loss), f"loss_last_{last}": loss_last,
+                f"ppl_last_{last}": math.exp(loss_last)}
+
+    def test(self, model) -> TestResult:
+        m = self.evaluate(model, "test")
+        metric = f"ppl_last_{self.last}"
+        row = {"metric_name": metric, "metric_value": m[metric], "loss": m["loss"], "ppl": m["ppl"]}
+        return TestResult({**m, "windows": len(self.splits["test"])}, row, [])

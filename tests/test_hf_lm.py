@@ -1,0 +1,107 @@
+"""Language modelling over a Hugging Face causal LM, driven by rmt.train (the hf_lm family): a tiny
+GPT-2 with a word-level tokenizer built here (no downloads), text made by the test."""
+import os
+import random
+import subprocess
+
+import pandas as pd
+import pytest
+import torch
+from conftest import ROOT, script_flags
+
+transformers = pytest.importorskip("transformers")  # the hf extra (installed with dev)
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast  # noqa: E402
+
+from rmt import evaluate, train  # noqa: E402
+from rmt.lm.pretrained import windows  # noqa: E402
+from rmt.training.checkpoint import load_file  # noqa: E402
+
+WORDS = [f"w{i}" for i in range(30)]
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    """A tiny GPT-2 directory with weights, config and tokenizer, and a text corpus."""
+    root = tmp_path_factory.mktemp("hf_lm")
+    vocab = {w: i for i, w in enumerate(["[UNK]", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    model_dir = root / "tiny-gpt2"
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(model_dir)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                               resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).save_pretrained(model_dir)
+    data = root / "text"
+    data.mkdir()
+    rng = random.Random(0)
+    for split, n in (("train", 3000), ("valid", 400), ("test", 400)):
+        (data / f"{split}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(n)) + "\n")
+    return model_dir, data
+
+
+def flags(backbone, tmp_path, *extra):
+    model_dir, data = backbone
+    return ["--dataset", "hf_lm", "--backbone", str(model_dir), "--data", str(data), "--n_segments", "3",
+            "--tgt_len", "8", "--num_mem_tokens", "2", "--batch_size", "4", "--max_step", "6", "--eval_interval",
+            "3", "--log_interval", "3", "--lr", "1e-3", "--device", "cpu", "--work_dir", str(tmp_path / "runs"),
+            "--results_csv", str(tmp_path / "res" / "hf.csv"), *extra]
+
+
+def test_windows_are_whole_and_in_order():
+    w = windows(torch.arange(23), 5)
+    assert w.shape == (4, 5) and torch.equal(w.flatten(), torch.arange(20))
+
+
+def test_hf_lm_trains_tests_writes_its_row_and_evaluates(backbone, tmp_path, capsys):
+    assert train.main(flags(backbone, tmp_path, "--run_name", "rmt")) == 0
+    assert train.main(flags(backbone, tmp_path, "--run_name", "base", "--num_mem_tokens", "0")) == 0
+    assert train.main(flags(backbone, tmp_path, "--run_name", "full", "--num_mem_tokens", "0", "--n_segments", "1",
+                            "--tgt_len", "24", "--last_tokens", "8")) == 0
+    rows = pd.read_csv(tmp_path / "res" / "hf.csv").set_index("run_id")
+    assert list(rows.task) == ["text-3x8", "text-3x8", "text-1x24"]
+    assert list(rows.model_kind) == ["rmt", "baseline", "baseline"] and (rows.metric_name == "ppl_last_8").all()
+    assert (rows.ppl > 1).all() and (rows.metric_value > 1).all() and rows.loc["rmt", "n_layer"] == 2
+    assert '"kind": "causal-lm"' in (tmp_path / "runs" / "rmt" / "config.json").read_text()
+    capsys.readouterr()
+    assert evaluate.main(["--checkpoint", str(tmp_path / "runs" / "rmt" / "checkpoint_best.pt"), "--no_results"]) == 0
+    assert f"ppl_last_8 {rows.loc['rmt', 'metric_value']:.4f}" in capsys.readouterr().out  # flags from config.json
+
+
+def test_resume_continues_bit_for_bit(backbone, tmp_path):
+    assert train.main(flags(backbone, tmp_path, "--run_name", "straight", "--no_results")) == 0
+    assert train.main(flags(backbone, tmp_path, "--run_name", "cut", "--no_results", "--max_step", "3")) == 0
+    assert train.main(flags(backbone, tmp_path, "--no_results", "--restart", "--restart_dir",
+                            str(tmp_path / "runs" / "cut"))) == 0
+    a, b = (load_file(tmp_path / "runs" / name / "checkpoint_last.pt") for name in ("straight", "cut"))
+    assert a["step"] == b["step"] == 6
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--backbone", ""], "--backbone is required"),
+    (["--last_tokens", "24"], "--last_tokens must be 0"),
+    (["--mem_len", "4"], "apply to the Transformer-XL models"),
+    (["--tgt_len", "400"], "fewer than one window"),
+    (["--data", "/nonexistent"], "cannot read /nonexistent/train.txt"),
+])
+def test_bad_input_is_one_line(backbone, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as e:
+        train.main(flags(backbone, tmp_path, *extra))
+    assert e.value.code != 0
+    assert message in (str(e.value.code) + capsys.readouterr().err)
+    assert not (tmp_path / "res").exists()
+
+
+def test_the_script_runs_the_recipe_with_the_users_flags_last(backbone, tmp_path):
+    model_dir, data = backbone
+    assert script_flags("hf_lm.sh", "PAPER")[:2] == ["--dataset", "hf_lm"]
+    run = subprocess.run(["bash", "scripts/hf_lm.sh", "train", "--backbone", str(model_dir), "--data", str(data),
+                          "--n_segments", "2", "--tgt_len", "8", "--batch_size", "4", "--max_step", "2",
+                          "--eval_interval", "2", "--max_eval_steps", "1", "--device", "cpu", "--work_dir",
+                          str(tmp_path / "runs"), "--run_name", "s", "--results_csv", str(tmp_path / "hf.csv")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "RMT_PRESET": "cpu"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    row = pd.read_csv(tmp_path / "hf.csv").iloc[0]
+    assert row.task == "text-2x8" and row.scale == "cpu-preset" and row.num_mem_tokens == 10
+    assert row.command.startswith("bash scripts/hf_lm.sh train")
