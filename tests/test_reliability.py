@@ -168,6 +168,11 @@ def test_a_failed_restart_keeps_the_record_and_a_finished_run_is_not_rerun(tmp_p
     assert "finished at step 4 already" in one_line_error(task_run(tmp_path, "--restart", "--restart_dir",
                                                                    str(run_dir)))
     assert protected(run_dir, csv) == before  # no second results row, nothing rewritten
+    (run_dir / TESTED).unlink()  # a run from before test.json, or killed between its row and test.json
+    before = protected(run_dir, csv)
+    assert "finished at step 4 already" in one_line_error(task_run(tmp_path, "--restart", "--restart_dir",
+                                                                   str(run_dir)))
+    assert protected(run_dir, csv) == before  # its results row says it was tested
 
 
 # ---- kill -9 -----------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import pathlib
 import sys
 import time
 
+import pandas as pd
 import torch
 
 from rmt import config
@@ -33,7 +34,7 @@ from rmt.lm.corpus import DATASETS
 from rmt.lm.training import LanguageModelling
 from rmt.model.ablation import ABLATIONS, MemoryAblation
 from rmt.model.transformer import MemTransformerLM, init_weights
-from rmt.results import GROUP_COLUMNS, append_result, groups_csv, result_row
+from rmt.results import GROUP_COLUMNS, append_result, groups_csv, read_results, result_row
 from rmt.tasks import classification, memorize
 from rmt.tasks import training as task_training
 from rmt.tasks.registry import TASK_NAMES
@@ -183,7 +184,7 @@ def run(args, parser, family, runtime, run_dir, logger) -> None:
     trained = False  # True: a run stopped after its last training step and before its test
     if args.restart:  # before config.json is written: a checkpoint that does not fit changes nothing
         trainer.resume(pathlib.Path(args.restart_dir) / LAST, family)
-        if trainer.step >= args.max_step and (pathlib.Path(args.restart_dir) / TESTED).is_file():
+        if trainer.step >= args.max_step and finished(args, family, trainer.step):
             raise SystemExit(f"error: {args.restart_dir} finished at step {trainer.step} already (its test and "
                              "results row were written then); raise --max_step to train on, or re-test with "
                              "python -m rmt.evaluate --checkpoint <run>/checkpoint_best.pt")
@@ -216,6 +217,22 @@ def run(args, parser, family, runtime, run_dir, logger) -> None:
             text = json.dumps({"step": trainer.step, "test": test.metrics}, indent=2, default=str) + "\n"
             atomic_write(run_dir / TESTED, lambda f: f.write(text), text=True, encoding="utf-8")
     runtime.barrier()
+
+
+def finished(args, family, step: int) -> bool:
+    """Whether the run in --restart_dir was tested at `step`: its test.json, or (a run from before
+    test.json, or one killed between its row and test.json) a test row of its own in the results CSV."""
+    run_dir = pathlib.Path(args.restart_dir)
+    if (run_dir / TESTED).is_file():
+        return True
+    if args.no_results:
+        return False
+    try:
+        rows = read_results(args.results_csv or family.results_csv)
+    except ValueError:  # a malformed CSV is reported when the row is appended
+        return False
+    mine = rows[(rows["run_id"].astype(str) == run_dir.name) & (rows["split"].astype(str) == "test")]
+    return bool((pd.to_numeric(mine["max_step"], errors="coerce") == step).any())
 
 
 def run_test(args, family, model):
