@@ -9,11 +9,13 @@
     torchrun --standalone --nproc_per_node 4 -m rmt.train ...            # DDP, one process per GPU
 
 --dataset picks the family: a corpus (wt103, enwik8, text8, wt2, ptb, lm1b; rmt.lm.training),
-a task (copy, reverse, retrieval, sqeq...; rmt.tasks.training) or the classification task fact
-(rmt.tasks.classification). Validation every
---eval_interval steps keeps checkpoint_best.pt (by valid loss, or --select_by acc for tasks);
-the best model is tested at the end and one row goes to experiments/results/lm.csv or
-synthetic.csv (or --results_csv).
+a task (copy, reverse, retrieval, sqeq...; rmt.tasks.training), the classification task fact
+(rmt.tasks.classification), or one over a pretrained Hugging Face backbone: memorize
+(rmt.tasks.memorize) and hf_lm (rmt.lm.pretrained). Validation every --eval_interval steps
+keeps checkpoint_best.pt (by valid loss, or --select_by acc for tasks); the best model is tested
+at the end and one row goes to the family's CSV in experiments/results/ (or --results_csv).
+--eval_only tests --eval_checkpoint instead (the families other than the corpora), through a
+memory ablation with --memory_ablation (rmt.model.ablation).
 """
 from __future__ import annotations
 
