@@ -79,9 +79,28 @@ def test_lm_evaluation_with_an_ablation_names_its_rows(tmp_path, capsys):
 def test_an_ablation_is_an_evaluation_flag():
     with pytest.raises(SystemExit):
         train.parse_args(["--dataset", "copy", "--memory_ablation", "reset"])
-    with pytest.raises(SystemExit):
-        train.parse_args(["--dataset", "memorize", "--backbone", "x", "--memory_ablation", "reset", "--eval_only",
-                          "--eval_checkpoint", "y"])
+
+
+def test_the_hugging_face_wrappers_read_the_ablated_memory():
+    transformers = pytest.importorskip("transformers")
+    from rmt.hf import RMTForCausalLM, RMTForSequenceClassification
+
+    torch.manual_seed(0)
+    bert = transformers.BertForSequenceClassification(transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=40,
+        max_position_embeddings=64, num_labels=3)).eval()
+    enc = RMTForSequenceClassification(bert, 2, 6, cls_token_id=1, sep_token_id=2).eval()
+    ids = torch.randint(3, 40, (3, 18), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(MemoryAblation(enc, "reset")(ids).logits, enc(ids[:, -6:]).logits, rtol=1e-5,
+                               atol=1e-6)
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=40,
+                                                                n_positions=64)).eval()
+    dec = RMTForCausalLM(gpt2, 2, 6).eval()
+    pair = ids[:2, :12]
+    swapped = torch.cat([pair.flip(0)[:, :6], pair[:, 6:]], dim=1)
+    torch.testing.assert_close(MemoryAblation(dec, "shuffle")(pair).logits[:, 6:], dec(swapped).logits[:, 6:],
+                               rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(dec(pair).logits[:, 6:], dec(swapped).logits[:, 6:])  # memory carries the segment
 
 
 def test_a_task_evaluation_runs_teacher_forced_and_greedy_through_the_ablation(tmp_path):

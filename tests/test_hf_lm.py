@@ -66,6 +66,10 @@ def test_hf_lm_trains_tests_writes_its_row_and_evaluates(backbone, tmp_path, cap
     capsys.readouterr()
     assert evaluate.main(["--checkpoint", str(tmp_path / "runs" / "rmt" / "checkpoint_best.pt"), "--no_results"]) == 0
     assert f"ppl_last_8 {rows.loc['rmt', 'metric_value']:.4f}" in capsys.readouterr().out  # flags from config.json
+    assert evaluate.main(["--checkpoint", str(tmp_path / "runs" / "rmt" / "checkpoint_best.pt"), "--memory_ablation",
+                          "shuffle", "--results_csv", str(tmp_path / "res" / "hf.csv")]) == 0
+    shuffled = pd.read_csv(tmp_path / "res" / "hf.csv").iloc[-1]
+    assert shuffled.task == "text-3x8-mem_shuffle" and shuffled.metric_value != rows.loc["rmt", "metric_value"]
 
 
 def test_resume_continues_bit_for_bit(backbone, tmp_path):

@@ -114,13 +114,14 @@ def _is_peft(module) -> bool:
 
 
 class _SegmentStep:
-    """The wrapper as the segment loop calls it: (segment, _, state) -> (output, new state)."""
+    """The wrapper as the segment loop calls it: (segment, _, state) -> (output, new state);
+    `read_memory` (an evaluation ablation, rmt.model.ablation) replaces the state a segment reads."""
 
-    def __init__(self, wrapper):
-        self.wrapper = wrapper
+    def __init__(self, wrapper, read_memory=None):
+        self.wrapper, self.read_memory = wrapper, read_memory
 
     def __call__(self, x: SegmentInput, _y, state: MemoryState):
-        return self.wrapper.segment(x, state)
+        return self.wrapper.segment(x, state if self.read_memory is None else self.read_memory(state))
 
     def initial_memory(self, batch: int):
         return self.wrapper.initial_memory(batch)
@@ -189,7 +190,8 @@ class RecurrentWrapper(nn.Module):
         mask = F.pad(attention_mask.to(torch.long), (0, pad), value=0)
         return [SegmentInput(i, m) for i, m in zip(ids.split(t, dim=1), mask.split(t, dim=1))]
 
-    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, memory: MemoryState | None):
+    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, memory: MemoryState | None,
+            read_memory=None):
         """([output per segment], state, segments): the segment loop under the gradient policy."""
         if input_ids.dim() != 2 or input_ids.size(1) == 0:
             raise ValueError(f"input_ids must be (batch, length >= 1), got shape {tuple(input_ids.shape)}")
@@ -201,7 +203,8 @@ class RecurrentWrapper(nn.Module):
         cfg = self.config
         # Without gradient every policy computes the same values: skip truncation's replays.
         depth = cfg.bptt_depth if torch.is_grad_enabled() else None
-        outs, state = run_segments(_SegmentStep(self), segs, [None] * len(segs), memory, depth, cfg.recompute)
+        outs, state = run_segments(_SegmentStep(self, read_memory), segs, [None] * len(segs), memory, depth,
+                                   cfg.recompute)
         return outs, state, segs
 
     # ---- save / load --------------------------------------------------------------------------
@@ -271,9 +274,11 @@ class RMTForCausalLM(RecurrentWrapper):
         return out.logits[:, m : m + t], MemoryState(written)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, memory: MemoryState | None = None) -> RMTOutput:
-        """labels (B, N) as in transformers (shifted inside, -100 ignored; padding is ignored too)."""
-        outs, state, _ = self.run(input_ids, attention_mask, memory)
+                labels: torch.Tensor | None = None, memory: MemoryState | None = None,
+                read_memory=None) -> RMTOutput:
+        """labels (B, N) as in transformers (shifted inside, -100 ignored; padding is ignored too);
+        read_memory: a function of the state each segment reads (rmt.model.ablation), else None."""
+        outs, state, _ = self.run(input_ids, attention_mask, memory, read_memory)
         logits = torch.cat(outs, 1)[:, : input_ids.size(1)]
         loss = None
         if labels is not None:
@@ -323,8 +328,9 @@ class RMTForSequenceClassification(RecurrentWrapper):
         return out.logits, MemoryState(self.keep_if_empty(out.hidden_states[-1][:, start : start + m], mem, x.mask))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, memory: MemoryState | None = None) -> RMTOutput:
-        outs, state, segs = self.run(input_ids, attention_mask, memory)
+                labels: torch.Tensor | None = None, memory: MemoryState | None = None,
+                read_memory=None) -> RMTOutput:
+        outs, state, segs = self.run(input_ids, attention_mask, memory, read_memory)
         n_real = torch.stack([s.mask.sum(1) for s in segs]).sum(0)
         last = ((n_real - 1).clamp(min=0) // self.config.segment_size)  # each row's last segment with a token
         logits = torch.stack(outs)[last, torch.arange(len(last), device=last.device)]

@@ -63,9 +63,6 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
                      f"(a window holds {args.n_segments * args.tgt_len} tokens), got {args.last_tokens}")
     if args.bptt_bp or args.mem_len:
         parser.error("--bptt_bp and --mem_len apply to the Transformer-XL models, not to a Hugging Face backbone")
-    if args.memory_ablation != "none":
-        parser.error("--memory_ablation works on this project's models; the Hugging Face wrapper carries its "
-                     "memory inside its own forward")
     if args.eval_only and not args.eval_checkpoint:
         parser.error("--eval_only needs --eval_checkpoint PATH (e.g. runs/<run>/checkpoint_best.pt)")
 

@@ -4,8 +4,8 @@
     python3 -m rmt.evaluate --checkpoint runs/<LM run>/checkpoint_best.pt --memory_ablation shuffle
 
 `MemoryAblation(model, how)` stands in for the model wherever evaluation code calls it (the
-segment loop, encode, the heads). The memory that reaches each segment after the first is
-replaced before the segment reads it:
+segment loop, encode, the heads; a Hugging Face wrapper of rmt.hf through its `read_memory`).
+The memory that reaches each segment after the first is replaced before the segment reads it:
 - reset: by the learned initial memory, as if every segment were the first. What the model
   still gets right comes from the segment itself (and from the XL cache, which is left alone).
 - shuffle: by the memory of another row of the same batch (a fixed derangement for each batch
@@ -16,6 +16,8 @@ The write side is untouched: every segment still writes as trained, so an ablati
 what is read, never the model.
 """
 from __future__ import annotations
+
+import inspect
 
 import torch
 
@@ -55,5 +57,11 @@ class MemoryAblation:
     def encode(self, x: torch.Tensor, state: MemoryState | None = None, **kwargs):
         return self.model.encode(x, self.ablate(state), **kwargs)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, state: MemoryState | None = None):
+    def __call__(self, *args, **kwargs):
+        if "read_memory" in inspect.signature(self.model.forward).parameters:  # rmt.hf: its own segment loop
+            return self.model(*args, read_memory=self.ablate, **kwargs)
+        return self.segment(*args, **kwargs)
+
+    def segment(self, x: torch.Tensor, y: torch.Tensor, state: MemoryState | None = None):
+        """This project's models: one segment, (x, y, state) -> (nll, new state)."""
         return self.model(x, y, self.ablate(state))

@@ -84,9 +84,6 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         parser.error("--bptt_bp and --mem_len apply to the Transformer-XL models, not to a Hugging Face backbone")
     if args.eval_only and not args.eval_checkpoint:
         parser.error("--eval_only needs --eval_checkpoint PATH (e.g. runs/<run>/checkpoint_best.pt)")
-    if args.memory_ablation != "none":
-        parser.error("--memory_ablation works on this project's models; the Hugging Face wrapper carries its "
-                     "memory inside its own forward")
 
 
 class Memorize(FactRecall):
