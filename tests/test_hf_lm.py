@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")  # the hf extra (installed wi
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast  # noqa: E402
 
-from rmt import evaluate, train  # noqa: E402
+from rmt import evaluate, generate, train  # noqa: E402
 from rmt.lm.pretrained import windows  # noqa: E402
 from rmt.training.checkpoint import load_file  # noqa: E402
 
@@ -70,6 +70,17 @@ def test_hf_lm_trains_tests_writes_its_row_and_evaluates(backbone, tmp_path, cap
                           "shuffle", "--results_csv", str(tmp_path / "res" / "hf.csv")]) == 0
     shuffled = pd.read_csv(tmp_path / "res" / "hf.csv").iloc[-1]
     assert shuffled.task == "text-3x8-mem_shuffle" and shuffled.metric_value != rows.loc["rmt", "metric_value"]
+    capsys.readouterr()
+    prompt = ["--checkpoint", str(tmp_path / "runs" / "rmt" / "checkpoint_best.pt"), "--prompt",
+              " ".join(WORDS[1:10]), "--max_new_tokens", "12"]
+    outputs = []
+    for extra in (["--temperature", "0"], ["--seed", "3"], ["--seed", "3"]):
+        assert generate.main([*prompt, *extra]) == 0
+        out, err = capsys.readouterr()
+        words = out.split()
+        assert len(words) == 12 and set(words) <= set(WORDS) and "9 prompt tokens, 12 generated" in err
+        outputs.append(words)
+    assert outputs[1] == outputs[2]  # seeded sampling repeats; it crosses a segment boundary (9 + 12 > 2 x 8)
 
 
 def test_resume_continues_bit_for_bit(backbone, tmp_path):

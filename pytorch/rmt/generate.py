@@ -8,8 +8,9 @@ run was trained on (read from its config.json; --dataset/--data override): words
 corpora, UTF-8 bytes for enwik8-format corpora, characters for text8. Decoding continues segment
 by segment as training did, memory written and the XL cache updated at every boundary, with cached
 keys and values inside a segment (--no_cache re-encodes the segment for every token, for
-comparison). --temperature 0 is greedy. The continuation is printed to stdout; a line of timing
-to stderr.
+comparison). A run of the hf_lm family (RMT over a Hugging Face causal LM) reads the prompt with
+its backbone's tokenizer and decodes with the backbone's own key/value cache (rmt.hf). --temperature
+0 is greedy. The continuation is printed to stdout; a line of timing to stderr.
 """
 from __future__ import annotations
 
@@ -20,12 +21,14 @@ import time
 
 import torch
 
+from rmt.lm import pretrained
 from rmt.lm.corpus import DATASETS, load_vocab
 from rmt.lm.evaluation import default_data_dir
 from rmt.lm.text import TextCodec
 from rmt.model.generation import generate
 from rmt.tasks.registry import TASK_NAMES
-from rmt.training.checkpoint import CheckpointError, load_model, run_config
+from rmt.training.backbones import load_tokenizer
+from rmt.training.checkpoint import CheckpointError, load_file, load_model, run_config
 from rmt.training.runtime import Runtime
 
 
@@ -67,6 +70,8 @@ def main(argv=None) -> int:
     if dataset in TASK_NAMES:
         parser.error(f"{args.checkpoint} is a {dataset} task run; generation is for language models "
                      "(the task evaluation decodes greedily: python -m rmt.evaluate --checkpoint ...)")
+    if dataset == pretrained.NAME:
+        return generate_pretrained(args, parser, train_args, text)
     if dataset is None:
         parser.error(f"no config.json beside {args.checkpoint} names its corpus; pass --dataset and --data")
     data = args.data or (train_args.get("data") if train_args.get("dataset") == dataset else None) \
@@ -94,9 +99,38 @@ def main(argv=None) -> int:
                    top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache)
     elapsed = time.time() - t0
     print(codec.decode(new[0].tolist()))
-    print(f"{len(ids)} prompt tokens, {new.size(1)} generated in {elapsed:.2f} s "
-          f"({new.size(1) / max(elapsed, 1e-9):.1f} tokens/s) | {runtime.describe()}", file=sys.stderr)
+    print(timing(len(ids), new.size(1), elapsed, runtime), file=sys.stderr)
     return 0
+
+
+def generate_pretrained(args, parser, train_args: dict, text: str) -> int:
+    """An hf_lm run: its wrapper rebuilt as the run built it, the backbone's tokenizer both ways."""
+    if args.no_cache:
+        parser.error("--no_cache compares our own decoders; an hf_lm run decodes with the backbone's cache")
+    runtime = Runtime(args.device)
+    try:
+        state = load_file(args.checkpoint)["model"]
+    except (CheckpointError, KeyError) as e:
+        raise SystemExit(f"error: {args.checkpoint} is not a training checkpoint of an hf_lm run ({e})") from None
+    family = pretrained.PretrainedLM(argparse.Namespace(**train_args), runtime)
+    model = family.build_model(state).to(runtime.device).eval()
+    tokenizer = load_tokenizer(train_args["backbone"])
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    if not ids:
+        parser.error("the prompt encodes to no tokens")
+    t0 = time.time()
+    new = model.generate(torch.tensor([ids], device=runtime.device), max_new_tokens=args.max_new_tokens,
+                         do_sample=args.temperature > 0, temperature=args.temperature or 1.0, top_k=args.top_k,
+                         top_p=args.top_p, seed=args.seed)
+    elapsed = time.time() - t0
+    print(tokenizer.decode(new[0].tolist()))
+    print(timing(len(ids), new.size(1), elapsed, runtime), file=sys.stderr)
+    return 0
+
+
+def timing(n_prompt: int, n_new: int, elapsed: float, runtime) -> str:
+    return (f"{n_prompt} prompt tokens, {n_new} generated in {elapsed:.2f} s "
+            f"({n_new / max(elapsed, 1e-9):.1f} tokens/s) | {runtime.describe()}")
 
 
 if __name__ == "__main__":
