@@ -193,6 +193,28 @@ def test_runs_started_from_other_weights_are_a_row_of_their_own(tmp_path):
     assert "| memorize4x32, from m2-rmt | 32 | 4 |" in text and "1.00 ± — (n=1)" in text
 
 
+def test_the_length_plot_shows_each_run_at_the_lengths_its_checkpoint_was_evaluated_on(tmp_path):
+    def row(run_id, n, acc, **cfg):
+        append_result(tmp_path / "cls.csv", {"run_id": run_id, "task": f"fact{n}x16", "n_segments": n,
+                                             "split": "test", "metric_name": "accuracy", "metric_value": acc,
+                                             "config_json": {"n_values": 8, **cfg}})
+
+    best = "runs/f4/checkpoint_best.pt"
+    row("f4", 4, 1.0)
+    row("f4-eval", 8, 0.9, eval_only=True, eval_checkpoint=best)
+    row("f4-eval", 16, 0.3, eval_only=True, eval_checkpoint=best)
+    row("f4-eval", 4, 0.12, eval_only=True, eval_checkpoint=best, memory_ablation="shuffle")  # not a length
+    row("f4-eval", 4, 0.99, eval_only=True, eval_checkpoint=best)  # its own length: the run's row stands
+    row("g4", 4, 1.0)  # never evaluated at another length: not drawn
+    lengths = plots.length_runs(read_results(tmp_path))
+    assert lengths[["run", "n_segments", "acc", "trained"]].values.tolist() == [
+        ["f4", 4, 1.0, 4], ["f4", 8, 0.9, 4], ["f4", 16, 0.3, 4]]
+    assert (lengths["chance"] == 0.125).all()
+    written = plots.make_plots(compare.load_paper(PAPER), compare.load_ours(tmp_path)[0], tmp_path / "plots",
+                               read_results(tmp_path))
+    assert tmp_path / "plots" / "length_generalization.png" in written
+
+
 def test_a_reevaluated_best_checkpoint_replaces_its_runs_measurements(tmp_path):
     # e.g. after a metric fix: eval mode on a run's best checkpoint, with the run's own settings
     base = {"scale": "cpu-preset", "device": "cpu", "task": "sqeq_cd-max_root15", "seed": 1, "tgt_len": 30,

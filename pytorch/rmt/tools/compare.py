@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         pathlib.Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(args.markdown).write_text(text + "\n", encoding="utf-8")
-    plots = [] if args.no_plots else make_plots(paper, ours, args.plots)
+    plots = [] if args.no_plots else make_plots(paper, ours, args.plots, read_results(args.results))
     for path in plots:
         print(f"wrote {path}", file=sys.stderr)
     if readme:  # with --no-plots, link the plots already there

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from rmt.tools.lm_corpora import other_corpus_groups, other_corpus_rows
-from rmt.tools.report import KIND_COLOR, SCALE_LABEL, normalise, recipe, values_of
+from rmt.tools.report import KIND_COLOR, SCALE_LABEL, config_of, normalise, recipe, values_of
 
 
 def _series(ax, df: pd.DataFrame, x: str, label: str, color: str, paper: bool) -> None:
@@ -42,8 +42,10 @@ def plotted_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs["recipe"] == runs.groupby(point)["recipe"].transform("last")].drop(columns="reach")
 
 
-def make_plots(paper: pd.DataFrame, ours: pd.DataFrame, out_dir: str | pathlib.Path) -> list[pathlib.Path]:
-    """Accuracy vs segments for copy/reverse/retrieval and LM metric vs memory size; returns the PNGs."""
+def make_plots(paper: pd.DataFrame, ours: pd.DataFrame, out_dir: str | pathlib.Path,
+               every_row: pd.DataFrame | None = None) -> list[pathlib.Path]:
+    """Accuracy vs segments for copy/reverse/retrieval, LM metric vs memory size and, from
+    `every_row` (eval mode included), accuracy at other input lengths than trained; returns the PNGs."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -59,12 +61,59 @@ def make_plots(paper: pd.DataFrame, ours: pd.DataFrame, out_dir: str | pathlib.P
     for (task, tgt_len, scale), g in (groups.groupby(["task", "tgt_len", "scale"], sort=True) if len(groups) else []):
         figures.append((f"lm_{task}_t{int(tgt_len)}_{scale}.png",
                         _other_corpus_figure(plt, paper, g, task, tgt_len, scale)))
+    lengths = length_runs(every_row) if every_row is not None else pd.DataFrame()
+    if len(lengths):
+        figures.append(("length_generalization.png", _length_figure(plt, lengths)))
     paths = []
     for name, fig in figures:
         paths.append(out_dir / name)
         fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
         plt.close(fig)
     return paths
+
+
+def length_runs(rows: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy of trained runs at other input lengths: each run's own test row and the eval-mode
+    rows of its checkpoint_best.pt at other --n_segments, memory left as it is (no ablation).
+    Columns run, task, trained (segments trained on), n_segments, acc, chance; only runs with an
+    evaluation at another length."""
+    rows = normalise(rows)
+    rows = rows[(rows["split"] == "test") & (rows["metric_name"] == "accuracy")]
+    points = []
+    for r in rows.itertuples():
+        cfg = config_of(r.config_json)
+        if cfg.get("memory_ablation", "none") != "none":
+            continue
+        run = pathlib.PurePath(str(cfg.get("eval_checkpoint") or "")).parent.name if cfg.get("eval_only") else r.run_id
+        points.append({"run": run, "evaluated": bool(cfg.get("eval_only")), "n_segments": r.n_segments,
+                       "acc": float(r.metric_value), "chance": 1 / cfg["n_values"] if cfg.get("n_values") else np.nan,
+                       "task": str(r.task)})
+    if not points:
+        return pd.DataFrame()
+    df = pd.DataFrame(points)
+    trained = df[~df["evaluated"]].drop_duplicates("run", keep="last").set_index("run")
+    df = df[df["run"].isin(trained.index)].drop_duplicates(["run", "n_segments", "evaluated"], keep="last")
+    df = df.assign(trained=df["run"].map(trained["n_segments"]), task=df["run"].map(trained["task"]))
+    df = df[~(df["evaluated"] & (df["n_segments"] == df["trained"]))]  # the run's own row stands for its length
+    shown = df.groupby("run")["n_segments"].transform("nunique") > 1
+    return df[shown].drop(columns="evaluated").sort_values(["run", "n_segments"]).reset_index(drop=True)
+
+
+def _length_figure(plt, df: pd.DataFrame):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (run, g) in enumerate(df.groupby("run", sort=True)):
+        color = f"C{i % 10}"
+        trained = g["trained"].iloc[0]
+        ax.plot(g["n_segments"], g["acc"], "o-", color=color, label=f"{g['task'].iloc[0]} ({run})")
+        ax.plot([trained], g.loc[g["n_segments"] == trained, "acc"], "*", color=color, markersize=14)
+    for chance in sorted(set(df["chance"].dropna())):
+        ax.axhline(chance, ls=":", color="grey", lw=1)
+        ax.text(df["n_segments"].max(), chance, f" chance {chance:g}", va="bottom", ha="right", fontsize=7)
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="segments at evaluation (star: as trained)", ylabel="test accuracy", ylim=(0, 1.05),
+           title="accuracy on longer inputs than trained")
+    ax.legend(fontsize=6)
+    return fig
 
 
 def _task_figure(plt, paper: pd.DataFrame, ours: pd.DataFrame, task: str):
