@@ -33,7 +33,7 @@ from rmt import REPO_ROOT, train
 from rmt.config import BOOL, ModelConfig
 from rmt.lm.corpus import DATASETS
 from rmt.lm.evaluation import corpus_name, default_data_dir, evaluate_split, load_corpus, metric_name
-from rmt.model.ablation import ABLATIONS, MemoryAblation
+from rmt.model.ablation import ABLATIONS, MemoryAblation, task_suffix
 from rmt.results import append_result, result_row
 from rmt.training.checkpoint import CheckpointError, load_model, run_config
 from rmt.training.runtime import Runtime
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
         or default_data_dir(dataset)
     batch_size = args.batch_size or int(train_args.get("eval_batch_size") or 10)
     corpus = load_corpus(data, dataset)
-    name = corpus_name(data, dataset) + ("" if args.memory_ablation == "none" else f"-mem_{args.memory_ablation}")
+    name = corpus_name(data, dataset) + task_suffix(args.memory_ablation)
     if len(corpus.vocab) != cfg.n_token:
         raise SystemExit(f"error: {checkpoint} has a vocabulary of {cfg.n_token}, {dataset} in {data} has "
                          f"{len(corpus.vocab)}; pass the --dataset/--data it was trained on")

@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from rmt import train
 from rmt.lm import pretrained
 from rmt.lm.corpus import DATASETS, load_vocab
 from rmt.lm.evaluation import default_data_dir
@@ -28,7 +29,7 @@ from rmt.lm.text import TextCodec
 from rmt.model.generation import generate
 from rmt.tasks.registry import TASK_NAMES
 from rmt.training.backbones import load_tokenizer
-from rmt.training.checkpoint import CheckpointError, load_file, load_model, run_config
+from rmt.training.checkpoint import CheckpointError, load_model, run_config
 from rmt.training.runtime import Runtime
 
 
@@ -108,12 +109,8 @@ def generate_pretrained(args, parser, train_args: dict, text: str) -> int:
     if args.no_cache:
         parser.error("--no_cache compares our own decoders; an hf_lm run decodes with the backbone's cache")
     runtime = Runtime(args.device)
-    try:
-        state = load_file(args.checkpoint)["model"]
-    except (CheckpointError, KeyError) as e:
-        raise SystemExit(f"error: {args.checkpoint} is not a training checkpoint of an hf_lm run ({e})") from None
-    family = pretrained.PretrainedLM(argparse.Namespace(**train_args), runtime)
-    model = family.build_model(state).to(runtime.device).eval()
+    trained = argparse.Namespace(**{**train_args, "eval_only": True, "eval_checkpoint": args.checkpoint})
+    model = train.build_model(trained, pretrained.PretrainedLM(trained, runtime), runtime).eval()
     tokenizer = load_tokenizer(train_args["backbone"])
     ids = tokenizer(text, add_special_tokens=False).input_ids
     if not ids:

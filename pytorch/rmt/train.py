@@ -34,7 +34,7 @@ from rmt.lm import pretrained
 from rmt.lm import training as lm_training
 from rmt.lm.corpus import DATASETS
 from rmt.lm.training import LanguageModelling
-from rmt.model.ablation import ABLATIONS, MemoryAblation
+from rmt.model.ablation import ABLATIONS, MemoryAblation, task_suffix
 from rmt.model.transformer import MemTransformerLM, init_weights
 from rmt.results import GROUP_COLUMNS, append_result, groups_csv, read_results, result_row
 from rmt.tasks import classification, memorize
@@ -139,8 +139,8 @@ def init_weights_from(model, path: str, device) -> None:
 def write_results(args, family, test, model, runtime, run_dir, trainer: Trainer, train_time: float, log) -> None:
     """The run's results row (and per-group rows) from its test."""
     csv = args.results_csv or family.results_csv
-    task = family.name + ("" if args.memory_ablation == "none" else f"-mem_{args.memory_ablation}")
-    row = result_row(vars(args), model.config, runtime.describe(), run_dir, task, "test",
+    row = result_row(vars(args), model.config, runtime.describe(), run_dir,
+                     family.name + task_suffix(args.memory_ablation), "test",
                      n_segments=family.n_segments, max_step=trainer.step if not args.eval_only else None,
                      train_time_s=train_time, tokens_per_s=trainer.tokens_per_s, peak_mem_mb=runtime.peak_mem_mb(),
                      **test.row)

@@ -155,7 +155,6 @@ class PretrainedLM(SampledFamily):
         data = self.splits[split]
         bsz = self.args.eval_batch_size or self.args.batch_size
         limit = self.args.max_eval_steps if split == "valid" else -1
-        last = self.last
         total = total_last = 0.0
         n = n_last = 0
         for i, start in enumerate(range(0, len(data), bsz)):
@@ -166,11 +165,12 @@ class PretrainedLM(SampledFamily):
                 logits = model(x).logits
             nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), x[:, 1:].flatten(), reduction="none")
             nll = nll.view(x.size(0), -1)
+            tail = nll[:, -self.last:]
             total, n = total + nll.sum().item(), n + nll.numel()
-            total_last, n_last = total_last + nll[:, -last:].sum().item(), n_last + nll[:, -last:].numel()
+            total_last, n_last = total_last + tail.sum().item(), n_last + tail.numel()
         loss, loss_last = total / n, total_last / n_last
-        return {"loss": loss, "ppl": math.exp(loss), f"loss_last_{last}": loss_last,
-                f"ppl_last_{last}": math.exp(loss_last)}
+        return {"loss": loss, "ppl": math.exp(loss), f"loss_last_{self.last}": loss_last,
+                f"ppl_last_{self.last}": math.exp(loss_last)}
 
     def test(self, model) -> TestResult:
         m = self.evaluate(model, "test")

@@ -26,12 +26,19 @@ from rmt.model.recurrence import MemoryState
 ABLATIONS = ("none", "reset", "shuffle")
 
 
+def task_suffix(how: str) -> str:
+    """What an ablated evaluation adds to its results rows' task name: "-mem_<how>", or ""."""
+    return "" if how == "none" else f"-mem_{how}"
+
+
 class MemoryAblation:
     def __init__(self, model, how: str, seed: int = 0):
         if how not in ABLATIONS[1:]:
             raise ValueError(f"memory ablation must be one of {', '.join(ABLATIONS[1:])}, got {how!r}")
         self.model, self.how, self.seed = model, how, seed
         self._derangements: dict[int, torch.Tensor] = {}
+        # rmt.hf's wrappers run their own segment loop and take the ablation as `read_memory`
+        self._reads_memory = "read_memory" in inspect.signature(model.forward).parameters
 
     def __getattr__(self, name):  # everything else (config, heads, eval(), parameters()) is the model's
         return getattr(self.model, name)
@@ -58,7 +65,7 @@ class MemoryAblation:
         return self.model.encode(x, self.ablate(state), **kwargs)
 
     def __call__(self, *args, **kwargs):
-        if "read_memory" in inspect.signature(self.model.forward).parameters:  # rmt.hf: its own segment loop
+        if self._reads_memory:
             return self.model(*args, read_memory=self.ablate, **kwargs)
         return self.segment(*args, **kwargs)
 
