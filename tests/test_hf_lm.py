@@ -118,5 +118,5 @@ def test_the_script_runs_the_recipe_with_the_users_flags_last(backbone, tmp_path
                          cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "RMT_PRESET": "cpu"})
     assert run.returncode == 0, run.stderr[-2000:]
     row = pd.read_csv(tmp_path / "hf.csv").iloc[0]
-    assert row.task == "text-2x8" and row.scale == "cpu-preset" and row.num_mem_tokens == 10
+    assert row.task == "text-2x8" and row.scale == "cpu-preset" and row.num_mem_tokens == 8  # the CPU preset's
     assert row.command.startswith("bash scripts/hf_lm.sh train")

@@ -109,7 +109,7 @@ def build_model(args, family, runtime) -> MemTransformerLM:
     of its own (a Hugging Face backbone) builds it."""
     if hasattr(family, "build_model"):
         state = None
-        if args.eval_only:
+        if args.eval_only and args.eval_checkpoint:  # without one: the backbone as loaded (hf_lm)
             try:
                 state = load_file(args.eval_checkpoint)["model"]
             except (CheckpointError, KeyError) as e:

@@ -13,10 +13,14 @@ and test read every window of their split in order (--max_eval_steps caps valida
 
 The test reports the perplexity over the last --last_tokens targets of every window (default:
 its last segment), where memory of the earlier segments can help, as the row's metric
-(ppl_last_<N>), and over all its tokens (the loss and ppl columns). Without memory
+(ppl_last_<N>), and over all its tokens (the loss and ppl columns); its log and test.json add
+the loss of every N-token part of the window (loss_part<k>: with N = tgt_len, segment k's tokens;
+segment 0 has no memory to read). Without memory
 (--num_mem_tokens 0) every segment is read on its own; with --n_segments 1 and tgt_len the whole
 window, the backbone sees all of it at once: the full-attention reference (within its position
-limit), measured on the same last tokens. Rows go to experiments/results/hf.csv.
+limit), measured on the same last tokens. --eval_only without --eval_checkpoint tests the
+backbone as loaded (the pretrained model before any training). Rows go to
+experiments/results/hf.csv.
 """
 from __future__ import annotations
 
@@ -63,8 +67,6 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
                      f"(a window holds {args.n_segments * args.tgt_len} tokens), got {args.last_tokens}")
     if args.bptt_bp or args.mem_len:
         parser.error("--bptt_bp and --mem_len apply to the Transformer-XL models, not to a Hugging Face backbone")
-    if args.eval_only and not args.eval_checkpoint:
-        parser.error("--eval_only needs --eval_checkpoint PATH (e.g. runs/<run>/checkpoint_best.pt)")
 
 
 def windows(ids: torch.Tensor, length: int) -> torch.Tensor:
@@ -157,6 +159,9 @@ class PretrainedLM(SampledFamily):
         limit = self.args.max_eval_steps if split == "valid" else -1
         total = total_last = 0.0
         n = n_last = 0
+        width = data.size(1)
+        n_parts = width // self.last if width % self.last == 0 else 0
+        part_sums = torch.zeros(n_parts, dtype=torch.float64)
         for i, start in enumerate(range(0, len(data), bsz)):
             if 0 <= limit <= i:
                 break
@@ -168,9 +173,13 @@ class PretrainedLM(SampledFamily):
             tail = nll[:, -self.last:]
             total, n = total + nll.sum().item(), n + nll.numel()
             total_last, n_last = total_last + tail.sum().item(), n_last + tail.numel()
+            if n_parts:  # target j predicts token j + 1: part k holds tokens k*N .. (k+1)*N - 1
+                part_sums += F.pad(nll, (1, 0)).view(x.size(0), n_parts, -1).sum((0, 2)).double().cpu()
         loss, loss_last = total / n, total_last / n_last
+        rows = n // (width - 1)  # the windows read (part 0 has one target fewer: the first token has none)
+        parts = {f"loss_part{k}": (v / (rows * (self.last - (k == 0)))).item() for k, v in enumerate(part_sums)}
         return {"loss": loss, "ppl": math.exp(loss), f"loss_last_{self.last}": loss_last,
-                f"ppl_last_{self.last}": math.exp(loss_last)}
+                f"ppl_last_{self.last}": math.exp(loss_last), **parts}
 
     def test(self, model) -> TestResult:
         m = self.evaluate(model, "test")
