@@ -168,9 +168,9 @@ def reference_greedy(model, ids, n):
 def test_greedy_generation_equals_rerunning_the_wrapper(make, prompt_len):
     model = rmt(make, 3, 8)
     ids = tokens(2, prompt_len)
-    new = model.generate(ids, max_new_tokens=20)  # crosses 2 or 3 segment boundaries
-    assert new.shape == (2, 20)
-    assert torch.equal(new, reference_greedy(model, ids, 20))
+    out = model.generate(ids, max_new_tokens=20, eos_token_id=None)  # crosses 2 or 3 segment boundaries
+    assert out.shape == (2, prompt_len + 20) and torch.equal(out[:, :prompt_len], ids)  # transformers' convention
+    assert torch.equal(out[:, prompt_len:], reference_greedy(model, ids, 20))
 
 
 def test_generation_continues_each_row_after_its_last_real_token():
@@ -178,7 +178,7 @@ def test_generation_continues_each_row_after_its_last_real_token():
     ids = tokens(2, 11)
     mask = torch.ones_like(ids)
     mask[1, 6:] = 0
-    new = model.generate(ids, attention_mask=mask, max_new_tokens=12)
+    new = model.generate(ids, attention_mask=mask, max_new_tokens=12, eos_token_id=None)[:, 11:]
     assert torch.equal(new[0], reference_greedy(model, ids[:1], 12)[0])
     assert torch.equal(new[1], reference_greedy(model, ids[1:, :6], 12)[0])
 
@@ -195,7 +195,7 @@ def test_no_write_slot_precedes_a_generated_token(monkeypatch):
         return out
 
     monkeypatch.setattr(model.backbone, "forward", spy)
-    model.generate(tokens(1, 5), max_new_tokens=20)
+    model.generate(tokens(1, 5), max_new_tokens=20, eos_token_id=None)
     m, t = 3, 8
     writes = [pos for pos, hidden in calls if hidden]
     feeds = [pos for pos, hidden in calls if not hidden]
@@ -209,14 +209,35 @@ def test_no_write_slot_precedes_a_generated_token(monkeypatch):
 def test_sampling_is_reproducible_and_eos_ends_a_row():
     model = rmt(gpt2, 2, 8)
     ids = tokens(2, 5)
-    a = model.generate(ids, max_new_tokens=15, do_sample=True, top_k=10, seed=3)
-    b = model.generate(ids, max_new_tokens=15, do_sample=True, top_k=10, seed=3)
+    a = model.generate(ids, max_new_tokens=15, do_sample=True, top_k=10, seed=3, eos_token_id=None)
+    b = model.generate(ids, max_new_tokens=15, do_sample=True, top_k=10, seed=3, eos_token_id=None)
     assert torch.equal(a, b)
-    greedy = model.generate(ids, max_new_tokens=15)
+    greedy = model.generate(ids, max_new_tokens=15, eos_token_id=None)[:, 5:]
     eos = int(greedy[0, 4])
-    stopped = model.generate(ids, max_new_tokens=15, eos_token_id=eos)
+    stopped = model.generate(ids, max_new_tokens=15, eos_token_id=eos, pad_token_id=7)[:, 5:]
     first = int((greedy[0] == eos).nonzero()[0])
-    assert torch.equal(stopped[0, : first + 1], greedy[0, : first + 1]) and (stopped[0, first:] == eos).all()
+    assert torch.equal(stopped[0, : first + 1], greedy[0, : first + 1]) and (stopped[0, first + 1:] == 7).all()
+
+
+def test_generation_follows_the_backbones_generation_config():
+    """eos and pad ids come from the backbone's generation config, as in transformers; keyword
+    arguments override it; generation stops when every row has ended, so the output can be short."""
+    model = rmt(llama, 2, 8)
+    ids = tokens(2, 5)
+    greedy = model.generate(ids, max_new_tokens=15, eos_token_id=None)[:, 5:]
+    eos = int(greedy[0, 2])
+    model.backbone.generation_config.eos_token_id = [999, eos]  # a list, as instruct models have
+    model.backbone.generation_config.pad_token_id = 5
+    out = model.generate(ids, max_new_tokens=15)
+    first = [int((row == eos).nonzero()[0]) if (row == eos).any() else 14 for row in greedy]
+    assert out.size(1) == 5 + max(first) + 1  # stops when the last row ends
+    for row, stop, g in zip(out[:, 5:], first, greedy):
+        assert torch.equal(row[: stop + 1], g[: stop + 1]) and (row[stop + 1:] == 5).all()
+    model.backbone.generation_config.max_new_tokens = 3  # a default from the config, overridden by an argument
+    assert model.generate(ids, eos_token_id=None).size(1) == 8
+    assert model.generate(ids, eos_token_id=None, max_new_tokens=4).size(1) == 9
+    with pytest.raises(ValueError, match="does not use: nonsense"):
+        model.generate(ids, nonsense=1)
 
 
 def test_generation_refuses_a_model_in_training_mode():
@@ -281,7 +302,8 @@ def test_lora_through_peft_trains_adapters_and_memory_and_round_trips(tmp_path):
     loaded = RMTForCausalLM.from_pretrained(tmp_path, backbone=llama()).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, after)
-    assert torch.equal(loaded.generate(ids, max_new_tokens=10), model.generate(ids, max_new_tokens=10))
+    assert torch.equal(loaded.generate(ids, max_new_tokens=10, eos_token_id=None),
+                       model.generate(ids, max_new_tokens=10, eos_token_id=None))
 
 
 def test_bad_arguments_are_one_line_errors():

@@ -1,5 +1,6 @@
 """Language modelling over a Hugging Face causal LM, driven by rmt.train (the hf_lm family): a tiny
 GPT-2 with a word-level tokenizer built here (no downloads), text made by the test."""
+import json
 import os
 import random
 import subprocess
@@ -81,6 +82,46 @@ def test_hf_lm_trains_tests_writes_its_row_and_evaluates(backbone, tmp_path, cap
         assert len(words) == 12 and set(words) <= set(WORDS) and "9 prompt tokens, 12 generated" in err
         outputs.append(words)
     assert outputs[1] == outputs[2]  # seeded sampling repeats; it crosses a segment boundary (9 + 12 > 2 x 8)
+
+
+def test_the_pretrained_model_is_tested_as_loaded_with_its_loss_by_segment(backbone, tmp_path):
+    """--eval_only without a checkpoint: the backbone as loaded, every segment read alone; the log's
+    loss_part<k> is the mean NLL of segment k's tokens (the first token of a window has none)."""
+    model_dir, data = backbone
+    assert train.main(flags(backbone, tmp_path, "--run_name", "bare", "--num_mem_tokens", "0", "--eval_only")) == 0
+    tested = json.loads((tmp_path / "runs" / "bare" / "test.json").read_text())["test"]
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    bare = GPT2LMHeadModel.from_pretrained(model_dir).eval()
+    w = windows(torch.tensor(tok((data / "test.txt").read_text(), add_special_tokens=False).input_ids), 24)
+    with torch.no_grad():
+        logits = torch.cat([bare(s).logits for s in w.split(8, 1)], 1)
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), w[:, 1:].flatten(), reduction="none")
+    nll = nll.view(len(w), -1)
+    assert tested["loss"] == pytest.approx(nll.mean().item(), rel=1e-5)
+    assert tested["loss_part0"] == pytest.approx(nll[:, :7].mean().item(), rel=1e-5)
+    assert tested["loss_part2"] == pytest.approx(nll[:, 15:].mean().item(), rel=1e-5)
+    assert tested["loss_last_8"] == tested["loss_part2"] and not (tmp_path / "runs" / "bare" / "checkpoint_best.pt").exists()
+
+
+def test_generate_puts_the_prompt_in_the_chat_template(backbone, tmp_path, capsys):
+    model_dir, _ = backbone
+    assert train.main(flags(backbone, tmp_path, "--run_name", "chat", "--no_results", "--max_step", "1")) == 0
+    prompt = ["--checkpoint", str(tmp_path / "runs" / "chat" / "checkpoint_best.pt"), "--prompt", "w1 w2",
+              "--max_new_tokens", "5", "--temperature", "0", "--chat"]
+    with pytest.raises(SystemExit):
+        generate.main(prompt)
+    assert "has no chat template" in capsys.readouterr().err
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    tok.chat_template = "{% for m in messages %}w3 {{ m['content'] }} w4{% endfor %}"
+    tok.save_pretrained(model_dir)
+    try:
+        assert generate.main(prompt) == 0
+    finally:  # the module's other tests share the backbone folder
+        tok.chat_template = None
+        tok.save_pretrained(model_dir)
+        (model_dir / "chat_template.jinja").unlink(missing_ok=True)
+    out, err = capsys.readouterr()
+    assert "4 prompt tokens, 5 generated" in err and len(out.split()) == 5  # w3 w1 w2 w4, then the new tokens
 
 
 def test_resume_continues_bit_for_bit(backbone, tmp_path):

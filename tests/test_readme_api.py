@@ -30,5 +30,5 @@ def test_readme_hugging_face_snippet_runs(tmp_path, monkeypatch, capsys):
     (block,) = api_blocks("## RMT over Hugging Face models")
     exec(compile(block, "README.md", "exec"), {})
     out = capsys.readouterr().out
-    assert "(2, 300, 1000) (2, 16, 64)" in out and "(2, 64)" in out and "(2, 4)" in out
+    assert "(2, 300, 1000) (2, 16, 64)" in out and "(2, 364)" in out and "(2, 4)" in out
     assert (tmp_path / "rmt-llama" / "backbone").is_dir()

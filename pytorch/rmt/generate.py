@@ -9,7 +9,8 @@ corpora, UTF-8 bytes for enwik8-format corpora, characters for text8. Decoding c
 by segment as training did, memory written and the XL cache updated at every boundary, with cached
 keys and values inside a segment (--no_cache re-encodes the segment for every token, for
 comparison). A run of the hf_lm family (RMT over a Hugging Face causal LM) reads the prompt with
-its backbone's tokenizer and decodes with the backbone's own key/value cache (rmt.hf). --temperature
+its backbone's tokenizer (--chat: in its chat template, as a user turn) and decodes with the
+backbone's own key/value cache (rmt.hf), stopping at the backbone's end-of-sequence id. --temperature
 0 is greedy. The continuation is printed to stdout; a line of timing to stderr.
 """
 from __future__ import annotations
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, choices=DATASETS, help="corpus (default: the run's)")
     p.add_argument("--data", default=None, help="data directory (default: the run's)")
     p.add_argument("--no_cache", action="store_true", help="re-encode the segment for every token (slow)")
+    p.add_argument("--chat", action="store_true",
+                   help="hf_lm runs: put the prompt in the backbone's chat template as a user turn (instruct models)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     return p
 
@@ -112,16 +115,23 @@ def generate_pretrained(args, parser, train_args: dict, text: str) -> int:
     trained = argparse.Namespace(**{**train_args, "eval_only": True, "eval_checkpoint": args.checkpoint})
     model = train.build_model(trained, pretrained.PretrainedLM(trained, runtime), runtime).eval()
     tokenizer = load_tokenizer(train_args["backbone"])
-    ids = tokenizer(text, add_special_tokens=False).input_ids
+    if args.chat:
+        if not tokenizer.chat_template:
+            parser.error(f"--chat: the tokenizer of {train_args['backbone']} has no chat template")
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                            tokenize=True, return_dict=True)["input_ids"]
+    else:
+        ids = tokenizer(text, add_special_tokens=False).input_ids
     if not ids:
         parser.error("the prompt encodes to no tokens")
     t0 = time.time()
-    new = model.generate(torch.tensor([ids], device=runtime.device), max_new_tokens=args.max_new_tokens,
+    out = model.generate(torch.tensor([ids], device=runtime.device), max_new_tokens=args.max_new_tokens,
                          do_sample=args.temperature > 0, temperature=args.temperature or 1.0, top_k=args.top_k,
-                         top_p=args.top_p, seed=args.seed)
+                         top_p=args.top_p, seed=args.seed)  # stops at the backbone's eos id
     elapsed = time.time() - t0
-    print(tokenizer.decode(new[0].tolist()))
-    print(timing(len(ids), new.size(1), elapsed, runtime), file=sys.stderr)
+    new = out[0, len(ids):].tolist()
+    print(tokenizer.decode(new, skip_special_tokens=True))
+    print(timing(len(ids), len(new), elapsed, runtime), file=sys.stderr)
     return 0
 
 

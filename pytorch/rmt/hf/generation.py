@@ -12,9 +12,11 @@ Rows of different lengths (any padding) are decoded one row at a time from their
 """
 from __future__ import annotations
 
+import copy
 import inspect
 
 import torch
+import torch.nn.functional as F
 
 from rmt.model.generation import sample
 from rmt.model.recurrence import MemoryState
@@ -61,8 +63,10 @@ class SegmentCache:
 
 
 @torch.no_grad()
-def _decode(model, ids: torch.Tensor, max_new_tokens: int, pick, eos: int | None, memory: MemoryState | None):
-    """Rows (B, L) of real tokens only -> new tokens (B, max_new_tokens)."""
+def _decode(model, ids: torch.Tensor, max_new_tokens: int, pick, eos: torch.Tensor | None, pad: int,
+            memory: MemoryState | None) -> torch.Tensor:
+    """Rows (B, L) of real tokens only -> new tokens (B, n <= max_new_tokens): n is shorter when
+    every row has ended with an eos id; a row that ended earlier is filled with `pad`."""
     t = model.config.segment_size
     start = (ids.size(1) - 1) // t * t  # the segment that holds the last prompt token
     state = memory or MemoryState()
@@ -74,37 +78,63 @@ def _decode(model, ids: torch.Tensor, max_new_tokens: int, pick, eos: int | None
     done = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
     new = []
     for i in range(max_new_tokens):
-        token = pick(logits)
-        if eos is not None:
-            token = torch.where(done, eos, token)
-            done |= token == eos
+        token = torch.where(done, pad, pick(logits))
         new.append(token)
+        if eos is not None:
+            done |= torch.isin(token, eos)
         if i == max_new_tokens - 1 or bool(done.all()):
             break
         if segment.n_tokens == t:  # the segment is full: write memory, start the next with this token
             mem = segment.write()
             segment = SegmentCache(model, mem)
         logits = segment.feed(token[:, None])
-    out = torch.stack(new, 1) if new else ids.new_zeros(ids.size(0), 0)
-    if out.size(1) < max_new_tokens:  # every row ended with eos
-        out = torch.cat([out, out.new_full((out.size(0), max_new_tokens - out.size(1)), eos)], 1)
-    return out
+    return torch.stack(new, 1) if new else ids.new_zeros(ids.size(0), 0)
 
 
-def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, max_new_tokens: int = 32,
-             do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             seed: int | None = None, eos_token_id: int | None = None, memory: MemoryState | None = None
-             ) -> torch.Tensor:
-    """The next max_new_tokens tokens after each row's last real token (B, max_new_tokens); rows
-    that emit eos_token_id are filled with it. Greedy unless do_sample (temperature, top-k,
-    top-p; `seed` makes sampling reproducible). Unlike transformers' generate, the prompt is not
-    repeated in the output. `memory` continues a sequence whose earlier segments ran before."""
+def settings(model, input_len: int, generation_config=None, **kwargs):
+    """The generation config in force, as transformers' generate builds it: `generation_config` (else
+    the backbone's) updated by the keyword arguments; an unknown argument is an error."""
+    from transformers import GenerationConfig
+
+    base = generation_config or model.generation_config \
+        or GenerationConfig.from_model_config(model.backbone.config)
+    cfg = copy.deepcopy(base)
+    unused = cfg.update(**kwargs)
+    if unused:
+        raise ValueError(f"generate got arguments it does not use: {', '.join(sorted(unused))}")
+    if cfg.max_new_tokens is None:  # transformers' rule: max_length counts the prompt (default 20)
+        cfg.max_new_tokens = (cfg.max_length if cfg.max_length is not None else 20) - input_len
+        if cfg.max_new_tokens <= 0:
+            raise ValueError(f"the prompt has {input_len} tokens, max_length {cfg.max_length or 20} leaves none to "
+                             "generate: pass max_new_tokens")
+    return cfg
+
+
+def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, generation_config=None,
+             seed: int | None = None, memory: MemoryState | None = None, **kwargs) -> torch.Tensor:
+    """As transformers' generate for a decoder: each row of input_ids followed by its new tokens
+    (B, L + n), n <= max_new_tokens (shorter when every row has emitted an eos id; rows that ended
+    earlier are filled with pad_token_id, else the first eos id). The settings are
+    `generation_config` (default: the backbone's, so its eos and pad ids hold) updated by keyword
+    arguments: max_new_tokens (or max_length, counting the prompt), do_sample, temperature, top_k
+    (50 when unset, as in transformers), top_p, eos_token_id (an id or a list), pad_token_id.
+    `seed` makes sampling reproducible; `memory` continues a sequence whose earlier segments ran
+    before. New tokens follow each row's last real token, whatever its padding."""
     if model.training:
         raise ValueError("generate needs model.eval() (dropout would differ at every token)")
     if input_ids.dim() != 2 or input_ids.size(1) < 1:
         raise ValueError(f"input_ids must be (batch, length >= 1), got shape {tuple(input_ids.shape)}")
-    if max_new_tokens < 0 or temperature <= 0 or top_k < 0 or not 0 < top_p <= 1:
+    cfg = settings(model, input_ids.size(1), generation_config, **kwargs)
+    max_new, do_sample = cfg.max_new_tokens, bool(cfg.do_sample)
+    temperature = 1.0 if cfg.temperature is None else cfg.temperature
+    top_k = 50 if cfg.top_k is None else cfg.top_k
+    top_p = 1.0 if cfg.top_p is None else cfg.top_p
+    if max_new < 0 or (do_sample and (temperature <= 0 or top_k < 0 or not 0 < top_p <= 1)):
         raise ValueError("need max_new_tokens >= 0, temperature > 0, top_k >= 0 and 0 < top_p <= 1")
+    eos_ids = cfg.eos_token_id
+    eos_ids = [] if eos_ids is None else [eos_ids] if isinstance(eos_ids, int) else list(eos_ids)
+    eos = torch.tensor(eos_ids, device=input_ids.device) if eos_ids else None
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
     generator = None
     if do_sample and seed is not None:
         generator = torch.Generator(device=input_ids.device).manual_seed(seed)
@@ -114,14 +144,17 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
             return logits.argmax(-1)
         return sample(logits.float().log_softmax(-1), temperature, top_k, top_p, generator)
 
-    if max_new_tokens == 0:
-        return input_ids.new_zeros(input_ids.size(0), 0)
+    if max_new == 0:
+        return input_ids
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(torch.bool)
     if bool(mask.all()):
-        return _decode(model, input_ids, max_new_tokens, pick, eos_token_id, memory)
-    if bool((mask.sum(1) == 0).any()):
-        raise ValueError("a row of input_ids has no real token (its attention_mask is all 0)")
-    rows = [_decode(model, input_ids[i][mask[i].bool()][None], max_new_tokens, pick, eos_token_id,
-                    None if memory is None else memory.select(slice(i, i + 1)))
-            for i in range(input_ids.size(0))]
-    return torch.cat(rows)
+        new = _decode(model, input_ids, max_new, pick, eos, pad, memory)
+    else:
+        if bool((mask.sum(1) == 0).any()):
+            raise ValueError("a row of input_ids has no real token (its attention_mask is all 0)")
+        rows = [_decode(model, input_ids[i][mask[i].bool()][None], max_new, pick, eos, pad,
+                        None if memory is None else memory.select(slice(i, i + 1)))
+                for i in range(input_ids.size(0))]
+        width = max(r.size(1) for r in rows)
+        new = torch.cat([F.pad(r, (0, width - r.size(1)), value=pad) for r in rows])
+    return torch.cat([input_ids, new], 1)

@@ -287,11 +287,16 @@ class RMTForCausalLM(RecurrentWrapper):
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
         return RMTOutput(loss=loss, logits=logits, memory=state)
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, max_new_tokens: int = 32,
+    @property
+    def generation_config(self):
+        """The backbone's generation config (its eos and pad ids): generate's defaults, as in transformers."""
+        return getattr(self.backbone, "generation_config", None)
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, generation_config=None,
                  **kwargs) -> torch.Tensor:
-        """The next max_new_tokens tokens of every row (B, max_new_tokens); see rmt.hf.generation."""
+        """Each row followed by its new tokens (B, L + n), as transformers' generate; see rmt.hf.generation."""
         from rmt.hf.generation import generate
-        return generate(self, input_ids, attention_mask, max_new_tokens, **kwargs)
+        return generate(self, input_ids, attention_mask, generation_config, **kwargs)
 
 
 class RMTForSequenceClassification(RecurrentWrapper):

@@ -55,9 +55,10 @@ def known(name: str) -> KnownBackbone | None:
     return None
 
 
-def resolve(backbone: str, models_dir: pathlib.Path = MODELS_DIR) -> str:
-    """Where transformers finds `backbone`: a known name's installed folder, else `backbone` as given
-    (an existing directory, or a hub name)."""
+def resolve(backbone: str, models_dir: pathlib.Path | None = None) -> str:
+    """Where transformers finds `backbone`: a known name's installed folder (in models_dir, default
+    data/models), else `backbone` as given (an existing directory, or a hub name)."""
+    models_dir = MODELS_DIR if models_dir is None else models_dir
     spec = known(backbone)
     if spec is None or pathlib.Path(backbone).exists():
         return backbone
