@@ -11,7 +11,7 @@
 --dataset picks the family: a corpus (wt103, enwik8, text8, wt2, ptb, lm1b; rmt.lm.training),
 a task (copy, reverse, retrieval, sqeq...; rmt.tasks.training), the classification task fact
 (rmt.tasks.classification), or one over a pretrained Hugging Face backbone: memorize
-(rmt.tasks.memorize) and hf_lm (rmt.lm.pretrained). Validation every --eval_interval steps
+(rmt.tasks.memorize), hf_lm (rmt.lm.pretrained) and babilong (rmt.tasks.babilong). Validation every --eval_interval steps
 keeps checkpoint_best.pt (by valid loss, or --select_by acc for tasks); the best model is tested
 at the end and one row goes to the family's CSV in experiments/results/ (or --results_csv).
 --eval_only tests --eval_checkpoint instead (the families other than the corpora), through a
@@ -37,7 +37,7 @@ from rmt.lm.training import LanguageModelling
 from rmt.model.ablation import ABLATIONS, MemoryAblation, task_suffix
 from rmt.model.transformer import MemTransformerLM, init_weights
 from rmt.results import GROUP_COLUMNS, append_result, groups_csv, read_results, result_row
-from rmt.tasks import classification, memorize
+from rmt.tasks import babilong, classification, memorize
 from rmt.tasks import training as task_training
 from rmt.tasks.registry import TASK_NAMES
 from rmt.training.checkpoint import CheckpointError, first_line, load_file, load_model, run_config
@@ -46,7 +46,7 @@ from rmt.training.trainer import LAST, Trainer
 
 TESTED = "test.json"  # written after a run's test and results rows: the run is finished
 # Families that evaluate a checkpoint themselves (rmt.train --eval_only), with the run's own flags.
-OWN_EVALUATION = (*TASK_NAMES, classification.NAME, memorize.NAME, pretrained.NAME)
+OWN_EVALUATION = (*TASK_NAMES, classification.NAME, memorize.NAME, pretrained.NAME, babilong.NAME)
 
 
 def build_parser(dataset: str) -> argparse.ArgumentParser:
@@ -54,8 +54,9 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     p = config.base_parser("python3 -m rmt.train", __doc__)
     p.add_argument("--dataset", default=dataset, choices=[*DATASETS, *OWN_EVALUATION],
                    help="a corpus (default data dir: data/<name>), an algorithmic task, fact (classification), "
-                        "memorize (classification with a pretrained Hugging Face encoder) or hf_lm (language "
-                        "modelling with a pretrained Hugging Face causal LM)")
+                        "memorize (classification with a pretrained Hugging Face encoder), hf_lm (language "
+                        "modelling with a pretrained Hugging Face causal LM) or babilong (long-context question "
+                        "answering over one)")
     p.add_argument("--eval_only", action="store_true", help="tasks: evaluate --eval_checkpoint on the test split")
     p.add_argument("--eval_checkpoint", default=None, help="tasks: the checkpoint --eval_only evaluates")
     p.add_argument("--memory_ablation", choices=ABLATIONS, default="none",
@@ -72,8 +73,8 @@ def family_args(dataset: str):
     """The module that owns a dataset's flags (add_args, check_args) and its family."""
     if dataset in TASK_NAMES:
         return task_training
-    return {classification.NAME: classification, memorize.NAME: memorize,
-            pretrained.NAME: pretrained}.get(dataset, lm_training)
+    return {classification.NAME: classification, memorize.NAME: memorize, pretrained.NAME: pretrained,
+            babilong.NAME: babilong}.get(dataset, lm_training)
 
 
 def build_family(args, runtime):
@@ -85,6 +86,8 @@ def build_family(args, runtime):
         return memorize.Memorize(args, runtime)
     if args.dataset == pretrained.NAME:
         return pretrained.PretrainedLM(args, runtime)
+    if args.dataset == babilong.NAME:
+        return babilong.BabiLong(args, runtime)
     return LanguageModelling(args, runtime)
 
 

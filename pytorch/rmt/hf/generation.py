@@ -70,8 +70,8 @@ def _decode(model, ids: torch.Tensor, max_new_tokens: int, pick, eos: torch.Tens
     t = model.config.segment_size
     start = (ids.size(1) - 1) // t * t  # the segment that holds the last prompt token
     state = memory or MemoryState()
-    if start:
-        _, state, _ = model.run(ids[:, :start], None, state)
+    if start:  # the complete segments before it: their memory only
+        state = model.read(ids[:, :start], memory=state)
     mem = model.initial_memory(ids.size(0)) if state.mem is None else state.mem
     segment = SegmentCache(model, mem)
     logits = segment.feed(ids[:, start:])

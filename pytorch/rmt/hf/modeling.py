@@ -260,18 +260,33 @@ class RMTForCausalLM(RecurrentWrapper):
 
     kind, auto_class = "causal-lm", "AutoModelForCausalLM"
 
-    def segment(self, x: SegmentInput, state: MemoryState):
+    def segment(self, x: SegmentInput, state: MemoryState, **backbone_kwargs):
         b, t = x.ids.shape
         m = self.config.num_mem_tokens
         tokens = self.embed(x.ids)
         if not m:
-            out = self.call_backbone(tokens, x.mask)
+            out = self.call_backbone(tokens, x.mask, **backbone_kwargs)
             return out.logits, MemoryState()
         mem = self.initial_memory(b) if state.mem is None else state.mem
         slots = x.mask.new_ones(b, m)
-        out = self.call_backbone(torch.cat([mem, tokens, mem], 1), torch.cat([slots, x.mask, slots], 1))
+        out = self.call_backbone(torch.cat([mem, tokens, mem], 1), torch.cat([slots, x.mask, slots], 1),
+                                 **backbone_kwargs)
         written = self.keep_if_empty(out.hidden_states[-1][:, m + t:], mem, x.mask)
         return out.logits[:, m : m + t], MemoryState(written)
+
+    @torch.no_grad()
+    def read(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+             memory: MemoryState | None = None, read_memory=None) -> MemoryState:
+        """The state after reading input_ids, segment by segment, without gradient and without
+        logits: a long context before a question costs its backbone passes and a fixed-size state,
+        whatever its length. Pass the state as memory= to forward or generate to go on."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        state = memory or MemoryState()
+        for seg in self.segments(input_ids, attention_mask):
+            # the LM head on the last position only (logits_to_keep): its output is dropped
+            _, state = self.segment(seg, state if read_memory is None else read_memory(state), logits_to_keep=1)
+        return state
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, memory: MemoryState | None = None,

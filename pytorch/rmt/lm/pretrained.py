@@ -69,6 +69,17 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         parser.error("--bptt_bp and --mem_len apply to the Transformer-XL models, not to a Hugging Face backbone")
 
 
+def causal_rmt(args: argparse.Namespace, depth: int | None, checkpoint_state: dict | None = None):
+    """RMTForCausalLM over --backbone as the flags describe it (segments of --tgt_len); a checkpoint's
+    weights when given. The families over a pretrained causal LM (hf_lm, babilong) build it here."""
+    from rmt.hf import RMTForCausalLM
+
+    base = load_backbone("AutoModelForCausalLM", args.backbone)
+    model = RMTForCausalLM(base, args.num_mem_tokens, args.tgt_len, depth, args.recompute_segments,
+                           args.freeze_backbone)
+    return load_weights(model, checkpoint_state, args.backbone)
+
+
 def windows(ids: torch.Tensor, length: int) -> torch.Tensor:
     """(n, length): the token stream cut into whole windows (a last partial one is dropped)."""
     n = ids.numel() // length
@@ -116,14 +127,7 @@ class PretrainedLM(SampledFamily):
         log(f"{NAME}: {a.data} read with the tokenizer of {a.backbone}; windows of {length} tokens: {counts}")
 
     def build_model(self, checkpoint_state: dict | None = None):
-        """RMTForCausalLM over --backbone; a checkpoint's weights when given."""
-        from rmt.hf import RMTForCausalLM
-
-        a = self.args
-        base = load_backbone("AutoModelForCausalLM", a.backbone)
-        model = RMTForCausalLM(base, a.num_mem_tokens, a.tgt_len, self.depth, a.recompute_segments,
-                               a.freeze_backbone)
-        return load_weights(model, checkpoint_state, a.backbone)
+        return causal_rmt(self.args, self.depth, checkpoint_state)
 
     def facts(self) -> dict:
         return {"task": self.name, "n_segments": self.n_segments, "backbone": self.args.backbone,

@@ -1,0 +1,251 @@
+"""BABILong-style long-context QA (rmt.tasks.babi, rmt.tasks.babilong): the story generator checked
+by an interpreter of its own, samples of exact length, the answer-only loss, exact-match scoring,
+and the family driven by rmt.train on a tiny GPT-2 with a word-level tokenizer built here."""
+import json
+import random
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast  # noqa: E402
+
+from rmt import train  # noqa: E402
+from rmt.tasks import babi  # noqa: E402
+from rmt.tasks.babilong import BabiLong, Haystack, assemble, haystack_sentences, parse_length  # noqa: E402
+from rmt.training.checkpoint import load_file  # noqa: E402
+
+# ---- the stories ------------------------------------------------------------------------------------------
+
+MOVE = re.compile(r"^(\w+) (?:went|journeyed|travelled|moved|went back) to the (\w+)\.$")
+TAKE = re.compile(r"^(\w+) (?:picked up|got|grabbed|took) the (\w+)\.$")
+DROP = re.compile(r"^(\w+) (?:dropped|discarded|put down|left) the (\w+)\.$")
+
+
+def interpret(facts, question):
+    """A second reading of a story, written from the sentences alone: the answer, or an AssertionError
+    where the story breaks the world's rules."""
+    where, holder, trail = {}, {}, {}
+    for fact in facts:
+        if m := MOVE.match(fact):
+            where[m[1]] = m[2]
+            for obj, who in holder.items():
+                if who == m[1] and trail[obj][-1] != m[2]:
+                    trail[obj].append(m[2])
+        elif m := TAKE.match(fact):
+            person, obj = m[1], m[2]
+            assert person in where and obj not in holder, fact
+            assert obj not in trail or trail[obj][-1] == where[person], fact  # taken where it lies
+            holder[obj] = person
+            if not trail.get(obj) or trail[obj][-1] != where[person]:
+                trail.setdefault(obj, []).append(where[person])
+        elif m := DROP.match(fact):
+            assert holder.pop(m[2]) == m[1], fact
+        else:
+            raise AssertionError(f"not a story sentence: {fact}")
+    if m := re.match(r"^Where is (\w+)\?$", question):
+        return where[m[1]]
+    if m := re.match(r"^Where is the (\w+)\?$", question):
+        return where[holder[m[1]]] if m[1] in holder else trail[m[1]][-1]
+    m = re.match(r"^Where was the (\w+) before the (\w+)\?$", question)
+    assert trail[m[1]][-1] == m[2]
+    return trail[m[1]][-2]
+
+
+@pytest.mark.parametrize("task", babi.TASKS)
+def test_every_answer_follows_from_the_story(task):
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        story = babi.make_story(task, rng)
+        assert interpret(story.facts, story.question) == story.answer
+        assert story.answer in babi.PLACES and len(story.facts) >= babi.STORY_LENGTH[task][0]
+
+
+def test_the_tasks_need_their_supporting_facts():
+    rng = np.random.default_rng(1)
+    qa2 = [babi.make_story("qa2", rng) for _ in range(100)]
+    assert all(s.question.startswith("Where is the") for s in qa2)
+    # the object's place is never the place it was picked up in alone: its carrier moved it on
+    qa3 = [babi.make_story("qa3", rng) for _ in range(100)]
+    assert all(" before the " in s.question for s in qa3)
+    with pytest.raises(ValueError, match="unknown bAbI task 'qa9'"):
+        babi.make_story("qa9", rng)
+
+
+# ---- samples ----------------------------------------------------------------------------------------------
+
+def test_lengths_parse_in_binary_units():
+    assert [parse_length(s) for s in ("0", "512", "4k", "64K", "1M")] == [0, 512, 4096, 65536, 1 << 20]
+    with pytest.raises(ValueError, match="optional k or M"):
+        parse_length("1.5k")
+
+
+def test_facts_go_in_order_between_haystack_sentences_and_the_length_is_exact():
+    hay = Haystack([np.full(n, 100 + i) for i, n in enumerate((3, 5, 2, 7, 4))])
+    facts = [np.array([1, 1]), np.array([2]), np.array([3, 3, 3])]
+    question, answer = np.array([8, 8]), np.array([9])
+    for length in (9, 10, 40, 500):
+        ids = assemble(facts, question, answer, hay, length, np.random.default_rng(length))
+        assert len(ids) == length and list(ids[-3:]) == [8, 8, 9]
+        story = [t for t in ids[:-3] if t < 100]
+        assert story == [1, 1, 2, 3, 3, 3]  # each fact once, in order, whole
+    assert len(assemble(facts, question, answer, hay, 0, np.random.default_rng(0))) == 9  # the story alone
+    with pytest.raises(ValueError, match="cannot hold its story"):
+        assemble(facts, question, answer, hay, 8, np.random.default_rng(0))
+
+
+def test_haystack_sentences_skip_headings():
+    text = " = Title = \n\n The river is long . It flows north .\n = = Part = = \n A third one !\n"
+    assert haystack_sentences(text) == ["The river is long .", "It flows north .", "A third one !"]
+
+
+# ---- the family over a tiny GPT-2 -------------------------------------------------------------------------
+
+HAY_WORDS = [f"w{i}" for i in range(40)]
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    """A tiny GPT-2 with a word-level tokenizer over the story words, and a haystack text dir whose
+    splits use disjoint words (so a test can tell where a sample's text came from)."""
+    root = tmp_path_factory.mktemp("babilong")
+    story_words = {w for s in (*babi.MOVES, *babi.TAKES, *babi.DROPS) for w in re.findall(r"\w+", s)}
+    story_words |= {*babi.PEOPLE, *babi.PLACES, *babi.OBJECTS, "Where", "is", "was", "the", "before", "Question",
+                    "Answer", "one", "word", "with"}
+    vocab = {w: i for i, w in enumerate(["[UNK]", ".", "?", ":", *sorted(story_words), *HAY_WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    model_dir = root / "tiny-gpt2"
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(model_dir)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=2, n_positions=128,
+                               resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).save_pretrained(model_dir)
+    hay = root / "hay"
+    hay.mkdir()
+    rng = random.Random(0)
+    for k, split in enumerate(("train", "valid", "test")):
+        words = HAY_WORDS[k * 13 : (k + 1) * 13]
+        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))) + " ." for _ in range(300)]
+        (hay / f"{split}.txt").write_text(" = Heading = \n" + "\n".join(lines) + "\n")
+    return model_dir, hay
+
+
+def flags(backbone, tmp_path, *extra):
+    model_dir, hay = backbone
+    return ["--dataset", "babilong", "--task", "qa1", "--backbone", str(model_dir), "--haystack", str(hay),
+            "--n_segments", "3", "--tgt_len", "32", "--num_mem_tokens", "2", "--batch_size", "2", "--max_step", "4",
+            "--eval_interval", "2", "--log_interval", "2", "--n_train", "16", "--n_val", "3", "--n_test", "4",
+            "--lr", "1e-3", "--device", "cpu", "--work_dir", str(tmp_path / "runs"),
+            "--results_csv", str(tmp_path / "res" / "babilong.csv"), *extra]
+
+
+def family(backbone, tmp_path, *extra):
+    args, _ = train.parse_args(flags(backbone, tmp_path, *extra))
+    fam = BabiLong(args, runtime=type("R", (), {"device": torch.device("cpu"), "autocast": staticmethod(
+        lambda: torch.autocast("cpu", enabled=False))})())
+    fam.load_data(lambda _: None)
+    return fam
+
+
+def test_samples_are_exact_deterministic_and_their_splits_draw_on_their_own_text(backbone, tmp_path):
+    fam = family(backbone, tmp_path)
+    tok = fam.tokenizer
+    seen = {}
+    for split in ("train", "valid", "test"):
+        ids, start, answer = fam.sample(split, 5)
+        assert len(ids) == 96 and tok.decode(ids[start:]).strip() == answer
+        again, _, _ = fam.sample(split, 5)
+        assert np.array_equal(ids, again) and not np.array_equal(ids, fam.sample(split, 6)[0])
+        seen[split] = {w for w in tok.decode(ids).split() if w in HAY_WORDS}
+    assert not (seen["train"] & seen["valid"]) and not (seen["valid"] & seen["test"]) and seen["test"]
+    long = family(backbone, tmp_path, "--sample_length", "2k")
+    ids, start, answer = long.sample("test", 0)
+    assert len(ids) == 2048 and long.n_segments == 64 and long.name == "babilong-qa1-64x32"
+    text = tok.decode(ids[:start])
+    assert text.rstrip().endswith("Answer :") and "Where is" in text
+
+
+def test_the_loss_covers_the_answer_tokens_only(backbone, tmp_path):
+    fam = family(backbone, tmp_path)
+    ids, labels, answers = fam.batch("train", [0, 1])
+    for row, answer in zip(range(2), answers):
+        supervised = (labels[row] != -100).nonzero().flatten()
+        assert fam.tokenizer.decode(ids[row, supervised]).strip() == answer and supervised[-1] == ids.size(1) - 1
+    model = fam.build_model().eval()
+    with torch.no_grad():
+        out = model(ids, labels=labels)
+        logits = out.logits
+    masked = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+    assert out.loss.item() == pytest.approx(masked.item())
+
+
+def test_exact_match_takes_the_first_word(backbone, tmp_path):
+    fam = family(backbone, tmp_path)
+    enc = lambda s: fam.tokenizer(s, add_special_tokens=False).input_ids  # noqa: E731
+    assert fam.first_word(enc("kitchen . garden")) == "kitchen"
+    assert fam.first_word(enc(": Mary kitchen")) == "mary"  # lower case: never equal to a place
+    assert fam.first_word(enc(". ?")) == ""
+    assert fam.first_word(enc("the kitchen .")) == "kitchen" and fam.first_word(enc("the")) == ""
+
+
+def test_reading_a_prefix_then_answering_equals_one_pass(backbone, tmp_path):
+    """Evaluation reads the text before the question's segment as memory only: the same numbers."""
+    fam = family(backbone, tmp_path, "--sample_length", "200")
+    model = fam.build_model().eval()
+    ids, labels, _ = fam.batch("test", [1])
+    start = int((labels[0] != -100).nonzero()[0])
+    loss, new = fam.answer_row(model, ids, start)
+    with torch.no_grad():
+        whole = model(ids, labels=labels).loss.item() * (ids.size(1) - start)
+        ref, seq = [], ids[:, :start]
+        for _ in range(4):
+            ref.append(int(model(seq).logits[0, -1].argmax()))
+            seq = torch.cat([seq, torch.tensor([[ref[-1]]])], 1)
+    assert loss == pytest.approx(whole, rel=1e-5) and new == ref
+
+
+def test_babilong_trains_tests_and_evaluates_at_other_lengths(backbone, tmp_path):
+    assert train.main(flags(backbone, tmp_path, "--run_name", "rmt")) == 0
+    best = tmp_path / "runs" / "rmt" / "checkpoint_best.pt"
+    for extra in (["--n_segments", "6"], ["--sample_length", "1k"], ["--memory_ablation", "reset"]):
+        assert train.main(["--dataset", "babilong", "--eval_only", "--eval_checkpoint", str(best), "--work_dir",
+                           str(tmp_path / "runs"), *extra]) == 0
+    assert train.main(flags(backbone, tmp_path, "--run_name", "last", "--last_segment_only")) == 0
+    assert train.main(flags(backbone, tmp_path, "--run_name", "zs", "--eval_only", "--zero_shot",
+                            "--num_mem_tokens", "0")) == 0
+    rows = pd.read_csv(tmp_path / "res" / "babilong.csv")
+    assert list(rows.task) == ["babilong-qa1-3x32", "babilong-qa1-6x32", "babilong-qa1-32x32",
+                               "babilong-qa1-3x32-mem_reset", "babilong-qa1-3x32-last", "babilong-qa1-3x32-zeroshot"]
+    assert (rows.metric_name == "exact_match").all() and rows.metric_value.between(0, 1).all()
+    assert list(rows.n_segments) == [3, 6, 32, 3, 1, 1]
+    tested = json.loads((tmp_path / "runs" / "rmt-eval" / "test.json").read_text())["test"]
+    assert tested["sample_tokens"] == 96  # the last evaluation of the run wrote its test.json
+
+
+def test_resume_continues_bit_for_bit(backbone, tmp_path):
+    assert train.main(flags(backbone, tmp_path, "--run_name", "straight", "--no_results")) == 0
+    assert train.main(flags(backbone, tmp_path, "--run_name", "cut", "--no_results", "--max_step", "2")) == 0
+    assert train.main(flags(backbone, tmp_path, "--no_results", "--restart", "--restart_dir",
+                            str(tmp_path / "runs" / "cut"))) == 0
+    a, b = (load_file(tmp_path / "runs" / name / "checkpoint_last.pt") for name in ("straight", "cut"))
+    assert a["step"] == b["step"] == 4 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--task", "qa9"], "invalid choice: 'qa9'"),
+    (["--sample_length", "60"], "cannot hold every qa1 story (up to"),
+    (["--sample_length", "two"], "--sample_length: a sample length is a number"),
+    (["--backbone", "smollm2-nonexistent/x"], "--backbone smollm2-nonexistent/x"),
+    (["--zero_shot"], "--zero_shot evaluates the bare backbone"),
+])
+def test_bad_flags_are_one_line_errors(backbone, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as e:
+        train.main(flags(backbone, tmp_path, *extra))
+    assert e.value.code != 0
+    err = str(e.value.code) + capsys.readouterr().err
+    assert message in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
