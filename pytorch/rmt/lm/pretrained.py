@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from rmt import REPO_ROOT
 from rmt.config import BOOL, FULL_BPTT
 from rmt.results import TestResult
-from rmt.tasks.training import BatchSampler, SampledFamily
+from rmt.tasks.training import BatchSampler, SampledFamily, backward_in_chunks
 from rmt.training.backbones import load_backbone, load_tokenizer, load_weights
 
 NAME = "hf_lm"
@@ -146,12 +146,7 @@ class PretrainedLM(SampledFamily):
         args, runtime = self.args, self.runtime
         idx = self.sampler.next_shard(runtime.rank, runtime.world)
         x = self.splits["train"][idx].to(runtime.device)
-        total = 0.0
-        for xc in x.chunk(args.batch_chunk):
-            with runtime.autocast():
-                loss = model(xc, labels=xc).loss / args.batch_chunk
-            runtime.scaler.scale(loss).backward()
-            total += loss.item()
+        total = backward_in_chunks(runtime, args.batch_chunk, lambda xc: model(xc, labels=xc).loss, x)
         return {"loss": total, "tokens": x.numel()}
 
     @torch.no_grad()

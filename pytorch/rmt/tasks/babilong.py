@@ -40,7 +40,7 @@ from rmt import REPO_ROOT
 from rmt.config import BOOL, FULL_BPTT
 from rmt.results import TestResult
 from rmt.tasks.babi import PLACES, STORY_LENGTH, TASKS, every_sentence, make_story
-from rmt.tasks.training import BatchSampler, SampledFamily, add_sample_args, check_sample_args
+from rmt.tasks.training import BatchSampler, SampledFamily, add_sample_args, backward_in_chunks, check_sample_args
 from rmt.training.backbones import load_tokenizer
 
 NAME = "babilong"
@@ -258,12 +258,7 @@ class BabiLong(SampledFamily):
         args, runtime = self.args, self.runtime
         ids, labels, _ = self.batch("train", self.sampler.next_shard(runtime.rank, runtime.world))
         ids, labels = ids.to(runtime.device), labels.to(runtime.device)
-        total = 0.0
-        for xc, yc in zip(ids.chunk(args.batch_chunk), labels.chunk(args.batch_chunk)):
-            with runtime.autocast():
-                loss = model(xc, labels=yc).loss / args.batch_chunk
-            runtime.scaler.scale(loss).backward()
-            total += loss.item()
+        total = backward_in_chunks(runtime, args.batch_chunk, lambda x, y: model(x, labels=y).loss, ids, labels)
         return {"loss": total, "tokens": ids.numel()}
 
     def answer_row(self, model, ids: torch.Tensor, start: int) -> tuple[float, list[int]]:

@@ -26,7 +26,7 @@ from rmt import REPO_ROOT
 from rmt.config import BOOL, FULL_BPTT, model_config
 from rmt.model.recurrence import classify
 from rmt.results import TestResult
-from rmt.tasks.training import BatchSampler, SampledFamily, add_sample_args, check_sample_args
+from rmt.tasks.training import BatchSampler, SampledFamily, add_sample_args, backward_in_chunks, check_sample_args
 
 NAME = "fact"
 FACT, QUERY = 1, 2  # marker tokens; 0 is never emitted (the padding id elsewhere)
@@ -136,12 +136,8 @@ class FactRecall(SampledFamily):
         args, runtime = self.args, self.runtime
         idx = self.sampler.next_shard(runtime.rank, runtime.world)
         x, y = (t[idx].to(runtime.device) for t in self.splits["train"])
-        total = 0.0
-        for xc, yc in zip(x.chunk(args.batch_chunk), y.chunk(args.batch_chunk)):
-            with runtime.autocast():
-                loss = F.cross_entropy(self._logits(model, xc).float(), yc) / args.batch_chunk
-            runtime.scaler.scale(loss).backward()
-            total += loss.item()
+        total = backward_in_chunks(runtime, args.batch_chunk,
+                                   lambda xc, yc: F.cross_entropy(self._logits(model, xc).float(), yc), x, y)
         return {"loss": total, "tokens": self._inputs(x).numel()}
 
     @torch.no_grad()

@@ -160,6 +160,18 @@ class BatchSampler:
         return self.next()[rank * per_rank : (rank + 1) * per_rank]
 
 
+def backward_in_chunks(runtime, n_chunks: int, loss_of, *batch: torch.Tensor) -> float:
+    """One batch's forward and backward in n_chunks parts (--batch_chunk: gradient accumulation);
+    loss_of(*part) is a part's mean loss. Returns the batch's mean loss."""
+    total = 0.0
+    for part in zip(*(t.chunk(n_chunks) for t in batch)):
+        with runtime.autocast():
+            loss = loss_of(*part) / n_chunks
+        runtime.scaler.scale(loss).backward()
+        total += loss.item()
+    return total
+
+
 class SampledFamily:
     """The family protocol's state for a family that draws its training batches from
     `self.sampler` (a BatchSampler) and never restarts model selection."""
@@ -281,13 +293,8 @@ class AlgorithmicTask:
         args, runtime = self.args, self.runtime
         idx = self.sampler.next_shard(runtime.rank, runtime.world)
         src, tgt = self.train[0][idx].to(runtime.device), self.train[1][idx].to(runtime.device)
-        total = 0.0
-        for s, t in zip(src.chunk(args.batch_chunk), tgt.chunk(args.batch_chunk)):
-            with runtime.autocast():
-                loss = answer_loss(model, s, t, self.answer_size, self.curriculum.seg_len(), self.depth,
-                                   args.recompute_segments) / args.batch_chunk
-            runtime.scaler.scale(loss).backward()
-            total += loss.item()
+        total = backward_in_chunks(runtime, args.batch_chunk, lambda s, t: answer_loss(
+            model, s, t, self.answer_size, self.curriculum.seg_len(), self.depth, args.recompute_segments), src, tgt)
         return {"loss": total, "tokens": src.numel()}
 
     def evaluate(self, model, split: str) -> dict:
