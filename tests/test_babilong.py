@@ -2,8 +2,11 @@
 by an interpreter of its own, samples of exact length, the answer-only loss, exact-match scoring,
 and the family driven by rmt.train on a tiny GPT-2 with a word-level tokenizer built here."""
 import json
+import os
 import random
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -233,6 +236,32 @@ def test_resume_continues_bit_for_bit(backbone, tmp_path):
                             str(tmp_path / "runs" / "cut"))) == 0
     a, b = (load_file(tmp_path / "runs" / name / "checkpoint_last.pt") for name in ("straight", "cut"))
     assert a["step"] == b["step"] == 4 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_ddp_two_processes_match_one_process(backbone, tmp_path):
+    """torchrun: each process trains on its shard of every batch (every answer is one token here, so
+    the mean of the shards' answer losses is the batch's)."""
+    sensitive = ["--optim", "sgd", "--lr", "0.5", "--clip", "0", "--no_results", "--max_step", "2"]
+    assert train.main(flags(backbone, tmp_path, "--run_name", "one", *sensitive)) == 0
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "rmt.train", *flags(backbone, tmp_path, "--run_name", "two", *sensitive)],
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    a, b = (load_file(tmp_path / "runs" / name / "checkpoint_last.pt")["model"] for name in ("one", "two"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_a_curriculum_stage_starts_from_the_shorter_stage(backbone, tmp_path):
+    assert train.main(flags(backbone, tmp_path, "--run_name", "one-seg", "--n_segments", "1", "--tgt_len", "96",
+                            "--no_results")) == 0
+    best = tmp_path / "runs" / "one-seg" / "checkpoint_best.pt"
+    assert train.main(flags(backbone, tmp_path, "--run_name", "two-seg", "--n_segments", "2", "--tgt_len", "96",
+                            "--init_checkpoint", str(best), "--optim", "sgd", "--lr", "1e-12", "--clip", "0",
+                            "--no_results")) == 0
+    start, end = load_file(best)["model"], load_file(tmp_path / "runs" / "two-seg" / "checkpoint_last.pt")["model"]
+    for name in start:  # a step of lr 1e-12 moves nothing visible: stage 2 began at stage 1's weights
+        torch.testing.assert_close(end[name], start[name], atol=1e-8, rtol=0, msg=name)
 
 
 @pytest.mark.parametrize("extra, message", [
