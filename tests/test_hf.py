@@ -173,6 +173,22 @@ def test_greedy_generation_equals_rerunning_the_wrapper(make, prompt_len):
     assert torch.equal(out[:, prompt_len:], reference_greedy(model, ids, 20))
 
 
+def test_memory_norm_rescales_what_is_written_and_generation_follows_it(tmp_path):
+    model = rmt(llama, 3, 8, memory_norm=True)
+    ids = tokens(2, 19)
+    with torch.no_grad():
+        out = model(ids)
+    embed_norm = model.backbone.get_input_embeddings().weight.norm(dim=-1).mean()
+    torch.testing.assert_close(out.memory.mem.norm(dim=-1), embed_norm.expand(2, 3))
+    plain = rmt(llama, 3, 8)
+    with torch.no_grad():
+        assert not torch.allclose(plain(ids).logits[:, 8:], out.logits[:, 8:])  # segment 1 on reads other memory
+    gen = model.generate(ids[:, :5], max_new_tokens=14, eos_token_id=None)  # writes memory twice on the way
+    assert torch.equal(gen[:, 5:], reference_greedy(model, ids[:, :5], 14))
+    model.save_pretrained(tmp_path)
+    assert RMTForCausalLM.from_pretrained(tmp_path).config.memory_norm
+
+
 def test_generation_continues_each_row_after_its_last_real_token():
     model = rmt(llama, 3, 8)
     ids = tokens(2, 11)

@@ -59,7 +59,7 @@ class SegmentCache:
         """The memory this full segment writes: its write slots' last-layer states."""
         if not self.m:
             return None
-        return self._forward(self.mem, hidden=True).hidden_states[-1]
+        return self.model.written(self._forward(self.mem, hidden=True).hidden_states[-1])
 
 
 @torch.no_grad()

@@ -67,6 +67,7 @@ class RMTConfig:
     d_inner: int = 0
     mem_len: int = 0  # no Transformer-XL cache here; the result rows' schema has the column
     read_mem_from_cache: bool = False
+    memory_norm: bool = False  # decoders: written memory rescaled to the token embeddings' norm
 
     @property
     def causal(self) -> bool:
@@ -136,7 +137,7 @@ class RecurrentWrapper(nn.Module):
 
     def __init__(self, backbone: nn.Module, num_mem_tokens: int, segment_size: int, bptt_depth: int | None = None,
                  recompute: bool = False, freeze_backbone: bool = False, cls_token_id: int | None = None,
-                 sep_token_id: int | None = None):
+                 sep_token_id: int | None = None, memory_norm: bool = False):
         super().__init__()
         if num_mem_tokens < 0 or segment_size <= 0:
             raise ValueError(f"need num_mem_tokens >= 0 and segment_size > 0, got {num_mem_tokens} and {segment_size}")
@@ -145,7 +146,8 @@ class RecurrentWrapper(nn.Module):
         self.backbone = backbone
         cfg = backbone.config
         self.config = RMTConfig(self.kind, num_mem_tokens, segment_size, bptt_depth, recompute, cls_token_id,
-                                sep_token_id, str(getattr(cfg, "_name_or_path", "") or ""), **_sizes(cfg))
+                                sep_token_id, str(getattr(cfg, "_name_or_path", "") or ""), **_sizes(cfg),
+                                memory_norm=memory_norm)
         weight = backbone.get_input_embeddings().weight
         # Memory starts like token embeddings (same scale), distinct rows so the slots can differ.
         self.memory = nn.Parameter(torch.randn(num_mem_tokens, weight.size(1)) * weight.detach().float().std()) \
@@ -248,7 +250,8 @@ class RecurrentWrapper(nn.Module):
             from peft import PeftModel
             backbone = PeftModel.from_pretrained(backbone, path / ADAPTER_DIR)
         model = cls(backbone, cfg["num_mem_tokens"], cfg["segment_size"], cfg["bptt_depth"], cfg["recompute"],
-                    cls_token_id=cfg["cls_token_id"], sep_token_id=cfg["sep_token_id"])
+                    cls_token_id=cfg["cls_token_id"], sep_token_id=cfg["sep_token_id"],
+                    memory_norm=cfg.get("memory_norm", False))
         model.config.backbone = cfg["backbone"]
         if model.memory is not None:
             model.memory.data.copy_(load_file(path / MEMORY_FILE)["memory"])
@@ -271,8 +274,19 @@ class RMTForCausalLM(RecurrentWrapper):
         slots = x.mask.new_ones(b, m)
         out = self.call_backbone(torch.cat([mem, tokens, mem], 1), torch.cat([slots, x.mask, slots], 1),
                                  **backbone_kwargs)
-        written = self.keep_if_empty(out.hidden_states[-1][:, m + t:], mem, x.mask)
+        written = self.keep_if_empty(self.written(out.hidden_states[-1][:, m + t:]), mem, x.mask)
         return out.logits[:, m : m + t], MemoryState(written)
+
+    def written(self, states: torch.Tensor) -> torch.Tensor:
+        """The memory the write slots' last-layer states become. As in the paper, the states
+        themselves; with memory_norm each slot is rescaled to the mean norm of the token
+        embeddings. (A pretrained decoder's last layer, after its final norm, is far larger than
+        its inputs: about 13x for SmolLM2-135M, so the next segment reads unscaled memory as
+        inputs unlike any it was trained on.)"""
+        if not self.config.memory_norm:
+            return states
+        scale = self.backbone.get_input_embeddings().weight.detach().norm(dim=-1).mean()
+        return states * (scale / states.norm(dim=-1, keepdim=True).clamp(min=1e-6)).to(states.dtype)
 
     @torch.no_grad()
     def read(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

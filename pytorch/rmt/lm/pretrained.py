@@ -50,6 +50,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="transformers causal-LM directory (or hub name) with its tokenizer, e.g. gpt2")
     g.add_argument("--n_segments", type=int, default=4, help="segments per window (a sample)")
     g.add_argument("--freeze_backbone", action=BOOL, default=False, help="train the memory only")
+    add_memory_norm_arg(g)
     g.add_argument("--last_tokens", type=int, default=0,
                    help="the test's metric: perplexity of the last N targets of every window (0: the last segment)")
     g.add_argument("--eval_batch_size", type=int, default=None, help="evaluation windows per batch (default: "
@@ -69,6 +70,13 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         parser.error("--bptt_bp and --mem_len apply to the Transformer-XL models, not to a Hugging Face backbone")
 
 
+def add_memory_norm_arg(g) -> None:
+    """--memory_norm, a flag of the families over a pretrained causal LM (rmt.hf.RMTForCausalLM)."""
+    g.add_argument("--memory_norm", action=BOOL, default=False,
+                   help="rescale the written memory to the token embeddings' norm (a pretrained decoder's last layer "
+                        "is far larger than its inputs)")
+
+
 def causal_rmt(args: argparse.Namespace, depth: int | None, checkpoint_state: dict | None = None):
     """RMTForCausalLM over --backbone as the flags describe it (segments of --tgt_len); a checkpoint's
     weights when given. The families over a pretrained causal LM (hf_lm, babilong) build it here."""
@@ -76,7 +84,7 @@ def causal_rmt(args: argparse.Namespace, depth: int | None, checkpoint_state: di
 
     base = load_backbone("AutoModelForCausalLM", args.backbone)
     model = RMTForCausalLM(base, args.num_mem_tokens, args.tgt_len, depth, args.recompute_segments,
-                           args.freeze_backbone)
+                           args.freeze_backbone, memory_norm=args.memory_norm)
     return load_weights(model, checkpoint_state, args.backbone)
 
 

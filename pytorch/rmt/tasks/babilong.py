@@ -41,6 +41,7 @@ from rmt.config import BOOL, FULL_BPTT
 from rmt.results import TestResult
 from rmt.tasks.babi import PLACES, STORY_LENGTH, TASKS, every_sentence, make_story
 from rmt.tasks.training import BatchSampler, SampledFamily, add_sample_args, backward_in_chunks, check_sample_args
+from rmt.lm.pretrained import add_memory_norm_arg, causal_rmt
 from rmt.training.backbones import load_tokenizer
 
 NAME = "babilong"
@@ -136,6 +137,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--zero_shot", action=BOOL, default=False,
                    help="with --eval_only: the bare backbone, the whole sample in its context (its chat template)")
     g.add_argument("--freeze_backbone", action=BOOL, default=False, help="train the memory only")
+    add_memory_norm_arg(g)
     g.add_argument("--answer_tokens", type=int, default=4, help="tokens generated for the answer")
     add_sample_args(g, 20_000, 100, 200)
     p.set_defaults(**DEFAULTS)
@@ -238,7 +240,6 @@ class BabiLong(SampledFamily):
         return ids, labels, [s[2] for s in samples]
 
     def build_model(self, checkpoint_state: dict | None = None):
-        from rmt.lm.pretrained import causal_rmt
         return causal_rmt(self.args, self.depth, checkpoint_state)
 
     def facts(self) -> dict:
