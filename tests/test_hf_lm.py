@@ -106,6 +106,10 @@ def test_the_pretrained_model_is_tested_as_loaded_with_its_loss_by_segment(backb
 def test_generate_puts_the_prompt_in_the_chat_template(backbone, tmp_path, capsys):
     model_dir, _ = backbone
     assert train.main(flags(backbone, tmp_path, "--run_name", "chat", "--no_results", "--max_step", "1")) == 0
+    config = tmp_path / "runs" / "chat" / "config.json"  # a run from before --memory_norm existed
+    record = json.loads(config.read_text())
+    del record["args"]["memory_norm"]
+    config.write_text(json.dumps(record))
     prompt = ["--checkpoint", str(tmp_path / "runs" / "chat" / "checkpoint_best.pt"), "--prompt", "w1 w2",
               "--max_new_tokens", "5", "--temperature", "0", "--chat"]
     with pytest.raises(SystemExit):

@@ -112,7 +112,8 @@ def generate_pretrained(args, parser, train_args: dict, text: str) -> int:
     if args.no_cache:
         parser.error("--no_cache compares our own decoders; an hf_lm run decodes with the backbone's cache")
     runtime = Runtime(args.device)
-    trained = argparse.Namespace(**{**train_args, "eval_only": True, "eval_checkpoint": args.checkpoint})
+    defaults = vars(train.build_parser(pretrained.NAME).parse_args([]))  # flags newer than the run
+    trained = argparse.Namespace(**{**defaults, **train_args, "eval_only": True, "eval_checkpoint": args.checkpoint})
     model = train.build_model(trained, pretrained.PretrainedLM(trained, runtime), runtime).eval()
     tokenizer = load_tokenizer(train_args["backbone"])
     if args.chat:
