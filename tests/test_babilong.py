@@ -201,7 +201,7 @@ def test_reading_a_prefix_then_answering_equals_one_pass(backbone, tmp_path):
     model = fam.build_model().eval()
     ids, labels, _ = fam.batch("test", [1])
     start = int((labels[0] != -100).nonzero()[0])
-    loss, new = fam.answer_row(model, ids, start)
+    loss, (new,) = fam.answer_rows(model, ids, [start])
     with torch.no_grad():
         whole = model(ids, labels=labels).loss.item() * (ids.size(1) - start)
         ref, seq = [], ids[:, :start]
@@ -211,10 +211,22 @@ def test_reading_a_prefix_then_answering_equals_one_pass(backbone, tmp_path):
     assert loss == pytest.approx(whole, rel=1e-5) and new == ref
 
 
+def test_batched_evaluation_equals_one_sample_at_a_time(backbone, tmp_path):
+    one = family(backbone, tmp_path, "--sample_length", "200", "--eval_batch_size", "1", "--n_test", "7")
+    many = family(backbone, tmp_path, "--sample_length", "200", "--eval_batch_size", "4", "--n_test", "7")
+    model = one.build_model().eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.memory.normal_()  # memory that differs between slots, so that a row reading another's would show
+    a, b = one.evaluate(model, "test"), many.evaluate(model, "test")
+    assert a["acc"] == b["acc"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
 def test_babilong_trains_tests_and_evaluates_at_other_lengths(backbone, tmp_path):
     assert train.main(flags(backbone, tmp_path, "--run_name", "rmt")) == 0
     best = tmp_path / "runs" / "rmt" / "checkpoint_best.pt"
-    for extra in (["--n_segments", "6"], ["--sample_length", "1k"], ["--memory_ablation", "reset"]):
+    for extra in (["--n_segments", "6"], ["--sample_length", "1k"], ["--memory_ablation", "reset"],
+                  ["--memory_ablation", "shuffle", "--eval_batch_size", "2"]):
         assert train.main(["--dataset", "babilong", "--eval_only", "--eval_checkpoint", str(best), "--work_dir",
                            str(tmp_path / "runs"), *extra]) == 0
     assert train.main(flags(backbone, tmp_path, "--run_name", "last", "--last_segment_only")) == 0
@@ -222,9 +234,10 @@ def test_babilong_trains_tests_and_evaluates_at_other_lengths(backbone, tmp_path
                             "--num_mem_tokens", "0")) == 0
     rows = pd.read_csv(tmp_path / "res" / "babilong.csv")
     assert list(rows.task) == ["babilong-qa1-3x32", "babilong-qa1-6x32", "babilong-qa1-32x32",
-                               "babilong-qa1-3x32-mem_reset", "babilong-qa1-3x32-last", "babilong-qa1-3x32-zeroshot"]
+                               "babilong-qa1-3x32-mem_reset", "babilong-qa1-3x32-mem_shuffle", "babilong-qa1-3x32-last",
+                               "babilong-qa1-3x32-zeroshot"]
     assert (rows.metric_name == "exact_match").all() and rows.metric_value.between(0, 1).all()
-    assert list(rows.n_segments) == [3, 6, 32, 3, 1, 1]
+    assert list(rows.n_segments) == [3, 6, 32, 3, 3, 1, 1]
     tested = json.loads((tmp_path / "runs" / "rmt-eval" / "test.json").read_text())["test"]
     assert tested["sample_tokens"] == 96  # the last evaluation of the run wrote its test.json
 

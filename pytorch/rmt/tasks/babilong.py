@@ -17,14 +17,16 @@ the story alone), by default n_segments * tgt_len, the answer included; the hays
 fit and read cyclically when the split's text is shorter. Samples are built on the fly from
 (task, length, split, --data_seed, index): nothing is stored, so a 1M-token sample never is.
 
-Training: the loss covers the answer tokens only. Evaluation: the sample up to "Answer:" is read
-segment by segment (memory only, no logits, until the segment that holds the question), then the
-answer is generated greedily; a sample is right when the first word generated (after an
-article: "The hallway." reads hallway) is the answer (exact match). The row's metric is that accuracy (metric `exact_match`); the loss column is the
-answer's teacher-forced loss. Baselines: --last_segment_only (the model sees the sample's last
-segment alone), --num_mem_tokens 0 (segments read independently), and --zero_shot (eval only: the
-bare backbone with the whole sample in its context, in its chat template when it has one, within
-its position limit). Rows go to experiments/results/babilong.csv.
+Training: the loss covers the answer tokens only. Evaluation (--eval_batch_size samples at a
+time): the sample up to "Answer:" is read segment by segment, memory only and no logits, until the
+segment that holds the question; then the answer is generated greedily, and a sample is right
+when the first word generated (after an article: "The hallway." reads hallway) is the answer
+(exact match). The row's metric is that accuracy (`exact_match`); the loss column is the answer's
+teacher-forced loss. --memory_ablation reset|shuffle replaces the memory every segment reads
+(shuffle: another sample's of the batch). Baselines: --last_segment_only (the model sees the
+sample's last segment alone), --num_mem_tokens 0 (segments read independently), and --zero_shot
+(eval only: the bare backbone with the whole sample in its context, in its chat template when it
+has one, within its position limit). Rows go to experiments/results/babilong.csv.
 """
 from __future__ import annotations
 
@@ -262,23 +264,28 @@ class BabiLong(SampledFamily):
         total = backward_in_chunks(runtime, args.batch_chunk, lambda x, y: model(x, labels=y).loss, ids, labels)
         return {"loss": total, "tokens": ids.numel()}
 
-    def answer_row(self, model, ids: torch.Tensor, start: int) -> tuple[float, list[int]]:
-        """One sample (1, L): the answer's teacher-forced NLL (summed) and the greedy answer tokens."""
+    def answer_rows(self, model, ids: torch.Tensor, starts: list[int]) -> tuple[float, list[list[int]]]:
+        """Samples (B, L) whose questions end in the same segment, answers from starts[b] on: the
+        answers' teacher-forced NLL summed over their tokens, and each row's greedy answer tokens."""
         if self.args.zero_shot:
-            return self._zero_shot(model.backbone, ids, start)
+            return math.nan, [self._zero_shot(model.backbone, ids[b : b + 1], s) for b, s in enumerate(starts)]
         t = self.args.tgt_len
-        cut = (start - 1) // t * t  # the segment that holds the question's last token
+        cut = (starts[0] - 1) // t * t  # the segment that holds the questions' last tokens
         ablate = getattr(model, "ablate", None)  # a MemoryAblation (rmt.model.ablation) around the model
+        width = max(starts) - cut
+        prompt_mask = torch.arange(width, device=ids.device) < torch.tensor(starts, device=ids.device)[:, None] - cut
         with self.runtime.autocast():
             state = model.read(ids[:, :cut], read_memory=ablate) if cut else None
             labels = torch.full_like(ids[:, cut:], -100)
-            labels[:, start - cut:] = ids[:, start:]
+            for b, start in enumerate(starts):
+                labels[b, start - cut:] = ids[b, start:]
             out = model(ids[:, cut:], labels=labels, memory=state)
-            new = model.generate(ids[:, cut:start], memory=ablate(state) if ablate else state,
-                                 max_new_tokens=self.args.answer_tokens, eos_token_id=None)[0, start - cut:]
-        return out.loss.item() * (ids.size(1) - start), new.tolist()
+            new = model.generate(ids[:, cut : cut + width], attention_mask=prompt_mask.long(),
+                                 memory=ablate(state) if ablate else state, max_new_tokens=self.args.answer_tokens,
+                                 eos_token_id=None)[:, width:]
+        return out.loss.item() * sum(ids.size(1) - s for s in starts), new.tolist()
 
-    def _zero_shot(self, backbone, ids: torch.Tensor, start: int) -> tuple[float, list[int]]:
+    def _zero_shot(self, backbone, ids: torch.Tensor, start: int) -> list[int]:
         """The bare backbone, the sample's text up to the question in its chat template (when it has one)."""
         text = self.tokenizer.decode(ids[0, :start]) + INSTRUCTION
         if self.tokenizer.chat_template:
@@ -293,7 +300,7 @@ class BabiLong(SampledFamily):
         x = torch.tensor([prompt], device=ids.device)
         new = backbone.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=self.args.answer_tokens,
                                 do_sample=False, pad_token_id=self.tokenizer.eos_token_id)[0, x.size(1):]
-        return math.nan, new.tolist()
+        return new.tolist()
 
     def first_word(self, tokens: list[int]) -> str:
         """The first word of a generated answer, lower case, after any article ("The hallway." -> hallway)."""
@@ -304,17 +311,22 @@ class BabiLong(SampledFamily):
 
     @torch.no_grad()
     def evaluate(self, model, split: str) -> dict:
-        """Exact match of the first generated word, and the answer's teacher-forced loss per token."""
+        """Exact match of the first generated word, and the answer's teacher-forced loss per token;
+        --eval_batch_size samples at a time (grouped by the segment their question ends in)."""
         model.eval()
         n = {"valid": self.args.n_val, "test": self.args.n_test}[split]
+        bsz, t = self.args.eval_batch_size or self.args.batch_size, self.args.tgt_len
         right, nll, n_tokens = 0, 0.0, 0
-        for i in range(n):
-            ids, labels, (answer,) = self.batch(split, [i])
-            ids = ids.to(self.runtime.device)
-            start = int((labels[0] != -100).nonzero()[0])
-            loss, new = self.answer_row(model, ids, start)
-            right += self.first_word(new) == answer
-            nll, n_tokens = nll + loss, n_tokens + ids.size(1) - start
+        for first in range(0, n, bsz):
+            ids, labels, answers = self.batch(split, range(first, min(n, first + bsz)))
+            starts = (labels != -100).int().argmax(1).tolist()
+            groups: dict[int, list[int]] = {}
+            for b, start in enumerate(starts):
+                groups.setdefault((start - 1) // t, []).append(b)
+            for rows in groups.values():
+                loss, new = self.answer_rows(model, ids[rows].to(self.runtime.device), [starts[b] for b in rows])
+                right += sum(self.first_word(tokens) == answers[b] for tokens, b in zip(new, rows))
+                nll, n_tokens = nll + loss, n_tokens + sum(ids.size(1) - starts[b] for b in rows)
         return {"loss": nll / n_tokens, "acc": right / n}
 
     def test(self, model) -> TestResult:
