@@ -193,6 +193,20 @@ def test_runs_started_from_other_weights_are_a_row_of_their_own(tmp_path):
     assert "| memorize4x32, from m2-rmt | 32 | 4 |" in text and "1.00 ± — (n=1)" in text
 
 
+def test_runs_of_another_recipe_flag_are_a_row_of_their_own(tmp_path):
+    for run_id, ppl, cfg in (("a", 27.0, {}), ("b", 25.0, {"memory_norm": False}), ("c", 21.0, {"memory_norm": True}),
+                             ("d", 60.0, {"freeze_backbone": True})):
+        append_result(tmp_path / "hf.csv", {
+            "run_id": run_id, "scale": "cpu-preset", "device": "cpu", "task": "text-4x64", "tgt_len": 64,
+            "n_segments": 4, "num_mem_tokens": 8, "model_kind": "rmt", "split": "test",
+            "metric_name": "ppl_last_64", "metric_value": ppl, "config_json": cfg})
+    ours, _ = compare.load_ours(tmp_path, "test")
+    pairs, only = compare.match(compare.load_paper(PAPER), ours)
+    text = compare.render(pairs, only, str(tmp_path), len(ours), 0)
+    assert "| text-4x64 | 64 | 4 | rmt | M=8 | 0 | ppl_last_64 | 26.00 ± 1.4142 (n=2) |" in text  # a and b
+    assert "| text-4x64, memory_norm | 64 | 4 |" in text and "| text-4x64, frozen backbone | 64 | 4 |" in text
+
+
 def test_the_length_plot_shows_each_run_at_the_lengths_its_checkpoint_was_evaluated_on(tmp_path):
     def row(run_id, n, acc, **cfg):
         append_result(tmp_path / "cls.csv", {"run_id": run_id, "task": f"fact{n}x16", "n_segments": n,

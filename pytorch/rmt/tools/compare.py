@@ -203,7 +203,7 @@ def render(pairs: pd.DataFrame, only: pd.DataFrame, results_dir: str, n_ours: in
         out += [f"## {name} (experiments/paper/{name}.csv): {n_hit} of {n_all} paper rows matched",
                 "", table(head, rows), ""]
     if len(only):
-        # A run started from another run's weights (--init_checkpoint) is another recipe: its own row.
+        # A run started from another run's weights (--init_checkpoint), or with a recipe flag, is its own row.
         only = only.assign(start=[init_label(c) for c in only["config_json"]])
         keys = ["task", "start", "tgt_len", "n_segments", "model_kind", "mem_len", "num_mem_tokens",
                 "mem_backprop_depth", "metric_name", "device", "scale"]
@@ -222,10 +222,17 @@ def render(pairs: pd.DataFrame, only: pd.DataFrame, results_dir: str, n_ours: in
     return "\n".join(out)
 
 
+# Flags that make a run another recipe without changing the row's key columns: labelled in its task cell.
+RECIPE_FLAGS = {"freeze_backbone": "frozen backbone", "memory_norm": "memory_norm"}
+
+
 def init_label(config_json: object) -> str:
-    """', from <run>' for a run started from another run's weights, else ''."""
-    init = config_of(config_json).get("init_checkpoint")
-    return f", from {pathlib.PurePath(init).parent.name}" if init else ""
+    """', from <run>' for a run started from another run's weights, and ', <flag>' for each recipe
+    flag it set (RECIPE_FLAGS); '' for a run of the default recipe."""
+    config = config_of(config_json)
+    init = config.get("init_checkpoint")
+    label = f", from {pathlib.PurePath(init).parent.name}" if init else ""
+    return label + "".join(f", {name}" for flag, name in RECIPE_FLAGS.items() if config.get(flag) is True)
 
 
 def group_section(results_dir: str | pathlib.Path) -> str:
