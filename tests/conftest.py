@@ -67,3 +67,21 @@ def train_tiny_lm(tmp_path, level):
                        "2", "--mem_len", "4", "--max_step", "4", "--eval_interval", "4", "--device", "cpu",
                        "--work_dir", str(work), "--run_name", level, "--no_results"]) == 0
     return work / level / "checkpoint_best.pt", data, dataset
+
+
+def tiny_gpt2(model_dir: pathlib.Path, vocab: list[str], split_punctuation: bool = False, n_positions: int = 64):
+    """A 2-layer GPT-2 directory (weights, config) with a word-level tokenizer over `vocab` ([UNK]
+    first): a Hugging Face causal LM the tests build, no downloads. `split_punctuation` makes
+    "kitchen." two tokens. Needs transformers (the hf extra)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    ids = {w: i for i, w in enumerate(["[UNK]", *vocab])}
+    tok = Tokenizer(models.WordLevel(ids, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace() if split_punctuation else pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(model_dir)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(ids), n_embd=32, n_layer=2, n_head=2, n_positions=n_positions,
+                               resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).save_pretrained(model_dir)
+    return model_dir
+

@@ -12,10 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_gpt2
 
 transformers = pytest.importorskip("transformers")
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast  # noqa: E402
 
 from rmt import train  # noqa: E402
 from rmt.tasks import babi  # noqa: E402
@@ -119,14 +118,8 @@ def backbone(tmp_path_factory):
     story_words = {w for s in (*babi.MOVES, *babi.TAKES, *babi.DROPS) for w in re.findall(r"\w+", s)}
     story_words |= {*babi.PEOPLE, *babi.PLACES, *babi.OBJECTS, "Where", "is", "was", "the", "before", "Question",
                     "Answer", "one", "word", "with"}
-    vocab = {w: i for i, w in enumerate(["[UNK]", ".", "?", ":", *sorted(story_words), *HAY_WORDS])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    model_dir = root / "tiny-gpt2"
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(model_dir)
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=2, n_positions=128,
-                               resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).save_pretrained(model_dir)
+    model_dir = tiny_gpt2(root / "tiny-gpt2", [".", "?", ":", *sorted(story_words), *HAY_WORDS],
+                          split_punctuation=True, n_positions=128)
     hay = root / "hay"
     hay.mkdir()
     rng = random.Random(0)

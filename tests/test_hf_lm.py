@@ -8,11 +8,10 @@ import subprocess
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, script_flags
+from conftest import ROOT, script_flags, tiny_gpt2
 
 transformers = pytest.importorskip("transformers")  # the hf extra (installed with dev)
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast  # noqa: E402
+from transformers import GPT2LMHeadModel  # noqa: E402
 
 from rmt import evaluate, generate, train  # noqa: E402
 from rmt.lm.pretrained import windows  # noqa: E402
@@ -25,14 +24,7 @@ WORDS = [f"w{i}" for i in range(30)]
 def backbone(tmp_path_factory):
     """A tiny GPT-2 directory with weights, config and tokenizer, and a text corpus."""
     root = tmp_path_factory.mktemp("hf_lm")
-    vocab = {w: i for i, w in enumerate(["[UNK]", *WORDS])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    model_dir = root / "tiny-gpt2"
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(model_dir)
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=2, n_positions=64,
-                               resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).save_pretrained(model_dir)
+    model_dir = tiny_gpt2(root / "tiny-gpt2", WORDS)
     data = root / "text"
     data.mkdir()
     rng = random.Random(0)

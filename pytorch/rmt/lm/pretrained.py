@@ -35,7 +35,7 @@ from rmt import REPO_ROOT
 from rmt.config import BOOL, FULL_BPTT
 from rmt.results import TestResult
 from rmt.tasks.training import BatchSampler, SampledFamily, backward_in_chunks
-from rmt.training.backbones import load_backbone, load_tokenizer, load_weights
+from rmt.training.backbones import load_backbone, load_tokenizer, load_weights, refuse_txl_flags
 
 NAME = "hf_lm"
 SPLITS = ("train", "valid", "test")
@@ -66,8 +66,7 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
     if not 0 <= args.last_tokens < args.n_segments * args.tgt_len:
         parser.error(f"--last_tokens must be 0 (the last segment) to {args.n_segments * args.tgt_len - 1} "
                      f"(a window holds {args.n_segments * args.tgt_len} tokens), got {args.last_tokens}")
-    if args.bptt_bp or args.mem_len:
-        parser.error("--bptt_bp and --mem_len apply to the Transformer-XL models, not to a Hugging Face backbone")
+    refuse_txl_flags(args, parser)
 
 
 def add_memory_norm_arg(g) -> None:

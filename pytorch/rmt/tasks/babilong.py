@@ -44,7 +44,7 @@ from rmt.results import TestResult
 from rmt.tasks.babi import PLACES, STORY_LENGTH, TASKS, every_sentence, make_story
 from rmt.tasks.training import BatchSampler, SampledFamily, add_sample_args, backward_in_chunks, check_sample_args
 from rmt.lm.pretrained import add_memory_norm_arg, causal_rmt
-from rmt.training.backbones import load_tokenizer
+from rmt.training.backbones import load_tokenizer, refuse_txl_flags
 
 NAME = "babilong"
 SPLITS = ("train", "valid", "test")
@@ -157,8 +157,7 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
             else args.n_segments * args.tgt_len
     except ValueError as e:
         parser.error(f"--sample_length: {e}")
-    if args.bptt_bp or args.mem_len:
-        parser.error("--bptt_bp and --mem_len apply to the Transformer-XL models, not to a Hugging Face backbone")
+    refuse_txl_flags(args, parser)
     if args.zero_shot and not (args.eval_only and args.num_mem_tokens == 0 and not args.eval_checkpoint):
         parser.error("--zero_shot evaluates the bare backbone: with --eval_only, --num_mem_tokens 0 and no "
                      "--eval_checkpoint")

@@ -28,7 +28,7 @@ from rmt import REPO_ROOT
 from rmt.config import BOOL, FULL_BPTT
 from rmt.tasks.classification import FactRecall
 from rmt.tasks.training import BatchSampler, add_sample_args, check_sample_args
-from rmt.training.backbones import load_backbone, load_tokenizer, load_weights
+from rmt.training.backbones import load_backbone, load_tokenizer, load_weights, refuse_txl_flags
 
 NAME = "memorize"
 PLACES = ("kitchen", "garden", "garage", "attic", "cellar", "office", "library", "bedroom")
@@ -80,8 +80,7 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         parser.error("--n_segments must be at least 2: the fact stands before the last segment")
     if args.tgt_len < 16:
         parser.error(f"--tgt_len must be at least 16 (fact and question must fit one segment each), got {args.tgt_len}")
-    if args.bptt_bp or args.mem_len:
-        parser.error("--bptt_bp and --mem_len apply to the Transformer-XL models, not to a Hugging Face backbone")
+    refuse_txl_flags(args, parser)
     if args.eval_only and not args.eval_checkpoint:
         parser.error("--eval_only needs --eval_checkpoint PATH (e.g. runs/<run>/checkpoint_best.pt)")
 

@@ -80,6 +80,12 @@ def manifest(folder: str | pathlib.Path) -> dict:
         return {}
 
 
+def refuse_txl_flags(args, parser) -> None:
+    """The families over a Hugging Face backbone have no Transformer-XL cache and one backward pass."""
+    if args.bptt_bp or args.mem_len:
+        parser.error("--bptt_bp and --mem_len apply to the Transformer-XL models, not to a Hugging Face backbone")
+
+
 def _resolved(backbone: str) -> str:
     try:
         return resolve(backbone)
