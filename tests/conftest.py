@@ -73,15 +73,36 @@ def tiny_gpt2(model_dir: pathlib.Path, vocab: list[str], split_punctuation: bool
     """A 2-layer GPT-2 directory (weights, config) with a word-level tokenizer over `vocab` ([UNK]
     first): a Hugging Face causal LM the tests build, no downloads. `split_punctuation` makes
     "kitchen." two tokens. Needs transformers (the hf extra)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    n = word_tokenizer(model_dir, vocab, split_punctuation)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=n, n_embd=32, n_layer=2, n_head=2, n_positions=n_positions,
+                               resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).save_pretrained(model_dir)
+    return model_dir
+
+
+def tiny_llama(model_dir: pathlib.Path, vocab: list[str], split_punctuation: bool = False, n_positions: int = 64):
+    """tiny_gpt2's twin in SmolLM2's architecture (Llama: rotary positions, grouped-query attention,
+    tied embeddings), 2 layers of width 32."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    n = word_tokenizer(model_dir, vocab, split_punctuation)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=n_positions,
+                                 tie_word_embeddings=True)).save_pretrained(model_dir)
+    return model_dir
+
+
+def word_tokenizer(model_dir: pathlib.Path, vocab: list[str], split_punctuation: bool) -> int:
+    """A word-level tokenizer over `vocab` ([UNK] first) saved in model_dir; returns its size."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     ids = {w: i for i, w in enumerate(["[UNK]", *vocab])}
     tok = Tokenizer(models.WordLevel(ids, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace() if split_punctuation else pre_tokenizers.WhitespaceSplit()
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(model_dir)
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(ids), n_embd=32, n_layer=2, n_head=2, n_positions=n_positions,
-                               resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).save_pretrained(model_dir)
-    return model_dir
+    return len(ids)
 

@@ -12,13 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_gpt2
+from conftest import tiny_gpt2, tiny_llama
 
 transformers = pytest.importorskip("transformers")
 
 from rmt import train  # noqa: E402
 from rmt.tasks import babi  # noqa: E402
 from rmt.tasks.babilong import BabiLong, Haystack, assemble, haystack_sentences, parse_length  # noqa: E402
+from rmt.tools import compare  # noqa: E402
+from rmt.tools.compare import babilong_section  # noqa: E402
+from rmt.tools.plots import babilong_points  # noqa: E402
 from rmt.training.checkpoint import load_file  # noqa: E402
 
 # ---- the stories ------------------------------------------------------------------------------------------
@@ -114,12 +117,21 @@ HAY_WORDS = [f"w{i}" for i in range(40)]
 def backbone(tmp_path_factory):
     """A tiny GPT-2 with a word-level tokenizer over the story words, and a haystack text dir whose
     splits use disjoint words (so a test can tell where a sample's text came from)."""
-    root = tmp_path_factory.mktemp("babilong")
+    return story_backbone(tmp_path_factory.mktemp("babilong"), tiny_gpt2)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """The same over a tiny Llama (SmolLM2's architecture): the FSDP and LoRA recipes."""
+    return story_backbone(tmp_path_factory.mktemp("babilong-llama"), tiny_llama)
+
+
+def story_backbone(root, build):
     story_words = {w for s in (*babi.MOVES, *babi.TAKES, *babi.DROPS) for w in re.findall(r"\w+", s)}
     story_words |= {*babi.PEOPLE, *babi.PLACES, *babi.OBJECTS, "Where", "is", "was", "the", "before", "Question",
                     "Answer", "one", "word", "with"}
-    model_dir = tiny_gpt2(root / "tiny-gpt2", [".", "?", ":", *sorted(story_words), *HAY_WORDS],
-                          split_punctuation=True, n_positions=128)
+    model_dir = build(root / "model", [".", "?", ":", *sorted(story_words), *HAY_WORDS], split_punctuation=True,
+                      n_positions=128)
     hay = root / "hay"
     hay.mkdir()
     rng = random.Random(0)
@@ -233,6 +245,17 @@ def test_babilong_trains_tests_and_evaluates_at_other_lengths(backbone, tmp_path
     assert list(rows.n_segments) == [3, 6, 32, 3, 3, 1, 1]
     tested = json.loads((tmp_path / "runs" / "rmt-eval" / "test.json").read_text())["test"]
     assert tested["sample_tokens"] == 96  # the last evaluation of the run wrote its test.json
+    points = babilong_points(rows)  # the plot's and compare's view: every point under its training run
+    assert set(points.series) == {"rmt (RMT, 2 memory)", "rmt (RMT, 2 memory), memory reset",
+                                  "rmt (RMT, 2 memory), memory shuffle", "last (last segment only)",
+                                  "bare model, zero-shot"}
+    rmt = points[points.series == "rmt (RMT, 2 memory)"]
+    assert list(rmt.tokens) == [96, 192, 1024] and (rmt.trained == 96).all()
+    assert list(rmt.acc) == list(rows.metric_value[:3])
+    section = babilong_section(rows)
+    assert "| run (model) | trained | 96 | 192 | 1k |" in section and "| `rmt (RMT, 2 memory)` | 96 |" in section
+    assert compare.main(["--results", str(tmp_path / "res"), "--plots", str(tmp_path / "plots")]) == 0
+    assert (tmp_path / "plots" / "babilong_qa1.png").stat().st_size > 0
 
 
 def test_resume_continues_bit_for_bit(backbone, tmp_path):
@@ -244,18 +267,67 @@ def test_resume_continues_bit_for_bit(backbone, tmp_path):
     assert a["step"] == b["step"] == 4 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+def torchrun(*argv):
+    """rmt.train in 2 gloo processes; fails the test with their stderr."""
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "rmt.train", *argv], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+# SGD without clipping: a step differs visibly when the gradient does
+SENSITIVE = ("--optim", "sgd", "--lr", "0.5", "--clip", "0", "--no_results", "--max_step", "2")
+
+
+def assert_same_weights(tmp_path, one, two, atol=1e-6):
+    a, b = (load_file(tmp_path / "runs" / name / "checkpoint_last.pt")["model"] for name in (one, two))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0, msg=name)
+
+
 def test_ddp_two_processes_match_one_process(backbone, tmp_path):
     """torchrun: each process trains on its shard of every batch (every answer is one token here, so
     the mean of the shards' answer losses is the batch's)."""
-    sensitive = ["--optim", "sgd", "--lr", "0.5", "--clip", "0", "--no_results", "--max_step", "2"]
-    assert train.main(flags(backbone, tmp_path, "--run_name", "one", *sensitive)) == 0
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "rmt.train", *flags(backbone, tmp_path, "--run_name", "two", *sensitive)],
-                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    a, b = (load_file(tmp_path / "runs" / name / "checkpoint_last.pt")["model"] for name in ("one", "two"))
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0, msg=name)
+    assert train.main(flags(backbone, tmp_path, "--run_name", "one", *SENSITIVE)) == 0
+    torchrun(*flags(backbone, tmp_path, "--run_name", "two", *SENSITIVE))
+    assert_same_weights(tmp_path, "one", "two")
+
+
+@pytest.mark.parametrize("recipe", [("--fsdp",), ("--lora", "4"), ("--fsdp", "--lora", "4")])
+def test_fsdp_and_lora_over_two_processes_match_one_process(llama, tmp_path, recipe):
+    """FSDP2 shards a Llama decoder layer by layer (the root: memory, tied embeddings, norm); LoRA
+    trains adapters and memory over DDP or FSDP. Two processes step as one does, and the checkpoint
+    is the unsharded state dict."""
+    lora = [f for f in recipe if f != "--fsdp"]
+    assert train.main(flags(llama, tmp_path, "--run_name", "one", *lora, *SENSITIVE)) == 0
+    torchrun(*flags(llama, tmp_path, "--run_name", "two", *recipe, *SENSITIVE))
+    assert_same_weights(tmp_path, "one", "two")
+    trained = load_file(tmp_path / "runs" / "two" / "checkpoint_last.pt")
+    built = family(llama, tmp_path, *lora).build_model().state_dict()
+    moved = {k for k in built if not torch.equal(trained["model"][k], built[k])}
+    if lora:  # the backbone's own weights stay as loaded; adapters (B starts at 0) and memory move
+        assert "memory" in moved and any("lora_B" in k for k in moved) and all("lora_" in k for k in moved - {"memory"})
+    else:
+        assert len(moved) == len(built)
+
+
+def test_a_sharded_run_resumes_exactly_and_its_checkpoint_evaluates_in_one_process(llama, tmp_path):
+    adam = ["--fsdp", "--no_results", "--max_step", "4"]
+    torchrun(*flags(llama, tmp_path, "--run_name", "straight", *adam))
+    torchrun(*flags(llama, tmp_path, "--run_name", "cut", *adam[:-1], "2"))
+    torchrun(*flags(llama, tmp_path, "--restart", "--restart_dir", str(tmp_path / "runs" / "cut"), *adam))
+    a, b = (load_file(tmp_path / "runs" / name / "checkpoint_last.pt") for name in ("straight", "cut"))
+    assert a["step"] == b["step"] == 4
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    for k, state in a["optimizer"]["state"].items():  # Adam's moments too, keyed by parameter name
+        assert all(torch.equal(v, b["optimizer"]["state"][k][n]) for n, v in state.items()), k
+    assert train.main(["--dataset", "babilong", "--eval_only", "--eval_checkpoint",
+                       str(tmp_path / "runs" / "straight" / "checkpoint_best.pt"), "--work_dir", str(tmp_path / "runs"),
+                       "--results_csv", str(tmp_path / "res.csv")]) == 0
+    tested = json.loads((tmp_path / "runs" / "straight" / "test.json").read_text())["test"]
+    evaluated = pd.read_csv(tmp_path / "res.csv").iloc[0]
+    assert evaluated.exact_match == tested["acc"]  # the run's own test, on all ranks, gave the same
 
 
 def test_a_curriculum_stage_starts_from_the_shorter_stage(backbone, tmp_path):
@@ -276,6 +348,9 @@ def test_a_curriculum_stage_starts_from_the_shorter_stage(backbone, tmp_path):
     (["--sample_length", "two"], "--sample_length: a sample length is a number"),
     (["--backbone", "smollm2-nonexistent/x"], "--backbone smollm2-nonexistent/x"),
     (["--zero_shot"], "--zero_shot evaluates the bare backbone"),
+    (["--lora", "-1"], "--lora is a LoRA rank"),
+    (["--fsdp"], "--fsdp shards over the processes of torchrun"),
+    (["--lora", "4", "--freeze_backbone"], "--lora already freezes the backbone's own weights"),
 ])
 def test_bad_flags_are_one_line_errors(backbone, tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as e:

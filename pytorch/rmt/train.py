@@ -40,6 +40,7 @@ from rmt.results import GROUP_COLUMNS, append_result, groups_csv, read_results, 
 from rmt.tasks import babilong, classification, memorize
 from rmt.tasks import training as task_training
 from rmt.tasks.registry import TASK_NAMES
+from rmt.training import sharding
 from rmt.training.checkpoint import CheckpointError, first_line, load_file, load_model, run_config
 from rmt.training.runtime import RunLogger, Runtime, prepare_run_dir, release_run_dir, seed_all
 from rmt.training.trainer import LAST, Trainer
@@ -145,8 +146,8 @@ def write_results(args, family, test, model, runtime, run_dir, trainer: Trainer,
     row = result_row(vars(args), model.config, runtime.describe(), run_dir,
                      family.name + task_suffix(args.memory_ablation), "test",
                      n_segments=family.n_segments, max_step=trainer.step if not args.eval_only else None,
-                     train_time_s=train_time, tokens_per_s=trainer.tokens_per_s, peak_mem_mb=runtime.peak_mem_mb(),
-                     **test.row)
+                     **{"train_time_s": train_time, "tokens_per_s": trainer.tokens_per_s,
+                        "peak_mem_mb": runtime.peak_mem_mb(), **test.row})  # a test's own speed wins
     append_result(csv, row)
     log(f"results row appended to {csv}")
     for group in test.groups:
@@ -159,6 +160,9 @@ def main(argv=None) -> int:
     args, parser = parse_args(argv)
     runtime = Runtime(args.device, args.amp, args.cuda)
     config.check_device(args, runtime.device, parser, training=not args.eval_only)
+    if getattr(args, "fsdp", False) and runtime.world == 1 and not args.eval_only:
+        parser.error("--fsdp shards over the processes of torchrun: train under torchrun --nproc_per_node N "
+                     "(N >= 2), or drop --fsdp")
     if args.batch_size % runtime.world:
         parser.error(f"--batch_size {args.batch_size} is not divisible by {runtime.world} processes")
     seed_all(args.seed)
@@ -185,6 +189,11 @@ def run(args, parser, family, runtime, run_dir, logger) -> None:
     if args.init_checkpoint:
         init_weights_from(model, args.init_checkpoint, runtime.device)
         logger.log(f"weights from {args.init_checkpoint}")
+    if getattr(args, "fsdp", False) and runtime.world > 1:  # a flag of the families over a Hugging Face
+        try:                                                  # backbone; one process evaluates unsharded
+            model = sharding.shard(model)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
     trainer = Trainer(model, args, runtime, logger, run_dir, select_by=family.select_by)
     trained = False  # True: a run stopped after its last training step and before its test
     if args.restart:  # before config.json is written: a checkpoint that does not fit changes nothing
@@ -209,8 +218,9 @@ def run(args, parser, family, runtime, run_dir, logger) -> None:
         if family.tests_best:
             trainer.load_best()
     train_time = time.time() - t0
-    if runtime.is_main:  # the test: rank 0 alone, every row
+    if runtime.is_main or trainer.sharded:  # the test: rank 0 alone (with every rank's shards: all), every row
         test = run_test(args, family, model)
+    if runtime.is_main:
         if test.note:
             logger.log(test.note)
         ablated = "" if args.memory_ablation == "none" else f" (memory {args.memory_ablation})"

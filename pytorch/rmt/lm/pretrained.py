@@ -49,8 +49,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backbone", default=None,
                    help="transformers causal-LM directory (or hub name) with its tokenizer, e.g. gpt2")
     g.add_argument("--n_segments", type=int, default=4, help="segments per window (a sample)")
-    g.add_argument("--freeze_backbone", action=BOOL, default=False, help="train the memory only")
-    add_memory_norm_arg(g)
+    add_causal_rmt_args(g)
     g.add_argument("--last_tokens", type=int, default=0,
                    help="the test's metric: perplexity of the last N targets of every window (0: the last segment)")
     g.add_argument("--eval_batch_size", type=int, default=None, help="evaluation windows per batch (default: "
@@ -66,14 +65,32 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
     if not 0 <= args.last_tokens < args.n_segments * args.tgt_len:
         parser.error(f"--last_tokens must be 0 (the last segment) to {args.n_segments * args.tgt_len - 1} "
                      f"(a window holds {args.n_segments * args.tgt_len} tokens), got {args.last_tokens}")
-    refuse_txl_flags(args, parser)
+    check_causal_rmt_args(args, parser)
 
 
-def add_memory_norm_arg(g) -> None:
-    """--memory_norm, a flag of the families over a pretrained causal LM (rmt.hf.RMTForCausalLM)."""
+def add_causal_rmt_args(g) -> None:
+    """The flags of the families over a pretrained causal LM (hf_lm, babilong): how the backbone
+    is trained and spread over processes."""
+    g.add_argument("--freeze_backbone", action=BOOL, default=False, help="train the memory only")
+    g.add_argument("--lora", type=int, default=0, metavar="R",
+                   help="train LoRA adapters of rank R on every linear layer of the backbone (peft) and the memory, "
+                        "the backbone's own weights frozen (0: train them all)")
     g.add_argument("--memory_norm", action=BOOL, default=False,
                    help="rescale the written memory to the token embeddings' norm (a pretrained decoder's last layer "
                         "is far larger than its inputs)")
+    g.add_argument("--fsdp", action=BOOL, default=False,
+                   help="under torchrun: shard parameters, gradients and optimizer state over the processes (FSDP2, "
+                        "one group per decoder layer), for a backbone too large for one device; without it the "
+                        "processes keep whole copies (DDP)")
+
+
+def check_causal_rmt_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    refuse_txl_flags(args, parser)
+    if args.lora < 0:
+        parser.error(f"--lora is a LoRA rank: positive, or 0 for none; got {args.lora}")
+    if args.lora and args.freeze_backbone:
+        parser.error("--lora already freezes the backbone's own weights (it trains adapters and the memory); "
+                     "--freeze_backbone trains the memory alone: give one")
 
 
 def causal_rmt(args: argparse.Namespace, depth: int | None, checkpoint_state: dict | None = None):
@@ -82,6 +99,10 @@ def causal_rmt(args: argparse.Namespace, depth: int | None, checkpoint_state: di
     from rmt.hf import RMTForCausalLM
 
     base = load_backbone("AutoModelForCausalLM", args.backbone)
+    if args.lora:
+        from peft import LoraConfig, get_peft_model
+        base = get_peft_model(base, LoraConfig(r=args.lora, lora_alpha=2 * args.lora, lora_dropout=0.0,
+                                               target_modules="all-linear"))
     model = RMTForCausalLM(base, args.num_mem_tokens, args.tgt_len, depth, args.recompute_segments,
                            args.freeze_backbone, memory_norm=args.memory_norm)
     return load_weights(model, checkpoint_state, args.backbone)

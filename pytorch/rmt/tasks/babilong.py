@@ -34,6 +34,7 @@ import argparse
 import math
 import pathlib
 import re
+import time
 
 import numpy as np
 import torch
@@ -43,8 +44,8 @@ from rmt.config import BOOL, FULL_BPTT
 from rmt.results import TestResult
 from rmt.tasks.babi import PLACES, STORY_LENGTH, TASKS, every_sentence, make_story
 from rmt.tasks.training import BatchSampler, SampledFamily, add_sample_args, backward_in_chunks, check_sample_args
-from rmt.lm.pretrained import add_memory_norm_arg, causal_rmt
-from rmt.training.backbones import load_tokenizer, refuse_txl_flags
+from rmt.lm.pretrained import add_causal_rmt_args, causal_rmt, check_causal_rmt_args
+from rmt.training.backbones import load_tokenizer
 
 NAME = "babilong"
 SPLITS = ("train", "valid", "test")
@@ -138,8 +139,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="the baseline: the model sees the sample's last segment alone")
     g.add_argument("--zero_shot", action=BOOL, default=False,
                    help="with --eval_only: the bare backbone, the whole sample in its context (its chat template)")
-    g.add_argument("--freeze_backbone", action=BOOL, default=False, help="train the memory only")
-    add_memory_norm_arg(g)
+    add_causal_rmt_args(g)
     g.add_argument("--answer_tokens", type=int, default=4, help="tokens generated for the answer")
     add_sample_args(g, 20_000, 100, 200)
     p.set_defaults(**DEFAULTS)
@@ -157,10 +157,12 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
             else args.n_segments * args.tgt_len
     except ValueError as e:
         parser.error(f"--sample_length: {e}")
-    refuse_txl_flags(args, parser)
+    check_causal_rmt_args(args, parser)
     if args.zero_shot and not (args.eval_only and args.num_mem_tokens == 0 and not args.eval_checkpoint):
         parser.error("--zero_shot evaluates the bare backbone: with --eval_only, --num_mem_tokens 0 and no "
                      "--eval_checkpoint")
+    if args.zero_shot and args.fsdp:
+        parser.error("--zero_shot runs the bare backbone in one process: drop --fsdp")
     if args.last_segment_only and args.zero_shot:
         parser.error("--last_segment_only and --zero_shot are two different baselines: give one")
 
@@ -329,6 +331,12 @@ class BabiLong(SampledFamily):
         return {"loss": nll / n_tokens, "acc": right / n}
 
     def test(self, model) -> TestResult:
+        """Exact match on --n_test samples; the row's tokens_per_s is the test's own reading speed
+        (every sample's tokens over the test's time: reading, answering, scoring)."""
+        start = time.perf_counter()
         m = self.evaluate(model, "test")
-        row = {"metric_name": "exact_match", "metric_value": m["acc"], "loss": m["loss"], "exact_match": m["acc"]}
-        return TestResult({**m, "samples": self.args.n_test, "sample_tokens": self.length}, row, [])
+        speed = self.args.n_test * self.length / (time.perf_counter() - start)
+        row = {"metric_name": "exact_match", "metric_value": m["acc"], "loss": m["loss"], "exact_match": m["acc"],
+               "tokens_per_s": speed}
+        return TestResult({**m, "samples": self.args.n_test, "sample_tokens": self.length,
+                           "s_per_1k_tokens": 1000 / speed}, row, [])

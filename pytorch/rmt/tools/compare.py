@@ -27,7 +27,8 @@ import pandas as pd
 from rmt import REPO_ROOT
 from rmt.results import read_results
 from rmt.tools.lm_corpora import other_corpus_groups, other_corpus_rows, render_other_corpora
-from rmt.tools.plots import make_plots
+from rmt.tasks.babilong import length_label
+from rmt.tools.plots import babilong_points, make_plots
 from rmt.tools.report import (
     KIND_COLOR,
     SCALE_LABEL,
@@ -232,7 +233,9 @@ def init_label(config_json: object) -> str:
     config = config_of(config_json)
     init = config.get("init_checkpoint")
     label = f", from {pathlib.PurePath(init).parent.name}" if init else ""
-    return label + "".join(f", {name}" for flag, name in RECIPE_FLAGS.items() if config.get(flag) is True)
+    lora = config.get("lora")
+    return (label + "".join(f", {name}" for flag, name in RECIPE_FLAGS.items() if config.get(flag) is True)
+            + (f", LoRA r={lora}" if isinstance(lora, int) and lora > 0 else ""))
 
 
 def group_section(results_dir: str | pathlib.Path) -> str:
@@ -261,6 +264,24 @@ def group_section(results_dir: str | pathlib.Path) -> str:
                                                                    if x[1] in KIND_COLOR else 9, x[2]))]
         head = ["segments", "model", "memory", "seed", "run", *[f"{name} {k}" for k in groups], "samples"]
         out += [f"## {task}: test accuracy (tf) by {name} ({_shown(results_dir)}/groups/)", "", table(head, rows), ""]
+    return "\n".join(out)
+
+
+def babilong_section(rows: pd.DataFrame) -> str:
+    """Markdown: exact match of every long-context QA run (and evaluation of its checkpoint) by
+    sample length, one table per bAbI task; "" when there are none."""
+    df = babilong_points(rows)
+    out = []
+    for task, t in df.groupby("qa", sort=True) if len(df) else []:
+        lengths = sorted(t["tokens"].unique())
+        grid = t.pivot_table(index="series", columns="tokens", values="acc", aggfunc="last")
+        head = ["run (model)", "trained", *[length_label(int(n)) if n else "story" for n in lengths]]
+        rows = [[f"`{series}`", length_label(int(t.loc[t["series"] == series, "trained"].iloc[0]))
+                 if t.loc[t["series"] == series, "trained"].notna().any() else "—",
+                 *[f"{grid.loc[series, n]:.2f}" if pd.notna(grid.loc[series, n]) else "" for n in lengths]]
+                for series in grid.index]
+        out += [f"## {task}, long-context QA: exact match by sample length in tokens (chance 1/6)", "",
+                table(head, rows), ""]
     return "\n".join(out)
 
 
@@ -328,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     only = only.drop(index=other.index)
     reevaluated = int((ours["reevaluated_by"] != "").sum()) if len(ours) else 0
     extra = "".join("\n" + part for part in (render_other_corpora(other_corpus_groups(paper, other)),
-                                              group_section(args.results)) if part)
+                                              group_section(args.results),
+                                              babilong_section(read_results(args.results))) if part)
     text = render(pairs, only, _shown(args.results), len(ours), dropped, reevaluated=reevaluated) + extra
     print(text)
     if args.markdown:

@@ -64,6 +64,9 @@ def make_plots(paper: pd.DataFrame, ours: pd.DataFrame, out_dir: str | pathlib.P
     lengths = length_runs(every_row) if every_row is not None else pd.DataFrame()
     if len(lengths):
         figures.append(("length_generalization.png", _length_figure(plt, lengths)))
+    qa = babilong_points(every_row) if every_row is not None else pd.DataFrame()
+    for task, g in qa.groupby("qa", sort=True) if len(qa) else []:
+        figures.append((f"babilong_{task}.png", _babilong_figure(plt, g, task)))
     paths = []
     for name, fig in figures:
         paths.append(out_dir / name)
@@ -97,6 +100,57 @@ def length_runs(rows: pd.DataFrame) -> pd.DataFrame:
     df = df[~(df["evaluated"] & (df["n_segments"] == df["trained"]))]  # the run's own row stands for its length
     shown = df.groupby("run")["n_segments"].transform("nunique") > 1
     return df[shown].drop(columns="evaluated").sort_values(["run", "n_segments"]).reset_index(drop=True)
+
+
+BABILONG_CHANCE = 1 / 6  # six places answer every question
+
+
+def babilong_points(rows: pd.DataFrame) -> pd.DataFrame:
+    """Exact match by sample length of every long-context QA test row (rmt.tasks.babilong), each
+    evaluated checkpoint under its training run's name. Columns qa, series, tokens, acc, trained
+    (the run's training length; NaN for the bare model), samples."""
+    rows = normalise(rows)
+    rows = rows[(rows["split"] == "test") & rows["task"].astype(str).str.startswith("babilong-")]
+    points = []
+    for r in rows.itertuples():
+        cfg = config_of(r.config_json)
+        if "sample_tokens" not in cfg:
+            continue
+        ablation = cfg.get("memory_ablation", "none")
+        if cfg.get("zero_shot"):
+            series = "bare model, zero-shot"
+        else:
+            run = pathlib.PurePath(str(cfg.get("eval_checkpoint") or "")).parent.name if cfg.get("eval_only") \
+                else r.run_id
+            kind = "last segment only" if cfg.get("last_segment_only") else \
+                f"RMT, {cfg.get('num_mem_tokens')} memory" if cfg.get("num_mem_tokens") else "no memory"
+            series = f"{run} ({kind})" + (f", memory {ablation}" if ablation != "none" else "")
+        points.append({"qa": cfg.get("task"), "series": series, "tokens": int(cfg["sample_tokens"]),
+                       "acc": float(r.metric_value), "samples": cfg.get("n_test"),
+                       "trained": np.nan if cfg.get("eval_only") else int(cfg["sample_tokens"])})
+    if not points:
+        return pd.DataFrame()
+    df = pd.DataFrame(points).drop_duplicates(["series", "tokens"], keep="last")
+    base = df["series"].str.replace(r", memory \w+$", "", regex=True)
+    trained = df.dropna(subset=["trained"]).set_index("series")["trained"]
+    return df.assign(trained=base.map(trained)).sort_values(["qa", "series", "tokens"]).reset_index(drop=True)
+
+
+def _babilong_figure(plt, df: pd.DataFrame, task: str):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (series, g) in enumerate(df.groupby("series", sort=True)):
+        style = "s--" if "memory " in series.split(")")[-1] else "o-"
+        x = g["tokens"].clip(lower=64)  # the story alone (0) drawn at the axis' left end
+        ax.plot(x, g["acc"], style, color=f"C{i % 10}", label=series)
+        at = g[g["tokens"] == g["trained"]]
+        ax.plot(at["tokens"], at["acc"], "*", color=f"C{i % 10}", markersize=14)
+    ax.axhline(BABILONG_CHANCE, ls=":", color="grey", lw=1)
+    ax.text(df["tokens"].clip(lower=64).max(), BABILONG_CHANCE, " chance 1/6", va="bottom", ha="right", fontsize=7)
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="sample length, tokens (star: as trained; 64: the story alone)", ylabel="exact match",
+           ylim=(0, 1.05), title=f"{task}: facts hidden in text, answered at the end")
+    ax.legend(fontsize=6)
+    return fig
 
 
 def _length_figure(plt, df: pd.DataFrame):

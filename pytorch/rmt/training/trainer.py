@@ -31,6 +31,7 @@ import time
 
 import torch
 
+from rmt.training import sharding
 from rmt.training.checkpoint import CheckpointError, first_line, load_file, save_atomic
 from rmt.training.optim import LRSchedule, build_optimizer
 from rmt.training.runtime import compile_model, rng_state, set_rng_state
@@ -58,6 +59,7 @@ class StopRequest:
 class Trainer:
     def __init__(self, model, args, runtime, logger, run_dir: pathlib.Path | None, select_by: str = "loss"):
         self.raw_model = model  # unwrapped, uncompiled: what is saved and evaluated
+        self.sharded = sharding.is_sharded(model)  # FSDP2 (--fsdp): state gathered to save, scattered to load
         self.model = compile_model(model) if args.compile else model
         self.optimizer = build_optimizer(model.parameters(), args)
         self.schedule = LRSchedule(self.optimizer, args)
@@ -71,9 +73,13 @@ class Trainer:
     # ---- checkpoints --------------------------------------------------------------------------
 
     def state_dict(self, family) -> dict:
+        if self.sharded:  # a collective: every rank gathers, rank 0 receives
+            model, optimizer = sharding.gathered_state(self.raw_model, self.optimizer)
+        else:
+            model, optimizer = self.raw_model.state_dict(), self.optimizer.state_dict()
         return {
-            "config": self.raw_model.config.to_dict(), "model": self.raw_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+            "config": self.raw_model.config.to_dict(), "model": model,
+            "optimizer": optimizer, "schedule": self.schedule.state_dict(),
             "scaler": self.runtime.scaler.state_dict(), "rng": rng_state(), "step": self.step,
             "best": self.best, "extra": family.state_dict(),
         }
@@ -93,11 +99,14 @@ class Trainer:
         if missing:
             raise SystemExit(f"error: {path} is not a training checkpoint (missing {sorted(missing)})")
         try:
-            self.raw_model.load_state_dict(ckpt["model"])
             saved = set(ckpt["optimizer"]["param_groups"][0])
             if saved != set(self.optimizer.param_groups[0]):  # another --optim: loading would not notice
                 raise ValueError(f"the checkpoint's optimiser has settings {sorted(saved - {'params'})}")
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if self.sharded:
+                sharding.load_gathered(self.raw_model, ckpt["model"], self.optimizer, ckpt["optimizer"])
+            else:
+                self.raw_model.load_state_dict(ckpt["model"])
+                self.optimizer.load_state_dict(ckpt["optimizer"])
             self.schedule.load_state_dict(ckpt["schedule"])
             self.runtime.scaler.load_state_dict(ckpt["scaler"])
             set_rng_state(ckpt["rng"])
@@ -108,8 +117,14 @@ class Trainer:
                              "with the flags it was trained with (model sizes, --optim, task)")
 
     def load_best(self) -> None:
-        """The best validated weights into the model (main process; kept as is when none was saved)."""
-        if self.runtime.is_main and self.run_dir is not None and (self.run_dir / BEST).is_file():
+        """The best validated weights into the model (kept as is when none was saved): rank 0's,
+        or, for a sharded model (tested on every rank), rank 0's file scattered to all."""
+        found = self.runtime.is_main and self.run_dir is not None and (self.run_dir / BEST).is_file()
+        if self.sharded:
+            if self.runtime.any_rank(found):
+                state = load_file(self.run_dir / BEST)["model"] if self.runtime.is_main else {}
+                sharding.load_gathered(self.raw_model, state, from_rank0=True)
+        elif found:
             self.raw_model.load_state_dict(load_file(self.run_dir / BEST, self.runtime.device)["model"])
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -118,11 +133,16 @@ class Trainer:
         """Apply the accumulated gradients; returns their norm, or None for a dropped step."""
         scaler = self.runtime.scaler
         params = [p for p in self.raw_model.parameters() if p.requires_grad]
-        self.runtime.all_reduce_grads(params)  # may give a rank zeros where another has a gradient
+        if not self.sharded:  # FSDP has averaged (and sharded) them in the backward
+            self.runtime.all_reduce_grads(params)  # may give a rank zeros where another has a gradient
         params = [p for p in params if p.grad is not None]
         scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.args.clip) if self.args.clip > 0 else \
-            torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        if self.args.clip > 0:
+            grad_norm = sharding.whole(torch.nn.utils.clip_grad_norm_(params, self.args.clip))
+        elif self.sharded:
+            grad_norm = sharding.whole(torch.nn.utils.get_total_norm([p.grad for p in params]))
+        else:
+            grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
         bad = not (math.isfinite(loss) and math.isfinite(float(grad_norm)))
         if not scaler.is_enabled() and self.runtime.any_rank(bad):  # every rank drops the same step
             self.optimizer.zero_grad(set_to_none=True)
