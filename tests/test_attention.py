@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import SMALL, grads, make, segments, tokens
-from rmt.config import ModelConfig
+from rmt.model.config import ModelConfig
 from rmt.model.layers import rel_shift
 from rmt.model.recurrence import MemoryState, run_segments
 from rmt.model.transformer import MemTransformerLM, build_attn_mask

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rmt import train
+from rmt.errors import exits_on_error
 from rmt.model.transformer import MemTransformerLM
 from rmt.results import RESULT_COLUMNS, append_result, read_results
 from rmt.training.checkpoint import CheckpointError, load_model, save_atomic
@@ -32,6 +33,7 @@ bad_float = st.one_of(st.floats(max_value=0.0, allow_nan=False), st.just(math.na
 bad_flags = st.one_of(
     st.tuples(st.just("--lr"), bad_float),
     st.tuples(st.sampled_from(["--warmup_step", "--seed"]), negative),
+    st.tuples(st.just("--seed"), st.integers(min_value=2**32, max_value=2**80)),  # numpy seeds take 32 bits
     st.tuples(st.sampled_from(["--max_time", "--clip", "--mom", "--eta_min", "--lr_min"]),
               st.one_of(st.floats(max_value=-1e-6, allow_nan=False), st.just(math.nan))),
     st.tuples(st.sampled_from(["--max_step", "--batch_size", "--tgt_len", "--eval_tgt_len", "--eval_interval",
@@ -48,6 +50,7 @@ bad_flags = st.one_of(
 task_flags = st.one_of(
     st.tuples(st.sampled_from(["--n_train", "--n_val", "--n_test"]), non_positive),
     st.tuples(st.just("--curriculum"), non_positive),
+    st.tuples(st.just("--answer_size"), non_positive),  # 0 once meant "the task's default", silently
     st.tuples(st.just("--batch_size"), st.integers(min_value=201, max_value=10**6)),  # above --n_train 200
 )
 
@@ -56,13 +59,17 @@ def parse(argv) -> str:
     """Validate argv as rmt.train does before anything is written (the flags, then the model
     configuration); returns the one-line error."""
     err = io.StringIO()
-    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_info:
+    @exits_on_error  # as the entry point: a library error becomes its one line
+    def validate():
         args, parser = train.parse_args(argv)
         family = train.build_family(args, train.Runtime("cpu"))
         try:
             family.model_config() if args.dataset != "wt2" else train.config.model_config(args, n_token=10)
         except ValueError as e:
             parser.error(str(e))
+
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_info:
+        validate()
     assert exit_info.value.code not in (0, None)
     lines = [ln for ln in err.getvalue().splitlines() if ln.strip() and not ln.startswith("usage")]
     message = lines[-1] if lines else str(exit_info.value.code)

@@ -94,6 +94,9 @@ def test_generate_command_on_word_and_byte_corpora(tmp_path, capsys, level):
     assert "30 generated" in out.err
     assert generate_main([*args, "--no_cache"]) == 0
     assert capsys.readouterr().out == out.out  # greedy: the cache changes nothing
+    with pytest.raises(SystemExit) as e:  # nothing to generate is refused, not printed as an empty success
+        generate_main([*args, "--max_new_tokens", "0"])
+    assert e.value.code == 2 and "--max_new_tokens >= 1" in capsys.readouterr().err
     codec = TextCodec(load_vocab(data, dataset), dataset)
     ids = codec.encode(out.out.rstrip("\n"))  # the text decodes back to tokens of the corpus
     assert codec.decode(ids) == out.out.rstrip("\n")

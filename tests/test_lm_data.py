@@ -19,6 +19,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from rmt.errors import DataError
 from rmt.lm import corpus as corpus_mod
 from rmt.lm.corpus import get_lm_corpus
 from rmt.lm.iterators import LMMultiFileIterator, LMOrderedIterator, LMShuffledIterator
@@ -230,7 +231,7 @@ def test_a_prepared_corpus_trains_under_its_own_name_and_only_at_its_level(tmp_p
     prepare_text([str(tmp_path / "t.txt")], tmp_path / "mybooks", "char")
     assert corpus_name(tmp_path / "mybooks", "enwik8") == "mybooks"
     assert corpus_name(tmp_path, "enwik8") == "enwik8"  # a corpus without meta.json: the dataset's name
-    with pytest.raises(SystemExit, match="char-level corpus; train or evaluate it with --dataset enwik8"):
+    with pytest.raises(DataError, match="char-level corpus; train or evaluate it with --dataset enwik8"):
         load_corpus(tmp_path / "mybooks", "wt103")
 
 

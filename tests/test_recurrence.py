@@ -177,3 +177,19 @@ def test_recomputed_bptt_keeps_a_few_graph_nodes_per_segment(mem_len):
     assert graph_nodes(8, False) - graph_nodes(4, False) > 20 * 4  # what plain BPTT keeps
 
 
+
+
+def test_the_state_goes_over_all_its_fields_in_one_place():
+    """select / cat / detach / to_dict know every field (a new memory kind is a new field)."""
+    mem = torch.randn(4, 2, 3, requires_grad=True)
+    xl = (torch.randn(4, 5, 3), torch.randn(4, 5, 3))
+    state = MemoryState(mem, xl)
+    halves = [state.select(slice(0, 1)), state.select(slice(1, 4))]
+    joined = MemoryState.cat(halves)
+    assert torch.equal(joined.mem, mem) and all(torch.equal(a, b) for a, b in zip(joined.xl, xl))
+    assert not state.detach().mem.requires_grad and mem.requires_grad
+    back = MemoryState.from_dict(state.detach().to_dict())
+    assert isinstance(back.xl, tuple) and torch.equal(back.mem, mem.detach())
+    assert MemoryState().map(lambda t: t + 1) == MemoryState()  # empty fields stay None
+    only_read = state.map(lambda t: t * 0, fields=MemoryState.READ)
+    assert only_read.mem.abs().sum() == 0 and only_read.xl is xl

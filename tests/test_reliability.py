@@ -17,8 +17,10 @@ import pytest
 import torch
 from conftest import ROOT
 from rmt.atomic import atomic_write
+from rmt.errors import CheckpointError, RunError
 from rmt.model.transformer import MemTransformerLM
 from rmt.results import append_result, read_results
+from rmt import train
 from rmt.train import TESTED
 from rmt.training.checkpoint import load_file
 from rmt.training.runtime import RunLogger, Runtime
@@ -60,7 +62,7 @@ def trainer(tmp_path, **kw):
 
 def test_a_nan_step_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     t = trainer(tmp_path)
-    with pytest.raises(SystemExit, match="training diverged at step 6 .*loss nan"):
+    with pytest.raises(RunError, match="training diverged at step 6 .*loss nan"):
         t.fit(NanAtStep(5))
     saved = load_file(tmp_path / LAST)
     assert saved["step"] == 4
@@ -396,6 +398,11 @@ def test_task_arrays_of_another_width_are_refused(tmp_path):
     x = np.load(x_path)
     np.save(x_path, np.concatenate([x, x[:, :1]], axis=1))  # one token wider, as another task's arrays
     assert "tokens long" in one_line_error(task_run(tmp_path, "--run_name", "b", "--no_results"))
+    for bad in (99, -3):  # the right width, ids outside the vocabulary
+        y = x.copy()
+        y[0, 0] = bad
+        np.save(x_path, y)
+        assert "outside copy" in one_line_error(task_run(tmp_path, "--run_name", "c", "--no_results"))
 
 
 def test_compare_and_sweep_refuse_a_malformed_results_csv_in_one_line(tmp_path):
@@ -414,3 +421,85 @@ def test_a_model_too_large_for_memory_is_a_one_line_error(tmp_path):
     run = task_run(tmp_path, "--d_inner", "1000000000000")
     last = one_line_error(run)
     assert last.startswith("error: the model does not fit in memory") and "--d_inner" in last
+
+
+def test_results_targets_and_model_flags_are_refused_before_anything_runs(tmp_path, capsys):
+    """A results file the row could not be appended to, or a model that cannot be built, is
+    refused at start-up in one line: no training, no run directory."""
+    args = [*TASK_RUN, "--work_dir", str(tmp_path / "runs"), "--data", str(tmp_path / "data")]
+    (tmp_path / "dir.csv").mkdir()
+    (tmp_path / "other.csv").write_text("a,b,c\n1,2,3\n")
+    (tmp_path / "garbage.csv").write_bytes(b"\x00\xffnot,a,results\nfile")
+    (tmp_path / "ro.csv").write_text("")
+    (tmp_path / "ro.csv").chmod(0o444)
+    (tmp_path / "file").write_text("x")
+    cases = {"dir.csv": "is a directory", "other.csv": "not a results CSV", "garbage.csv": "not a results CSV",
+             "file/res.csv": "is not a writable directory"}
+    if os.geteuid() != 0:  # root writes to read-only files
+        cases["ro.csv"] = "not writable"
+    for target, message in cases.items():
+        with pytest.raises(SystemExit):
+            train.main([*args, "--results_csv", str(tmp_path / target)])
+        assert message in capsys.readouterr().err, target
+    assert not (tmp_path / "data").exists()  # refused before the task data is generated
+    for bad in (["--n_layer", "0"], ["--eval_only", "--eval_checkpoint", str(tmp_path / "other.csv")]):
+        with pytest.raises(SystemExit):
+            train.main([*args, "--results_csv", str(tmp_path / "res.csv"), *bad])
+        capsys.readouterr()
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert (tmp_path / "other.csv").read_text() == "a,b,c\n1,2,3\n" and not (tmp_path / "res.csv").exists()
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_not_evaluated(tmp_path, capsys):
+    from rmt.training.checkpoint import save_atomic
+    model = MemTransformerLM(n_token=8, n_layer=1, n_head=1, d_model=8, d_head=8, d_inner=8, num_mem_tokens=2)
+    state = model.state_dict()
+    state["word_emb.emb_layers.0.weight"][0, 0] = math.nan
+    save_atomic({"config": model.config.to_dict(), "model": state}, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match=r"non-finite weights \(NaN or inf in word_emb.emb_layers.0.weight\)"):
+        load_file(tmp_path / "nan.pt")
+
+
+def test_task_data_paths_and_a_checkpoint_without_its_config_are_one_line_errors(tmp_path, capsys):
+    from rmt import evaluate
+    from rmt.tools import generate_data
+
+    (tmp_path / "afile").write_text("x")
+    args = [*TASK_RUN, "--work_dir", str(tmp_path / "runs"), "--no_results"]
+    with pytest.raises(SystemExit, match="cannot write the task data into .*afile"):
+        train.main([*args, "--data", str(tmp_path / "afile")])
+    with pytest.raises(SystemExit):
+        generate_data.main(["copy", "--out", str(tmp_path / "afile" / "sub")])
+    assert "cannot write the task data" in capsys.readouterr().err
+    assert train.main([*args, "--data", str(tmp_path / "d"), "--run_name", "ok"]) == 0
+    (meta,) = (tmp_path / "d").glob("*meta.json")
+    meta.write_text("{broken")
+    with pytest.raises(SystemExit, match="corrupt JSON"):
+        train.main([*args, "--data", str(tmp_path / "d")])
+    (tmp_path / "runs" / "ok" / "config.json").unlink()
+    with pytest.raises(SystemExit):
+        evaluate.main(["--checkpoint", str(tmp_path / "runs" / "ok" / "checkpoint_best.pt")])
+    assert "no readable config.json beside" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value, words", [("abc", "'abc', not a finite number"), (math.nan, "not a finite number"),
+                                          (math.inf, "not a finite number")])
+def test_a_results_row_without_a_measurement_is_refused_with_its_line(tmp_path, value, words):
+    """Whatever dtype pandas gives the column (object before pandas 3, its string dtype after)."""
+    csv = tmp_path / "r.csv"
+    append_result(csv, {"run_id": "ok", "metric_name": "acc", "metric_value": 0.5, "split": "test"})
+    append_result(csv, {"run_id": "bad", "metric_name": "acc", "metric_value": value, "split": "test"})
+    with pytest.raises(ValueError, match=f"line 3: metric_value is .*{words}"):
+        read_results(csv)
+
+
+@pytest.mark.parametrize("flags, what", [(["--num_mem_tokens", "10000000"], "attention over a segment"),
+                                         (["--n_layer", "2000000"], "weights"),
+                                         (["--tgt_len", "1000000", "--eval_tgt_len", "1000000"], "attention")])
+def test_sizes_no_machine_holds_are_refused_with_the_estimate(tmp_path, capsys, flags, what):
+    with pytest.raises(SystemExit) as e:
+        train.main([*TASK_RUN, "--work_dir", str(tmp_path / "runs"), "--data", str(tmp_path / "data"),
+                    "--no_results", *flags])
+    err = str(e.value.code)
+    assert err.startswith("error: the model does not fit in memory: it needs at least") and what in err
+    assert "GiB available on cpu" in err and not (tmp_path / "runs").exists()

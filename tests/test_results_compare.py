@@ -431,3 +431,33 @@ def test_compare_command_prints_the_lm_section_and_draws_its_plot(tmp_path):
     assert "The paper's orderings on books-char, tgt_len 128" in out.stdout
     assert "Ours only" not in out.stdout  # the LM rows have their own section
     assert (tmp_path / "plots" / "lm_books-char_t128_cpu-preset.png").stat().st_size > 10_000
+
+
+def test_recorded_commands_rerun_from_any_checkout():
+    from rmt import REPO_ROOT
+    from rmt.results import portable_command
+
+    argv = [str(REPO_ROOT / "pytorch" / "rmt" / "train.py"), "--results_csv",
+            str(REPO_ROOT / "experiments" / "results" / "x.csv"), "--data", "/elsewhere/corpus"]
+    assert portable_command(argv) == "python3 -m rmt.train --results_csv experiments/results/x.csv --data /elsewhere/corpus"
+    assert portable_command([str(REPO_ROOT / "pytorch" / "rmt" / "tools" / "benchmark.py"), "throughput"]) == \
+        "python3 -m rmt.tools.benchmark throughput"
+    assert portable_command(f"bash scripts/copy.sh train --init_checkpoint {REPO_ROOT}/runs/a/b.pt") == \
+        "bash scripts/copy.sh train --init_checkpoint runs/a/b.pt"
+
+
+def test_malformed_paper_tables_and_a_plots_path_under_a_file_are_one_line_errors(tmp_path, capsys):
+    paper = tmp_path / "paper"
+    paper.mkdir()
+    table = pd.read_csv(PAPER / "synthetic.csv")
+    cases = [(lambda p: table.drop(columns=["mem_size"]).to_csv(p, index=False), "missing mem_size"),
+             (lambda p: p.write_bytes(b"\xff\xfe\x00 not text"), "not a readable paper table"),
+             (lambda p: table.to_csv(p, sep=";", index=False), "a paper table is comma-separated")]
+    for write, message in cases:
+        write(paper / "synthetic.csv")
+        assert compare.main(["--paper", str(paper), "--results", str(tmp_path), "--no-plots"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err
+    (tmp_path / "afile").write_text("x")
+    assert compare.main(["--results", str(tmp_path), "--plots", str(tmp_path / "afile" / "plots")]) == 1
+    assert "--plots" in capsys.readouterr().err

@@ -145,10 +145,32 @@ def test_committed_grids(name, n_runs, memory_is_segment):
     ({"tgt_len": [{"tgt_len": 6, "memory": [6]}, {"tgt_len": 6, "memory": [6]}]}, "names some runs twice"),
     ({"seeds": []}, "seeds must be a non-empty list"),
     ({"script": "scripts/nope.sh"}, "not found"),
+    ({"tgt_len": [-4]}, "must be a positive integer"),
+    ({"memory": [-2]}, "memory must be a non-empty list of integers >= 1"),
+    ({"seeds": [-1]}, "seeds must be a non-empty list of integers >= 0"),
+    ({"name": "a/b"}, "it names run directories"),
 ])
 def test_bad_grids_are_refused(tmp_path, fake_script, over, message):
     with pytest.raises(sweep.GridError, match=message):
         sweep.load_grid(_grid(tmp_path, fake_script, **over))
+
+
+def test_the_dry_run_refuses_what_the_real_run_would(tmp_path, fake_script, capsys):
+    """A grid nested past the parser's depth, and a results file no run could append to, are one
+    line, with --dry-run as without."""
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    assert sweep.main([str(deep), "--dry-run"]) == 2
+    assert "nests too deeply" in capsys.readouterr().err
+    (tmp_path / "csvdir").mkdir()
+    other = tmp_path / "other.csv"
+    other.write_text("x,y\n1,2\n")
+    for target, message in ((tmp_path / "csvdir", "is a directory"), (other, "not a results CSV")):
+        for dry in (["--dry-run"], []):
+            assert sweep.main([str(_grid(tmp_path, fake_script)), "--results", str(target), *dry,
+                               "--log-dir", str(tmp_path / "logs")]) == 2
+            assert message in capsys.readouterr().err
+    assert not _calls(tmp_path)  # no run started
 
 
 # --- running -------------------------------------------------------------------------------------

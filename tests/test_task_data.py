@@ -306,6 +306,7 @@ def test_cli_writes_files(tmp_path, capsys):
     (["sqeq", "--max_root", "1"], "max_root must be an integer >= 2"),
     (["sqeq", "--shuffle_limit", "0"], "shuffle_limit"),
     (["copy", "--seq_len", "2", "--num_tokens", "3", "--train", "5", "--val", "0", "--test", "0"], "too small"),
+    (["copy", "--train", "2000000000"], "GiB available: ask for fewer"),  # refused before numpy allocates
 ])
 def test_cli_bad_values(tmp_path, capsys, argv, words):
     with pytest.raises(SystemExit) as e:

@@ -30,11 +30,13 @@ import sys
 import time
 
 from rmt import REPO_ROOT, train
-from rmt.config import BOOL, ModelConfig
+from rmt.config import BOOL
+from rmt.errors import exits_on_error
 from rmt.lm.corpus import DATASETS
 from rmt.lm.evaluation import corpus_name, default_data_dir, evaluate_split, load_corpus, metric_name
 from rmt.model.ablation import ABLATIONS, MemoryAblation, task_suffix
-from rmt.results import append_result, result_row
+from rmt.model.config import ModelConfig
+from rmt.results import append_result, check_target, result_row
 from rmt.training.checkpoint import CheckpointError, load_model, run_config
 from rmt.training.runtime import Runtime
 
@@ -48,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rmt.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", "--eval_checkpoint", dest="checkpoint", required=True,
                    help="a checkpoint file of ours (e.g. runs/<run>/checkpoint_best.pt)")
-    p.add_argument("--dataset", default=None, choices=DATASETS, help="corpus (default: the run's, else wt103)")
+    p.add_argument("--dataset", default=None, choices=DATASETS, help="corpus (default: the run's, from its config.json)")
     p.add_argument("--data", default=None, help="data directory (default: the run's, else data/<name>)")
     p.add_argument("--split", default="all", choices=["all", "valid", "test"], help="which split(s)")
     p.add_argument("--batch_size", type=int, default=None, help="evaluation rows (default: the run's, else 10)")
@@ -125,7 +127,11 @@ def load_for_eval(args, parser, runtime):
     except CheckpointError as e:  # unreadable, or a dict of ours that is not a model
         raise SystemExit(f"error: {e}")
     train_args = run_config(checkpoint).get("args", {})
-    args.dataset = args.dataset or train_args.get("dataset") or "wt103"
+    if not (args.dataset or train_args.get("dataset")):  # a guess would read the wrong data, or none
+        parser.error(f"no readable config.json beside {checkpoint} says what it was trained on: pass --dataset and "
+                     "--data (a language model), or evaluate a task checkpoint with python3 -m rmt.train --eval_only "
+                     "--eval_checkpoint PATH and its task flags")
+    args.dataset = args.dataset or train_args["dataset"]
     explicit = dict(tgt_len=args.tgt_len, ext_len=args.ext_len, mem_len=args.mem_len, clamp_len=args.clamp_len,
                     same_length=args.same_length)
     explicit = {k: v for k, v in explicit.items() if v is not None}
@@ -139,6 +145,7 @@ def load_for_eval(args, parser, runtime):
     return model.to(runtime.device), cfg, train_args, bool(explicit)
 
 
+@exits_on_error
 def main(argv=None) -> int:
     task = task_run(sys.argv[1:] if argv is None else argv)
     if task:  # a task run: its own evaluation, with the task flags (rmt.train --eval_only)
@@ -154,6 +161,12 @@ def main(argv=None) -> int:
     data = args.data or (train_args.get("data") if train_args.get("dataset") == dataset else None) \
         or default_data_dir(dataset)
     batch_size = args.batch_size or int(train_args.get("eval_batch_size") or 10)
+    csv = args.results_csv or REPO_ROOT / "experiments" / "results" / "lm.csv"
+    if not args.no_results:
+        try:
+            check_target(csv)  # before the evaluation, which may take hours
+        except ValueError as e:
+            parser.error(str(e))
     corpus = load_corpus(data, dataset)
     name = corpus_name(data, dataset) + task_suffix(args.memory_ablation)
     if len(corpus.vocab) != cfg.n_token:
@@ -171,7 +184,6 @@ def main(argv=None) -> int:
              "tgt_len": train_args.get("tgt_len", model.config.tgt_len), "eval_tgt_len": cfg.tgt_len}
     if args.scale:
         flags["scale"] = args.scale
-    csv = args.results_csv or REPO_ROOT / "experiments" / "results" / "lm.csv"
     for split in ["valid", "test"] if args.split == "all" else [args.split]:
         row = evaluate_one(args, model, cfg, corpus, split, batch_size, runtime, flags, name)
         if not args.no_results:

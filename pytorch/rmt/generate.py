@@ -23,6 +23,7 @@ import time
 import torch
 
 from rmt import train
+from rmt.errors import exits_on_error
 from rmt.lm import pretrained
 from rmt.lm.corpus import DATASETS, load_vocab
 from rmt.lm.evaluation import default_data_dir
@@ -63,11 +64,13 @@ def read_prompt(args, parser) -> str:
         parser.error(f"cannot read --prompt_file {args.prompt_file}: {e}")
 
 
+@exits_on_error
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.max_new_tokens < 0 or args.temperature < 0 or args.top_k < 0 or not 0 < args.top_p <= 1:
-        parser.error("need --max_new_tokens >= 0, --temperature >= 0, --top_k >= 0 and 0 < --top_p <= 1")
+    if args.max_new_tokens <= 0 or args.temperature < 0 or args.top_k < 0 or not 0 < args.top_p <= 1:
+        parser.error("need --max_new_tokens >= 1 (a generation of nothing is refused, not printed as the prompt), "
+                     "--temperature >= 0, --top_k >= 0 and 0 < --top_p <= 1")
     text = read_prompt(args, parser)
     train_args = run_config(args.checkpoint).get("args", {})
     dataset = args.dataset or train_args.get("dataset")

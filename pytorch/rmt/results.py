@@ -19,6 +19,7 @@ import subprocess
 import sys
 from typing import NamedTuple
 
+import numpy as np
 import pandas as pd
 
 from rmt import REPO_ROOT
@@ -87,10 +88,23 @@ def run_metadata(device: str = "cpu", argv: list[str] | None = None) -> dict[str
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "git_commit": git_commit(REPO_ROOT),
         # The run scripts export the command the user typed; otherwise the Python command line.
-        "command": os.environ.get("RMT_COMMAND") or " ".join(argv if argv is not None else sys.argv),
+        "command": portable_command(os.environ.get("RMT_COMMAND") or (argv if argv is not None else sys.argv)),
         "device": device,
         "torch_version": torch.__version__,
     }
+
+
+def portable_command(command: str | list[str]) -> str:
+    """The command as it reruns from the repository root of any checkout: paths inside this one
+    made relative, and a module's file (`python -m` puts it in argv[0]) given as `python3 -m`."""
+    if isinstance(command, str):
+        return command.replace(f"{REPO_ROOT}/", "")
+    words = list(command)
+    source = REPO_ROOT / "pytorch"
+    if words and words[0].endswith(".py") and pathlib.Path(words[0]).resolve().is_relative_to(source):
+        module = pathlib.Path(words[0]).resolve().relative_to(source).with_suffix("")
+        words[:1] = ["python3", "-m", ".".join(module.parts)]
+    return " ".join(words).replace(f"{REPO_ROOT}/", "")
 
 
 class TestResult(NamedTuple):
@@ -171,6 +185,34 @@ def append_result(csv_path: str | os.PathLike, row: dict, columns: list[str] = R
             fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+def check_target(csv_path: str | os.PathLike, columns: list[str] = RESULT_COLUMNS) -> None:
+    """Refuse, before a run starts, a results file its row could not be appended to at the end:
+    a directory, a file under a file, an unwritable place, or a file with another header (a
+    ValueError with one line). Writes nothing."""
+    path = pathlib.Path(csv_path)
+    flag = f"the results file {path}"
+    if path.is_dir():
+        raise ValueError(f"{flag} is a directory: give a .csv file (--results_csv)")
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{flag} cannot be created: {ancestor} is a file, not a directory")
+    if not path.exists():
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise ValueError(f"{flag} cannot be created: {ancestor} is not writable (give another --results_csv)")
+        return
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise ValueError(f"{flag} is not writable (read-only?): make it writable or give another --results_csv")
+    with open(path, "rb") as f:
+        first = f.readline().decode("utf-8", errors="replace")
+    existing = next(csv.reader([first]), []) if first else []
+    if first and existing != columns:
+        shown = ",".join(existing)[:80]
+        raise ValueError(f"{flag} is not a results CSV of this version (its header starts {shown!r}): "
+                         "move it away or give another --results_csv")
+
+
 def _whole_rows(f, size: int) -> int:
     """The size of the file up to its last complete row: a row cut short by a crash or a full disk
     (no final newline) is dropped, so the next row is never glued to it."""
@@ -235,12 +277,18 @@ def _read_checked(path: pathlib.Path) -> pd.DataFrame:
                              "repair or remove that line")
     df = pd.read_csv(path)  # the widths are right now, so no cell can shift
     for column in ("metric_value", "loss", "ppl", "bpc", "acc_tf", "acc_greedy", "exact_match"):
-        if column in df and df[column].dtype == object:  # some cell is not a number
-            bad = df[column].notna() & pd.to_numeric(df[column], errors="coerce").isna()
-            if not bad.any():
-                continue
+        if column not in df:
+            continue
+        # text in a number column (read as object, or as pandas 3's string dtype), and a row that
+        # names its metric without a measurement of it (empty, NaN or infinite)
+        values = pd.to_numeric(df[column], errors="coerce")
+        bad = df[column].notna() & values.isna()
+        if column == "metric_value" and "metric_name" in df:
+            bad |= df["metric_name"].notna() & ~np.isfinite(values.astype(float))
+        if bad.any():
             line = int(bad.to_numpy().nonzero()[0][0]) + 2
-            raise ValueError(f"{path}: line {line}: {column} is {df[column][bad].iloc[0]!r}, not a number")
+            raise ValueError(f"{path}: line {line}: {column} is {df[column][bad].iloc[0]!r}, not a "
+                             f"{'finite ' if column == 'metric_value' else ''}number")
     return df
 
 

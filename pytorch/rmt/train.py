@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
 import sys
 import time
@@ -30,13 +31,14 @@ import torch
 
 from rmt import config
 from rmt.atomic import atomic_write
+from rmt.errors import FlagError, exits_on_error
 from rmt.lm import pretrained
 from rmt.lm import training as lm_training
 from rmt.lm.corpus import DATASETS
 from rmt.lm.training import LanguageModelling
 from rmt.model.ablation import ABLATIONS, MemoryAblation, task_suffix
 from rmt.model.transformer import MemTransformerLM, init_weights
-from rmt.results import GROUP_COLUMNS, append_result, groups_csv, read_results, result_row
+from rmt.results import GROUP_COLUMNS, append_result, check_target, groups_csv, read_results, result_row
 from rmt.tasks import babilong, classification, memorize
 from rmt.tasks import training as task_training
 from rmt.tasks.registry import TASK_NAMES
@@ -126,9 +128,24 @@ def build_model(args, family, runtime) -> MemTransformerLM:
             raise SystemExit(f"error: {e}")
         family.check_model(model, args.eval_checkpoint)
         return model
-    model = MemTransformerLM.from_config(family.model_config())
+    cfg = family.model_config()
+    check_fits(cfg, args, runtime)
+    model = MemTransformerLM.from_config(cfg)
     init_weights(model, args.init, args.init_std, args.init_range, args.proj_init_std)
     return model.to(runtime.device)
+
+
+def check_fits(cfg, args, runtime) -> None:
+    """Refuse sizes that cannot fit this machine before allocating them (an allocator's own
+    failure comes late, as a traceback, or never, as swapping)."""
+    rows = math.ceil(args.batch_size / runtime.world / args.batch_chunk)
+    need, what = cfg.least_bytes(rows, training=not args.eval_only)
+    free = runtime.available_bytes()
+    if free is not None and need > free:
+        raise FlagError(f"the model does not fit in memory: it needs at least {need / 2**30:,.1f} GiB for its "
+                        f"{what}, more than the {free / 2**30:,.1f} GiB available on {runtime.describe()}: lower "
+                        "--d_model, --d_inner, --n_layer, --num_mem_tokens, --tgt_len or --batch_size (or raise "
+                        "--batch_chunk)")
 
 
 def init_weights_from(model, path: str, device) -> None:
@@ -156,6 +173,7 @@ def write_results(args, family, test, model, runtime, run_dir, trainer: Trainer,
         log(f"accuracy by {test.groups[0]['group_name']} appended to {groups_csv(csv)}")
 
 
+@exits_on_error
 def main(argv=None) -> int:
     args, parser = parse_args(argv)
     runtime = Runtime(args.device, args.amp, args.cuda)
@@ -170,11 +188,21 @@ def main(argv=None) -> int:
         family = build_family(args, runtime)
     except ValueError as e:
         parser.error(str(e))
-    family.load_data(print if runtime.is_main else lambda note: None)  # bad data fails before a run dir exists
+    # Everything that can be refused is, before a run directory exists: the results file, the
+    # data, the model (its configuration, a checkpoint to evaluate or start from).
+    if runtime.is_main and not args.no_results:
+        try:
+            check_target(args.results_csv or family.results_csv)
+        except ValueError as e:
+            parser.error(str(e))
+    family.load_data(print if runtime.is_main else lambda note: None)
+    model = build_model_or_exit(args, parser, family, runtime)
+    if args.init_checkpoint:
+        init_weights_from(model, args.init_checkpoint, runtime.device)
     run_dir = prepare_run_dir(args, family.run_prefix) if runtime.is_main else None
     logger = RunLogger(run_dir, runtime.is_main, total=args.max_step)
     try:
-        run(args, parser, family, runtime, run_dir, logger)
+        run(args, family, runtime, run_dir, logger, model)
     finally:  # an error too: the run directory is free for a restart by this process
         logger.close()
         runtime.close()
@@ -183,11 +211,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def run(args, parser, family, runtime, run_dir, logger) -> None:
-    """Build, resume, train, test and record one run."""
-    model = build_model_or_exit(args, parser, family, runtime)
+def run(args, family, runtime, run_dir, logger, model) -> None:
+    """Resume, train, test and record one run of `model` (built, and started from
+    --init_checkpoint's weights when given)."""
     if args.init_checkpoint:
-        init_weights_from(model, args.init_checkpoint, runtime.device)
         logger.log(f"weights from {args.init_checkpoint}")
     if getattr(args, "fsdp", False) and runtime.world > 1:  # a flag of the families over a Hugging Face
         try:                                                  # backbone; one process evaluates unsharded

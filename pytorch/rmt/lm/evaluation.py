@@ -16,6 +16,7 @@ import pathlib
 import torch
 
 from rmt import REPO_ROOT
+from rmt.errors import DataError
 from rmt.lm.corpus import Corpus, get_lm_corpus
 from rmt.lm.prepare import read_meta
 from rmt.model.recurrence import MemoryState
@@ -38,7 +39,7 @@ def load_corpus(data_dir, dataset: str) -> Corpus:
     try:
         return get_lm_corpus(data_dir, dataset)
     except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}")
+        raise DataError(f"{e}")
 
 
 def corpus_name(data_dir, dataset: str) -> str:
@@ -48,7 +49,7 @@ def corpus_name(data_dir, dataset: str) -> str:
     rows must never be matched to the paper's enwik8 rows, so they carry their own name."""
     meta = read_meta(data_dir)
     if meta.get("dataset") and meta["dataset"] != dataset:
-        raise SystemExit(f"error: {data_dir} is a {meta.get('level')}-level corpus; train or evaluate it with "
+        raise DataError(f"{data_dir} is a {meta.get('level')}-level corpus; train or evaluate it with "
                          f"--dataset {meta['dataset']}, not {dataset}")
     return str(meta.get("name") or dataset)
 

@@ -44,6 +44,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 from rmt.atomic import atomic_write
+from rmt.errors import exits_on_error
 
 DEFAULT_SPLIT_SIZE = 5_000_000
 CHUNK = 1 << 20  # join this many units at a time to keep memory flat on 100 MB inputs
@@ -274,6 +275,7 @@ def read_meta(data_dir: str | os.PathLike) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rmt.lm.prepare", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="source", required=True)

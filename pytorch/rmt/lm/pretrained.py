@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from rmt import REPO_ROOT
 from rmt.config import BOOL, FULL_BPTT
+from rmt.errors import DataError
 from rmt.results import TestResult
 from rmt.tasks.training import BatchSampler, SampledFamily, backward_in_chunks
 from rmt.training.backbones import load_backbone, load_tokenizer, load_weights, refuse_txl_flags
@@ -140,15 +141,15 @@ class PretrainedLM(SampledFamily):
             try:
                 text = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as e:
-                raise SystemExit(f"error: cannot read {path} ({type(e).__name__}); the corpus needs train.txt, "
+                raise DataError(f"cannot read {path} ({type(e).__name__}); the corpus needs train.txt, "
                                  "valid.txt and test.txt (bash getdata.sh wt2, or your own text)") from None
             ids = torch.tensor(self.tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
             self.splits[split] = windows(ids, length)
             if not len(self.splits[split]):
-                raise SystemExit(f"error: {path} holds {ids.numel()} tokens, fewer than one window of "
+                raise DataError(f"{path} holds {ids.numel()} tokens, fewer than one window of "
                                  f"{a.n_segments} x {a.tgt_len}")
         if len(self.splits["train"]) < a.batch_size:
-            raise SystemExit(f"error: the training text gives {len(self.splits['train'])} windows of {length} "
+            raise DataError(f"the training text gives {len(self.splits['train'])} windows of {length} "
                              f"tokens, fewer than --batch_size {a.batch_size}")
         self.sampler = BatchSampler(len(self.splits["train"]), a.batch_size, a.seed)
         counts = ", ".join(f"{s} {len(w):,}" for s, w in self.splits.items())

@@ -18,6 +18,7 @@ import torch
 
 from rmt import REPO_ROOT
 from rmt.config import FULL_BPTT, model_config
+from rmt.errors import DataError, FlagError
 from rmt.lm.evaluation import (
     adaptive_softmax,
     corpus_name,
@@ -128,9 +129,9 @@ class LanguageModelling:
             for split in ("valid", "test"):  # too small for the evaluation batch: fail now, not after training
                 self.corpus.get_iterator(split, args.eval_batch_size, args.eval_tgt_len, args.ext_len)
         except ValueError as e:
-            raise SystemExit(f"error: {e}")
+            raise DataError(f"{e}")
         if args.varlen and not hasattr(train_it, "get_varlen_iter"):
-            raise SystemExit(f"error: --varlen needs an ordered corpus, not {args.dataset}")
+            raise FlagError(f"--varlen needs an ordered corpus, not {args.dataset}")
         self.stream = TrainStream(train_it, args.varlen, args.seed)
         self.carried = StreamState(args.mem_backprop_depth)
         per_rank = args.batch_size // runtime.world
@@ -181,7 +182,7 @@ class LanguageModelling:
                 m = evaluate_split(model, self.corpus, split, args.eval_batch_size, args.eval_tgt_len, args.ext_len,
                                    limit, self.runtime, shard)
         except ValueError as e:  # e.g. an lm1b split with no full batch
-            raise SystemExit(f"error: {e}")
+            raise DataError(f"{e}")
         return {k: v for k, v in m.items() if k not in ("tokens", "segments", "by_position")}
 
     def after_validation(self, metrics: dict, step: int) -> str:

@@ -55,11 +55,17 @@ class MemoryAblation:
         return self._derangements[n]
 
     def ablate(self, state: MemoryState | None) -> MemoryState | None:
-        if state is None or state.mem is None:  # the first segment reads the initial memory anyway
+        """The state with what the next segment reads as memory (MemoryState.READ) replaced; the
+        rest (the XL cache) as it is."""
+        read = [getattr(state, name) for name in MemoryState.READ] if state is not None else []
+        if all(v is None for v in read):  # the first segment reads the initial memory anyway
             return state
         if self.how == "reset":
-            return MemoryState(None, state.xl)
-        return MemoryState(state.mem[self.derangement(state.mem.size(0)).to(state.mem.device)], state.xl)
+            return state._replace(**dict.fromkeys(MemoryState.READ))
+        rows = next(v for v in read if v is not None)
+        rows = rows[0] if isinstance(rows, tuple) else rows
+        perm = self.derangement(rows.size(0)).to(rows.device)
+        return state.map(lambda t: t[perm], fields=MemoryState.READ)
 
     def encode(self, x: torch.Tensor, state: MemoryState | None = None, **kwargs):
         return self.model.encode(x, self.ablate(state), **kwargs)

@@ -112,7 +112,7 @@ class _Attention(nn.Module):
                  impl: str = "eager"):
         super().__init__()
         self.n_head, self.d_head = n_head, d_head
-        self.impl = impl  # eager, fused or flex (config.ATTN_IMPLS)
+        self.impl = impl  # eager, fused or flex (rmt.model.config.ATTN_IMPLS)
         self.o_net = nn.Linear(n_head * d_head, d_model, bias=False)
         self.layer_norm = nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)

@@ -27,24 +27,53 @@ from torch.utils.checkpoint import checkpoint
 
 
 class MemoryState(NamedTuple):
+    """Everything carried from one segment to the next. Each field is None, a tensor (B, ...) or
+    a tuple of them; the methods below go over every field, so a new kind of memory is a new
+    field here (and, if a memory ablation should replace it, a name in READ)."""
+
     mem: torch.Tensor | None = None  # (B, M, C)
     xl: tuple[torch.Tensor, ...] | None = None  # n_layer + 1 of (B, L, C)
 
+    READ = ("mem",)  # what the next segment reads as memory (an ablation replaces it); xl is a cache
+
+    def map(self, fn, fields: tuple[str, ...] | None = None) -> "MemoryState":
+        """fn applied to every tensor of `fields` (default: all); None stays None."""
+        def apply(name, value):
+            if value is None or (fields is not None and name not in fields):
+                return value
+            return tuple(fn(t) for t in value) if isinstance(value, tuple) else fn(value)
+        return MemoryState(*(apply(name, value) for name, value in zip(self._fields, self)))
+
     def detach(self) -> "MemoryState":
-        mem = None if self.mem is None else self.mem.detach()
-        xl = None if self.xl is None else tuple(t.detach() for t in self.xl)
-        return MemoryState(mem, xl)
+        return self.map(torch.Tensor.detach)
 
     def to(self, *args, **kwargs) -> "MemoryState":
-        mem = None if self.mem is None else self.mem.to(*args, **kwargs)
-        xl = None if self.xl is None else tuple(t.to(*args, **kwargs) for t in self.xl)
-        return MemoryState(mem, xl)
+        return self.map(lambda t: t.to(*args, **kwargs))
 
     def select(self, index: torch.Tensor | slice) -> "MemoryState":
         """Keep the batch rows `index` (e.g. one DDP shard or a subset of samples)."""
-        mem = None if self.mem is None else self.mem[index]
-        xl = None if self.xl is None else tuple(t[index] for t in self.xl)
-        return MemoryState(mem, xl)
+        return self.map(lambda t: t[index])
+
+    @staticmethod
+    def cat(states: "Sequence[MemoryState]") -> "MemoryState":
+        """Join row chunks of a batch back into one state (the inverse of select)."""
+        if len(states) == 1:
+            return states[0]
+        def join(values):
+            if values[0] is None:
+                return None
+            if isinstance(values[0], tuple):
+                return tuple(torch.cat(parts) for parts in zip(*values))
+            return torch.cat(values)
+        return MemoryState(*(join([s[i] for s in states]) for i in range(len(MemoryState._fields))))
+
+    def to_dict(self) -> dict:
+        """Plain tensors and lists by field name (a checkpoint loads it with weights_only)."""
+        return {name: list(v) if isinstance(v, tuple) else v for name, v in zip(self._fields, self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MemoryState":
+        return cls(**{name: tuple(v) if isinstance(v, list) else v for name, v in d.items()})
 
 
 class Segment(NamedTuple):
@@ -208,16 +237,6 @@ def classify(model, tokens: torch.Tensor, segment_len: int, state: MemoryState |
 
 # ---- streams: the state of B corpus rows, carried from one optimiser step to the next -----------
 
-def cat_states(states: list[MemoryState]) -> MemoryState:
-    """Join the row chunks of a batch back into one state (inverse of MemoryState.select)."""
-    if len(states) == 1:
-        return states[0]
-    first = states[0]
-    mem = None if first.mem is None else torch.cat([s.mem for s in states])
-    xl = None if first.xl is None else tuple(torch.cat(parts) for parts in zip(*(s.xl for s in states)))
-    return MemoryState(mem, xl)
-
-
 def row_slices(n_rows: int, n_chunks: int) -> list[slice]:
     """`n_chunks` contiguous row ranges of sizes as torch.chunk gives them."""
     sizes = [len(c) for c in torch.arange(n_rows).chunk(n_chunks)]
@@ -242,15 +261,14 @@ class StreamState:
     def state_dict(self, gather=lambda t: t) -> dict:
         """Plain tensors (loadable with weights_only); `gather` joins the rows of all ranks."""
         def pack(s: MemoryState) -> dict:
-            return {"mem": None if s.mem is None else gather(s.mem),
-                    "xl": None if s.xl is None else [gather(t) for t in s.xl]}
+            return s.map(gather).to_dict()
         return {"state": pack(self.state),
                 "history": [{"x": gather(h.x), "y": gather(h.y), "state": pack(h.state)} for h in self.history]}
 
     def load_state_dict(self, d: dict, rows: slice = slice(None), device="cpu") -> None:
         """Restore this process's `rows` of a (gathered) state_dict onto `device`."""
         def unpack(p: dict) -> MemoryState:
-            return MemoryState(p["mem"], None if p["xl"] is None else tuple(p["xl"])).to(device).select(rows)
+            return MemoryState.from_dict(p).to(device).select(rows)
         self.state = unpack(d["state"])
         self.history = deque((Segment(h["x"][rows].to(device), h["y"][rows].to(device), unpack(h["state"]))
                               for h in d["history"]), maxlen=self.depth)
@@ -283,5 +301,5 @@ def stream_step(model, stream: StreamState, x: torch.Tensor, y: torch.Tensor, n_
         new_states.append(state.detach())
     if stream.depth:
         stream.history.append(Segment(x, y, state_in))
-    stream.state = cat_states(new_states)
+    stream.state = MemoryState.cat(new_states)
     return mean_nll

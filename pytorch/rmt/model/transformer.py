@@ -15,7 +15,7 @@ import functools
 import torch
 from torch import nn
 
-from rmt.config import ModelConfig
+from rmt.model.config import ModelConfig
 from rmt.model import generation
 from rmt.model.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
 from rmt.model.layers import (

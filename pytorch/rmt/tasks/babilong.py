@@ -41,6 +41,7 @@ import torch
 
 from rmt import REPO_ROOT
 from rmt.config import BOOL, FULL_BPTT
+from rmt.errors import DataError, FlagError
 from rmt.results import TestResult
 from rmt.tasks.babi import PLACES, STORY_LENGTH, TASKS, every_sentence, make_story
 from rmt.tasks.training import BatchSampler, SampledFamily, add_sample_args, backward_in_chunks, check_sample_args
@@ -195,16 +196,16 @@ class BabiLong(SampledFamily):
             try:
                 sentences = haystack_sentences(path.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError) as e:
-                raise SystemExit(f"error: cannot read the haystack text {path} ({type(e).__name__}); --haystack needs "
+                raise DataError(f"cannot read the haystack text {path} ({type(e).__name__}); --haystack needs "
                                  "train.txt, valid.txt and test.txt (bash getdata.sh wt2, or your own text)") from None
             if not sentences:
-                raise SystemExit(f"error: {path} holds no sentence for the haystack")
+                raise DataError(f"{path} holds no sentence for the haystack")
             ids = self.tokenizer([" " + s for s in sentences], add_special_tokens=False).input_ids
             self.haystacks[split] = Haystack([np.array(s, dtype=np.int64) for s in ids if s])
         self.sampler = BatchSampler(a.n_train, a.batch_size, a.seed)
         longest = self.longest_story()
         if self.length and self.length < longest:  # refused before a run directory exists
-            raise SystemExit(f"error: samples of {self.length} tokens cannot hold every {a.task} story (up to "
+            raise FlagError(f"samples of {self.length} tokens cannot hold every {a.task} story (up to "
                              f"{longest} tokens with the question and answer): give a longer --sample_length or "
                              "more segments")
         log(f"{NAME}: {a.task} stories in the text of {a.haystack} (train/valid/test.txt), samples of "
@@ -296,7 +297,7 @@ class BabiLong(SampledFamily):
             prompt = self.tokenizer(text, add_special_tokens=False).input_ids
         limit = getattr(backbone.config, "max_position_embeddings", None)
         if limit and len(prompt) + self.args.answer_tokens > limit:
-            raise SystemExit(f"error: --zero_shot: a prompt of {len(prompt):,} tokens does not fit the context of "
+            raise FlagError(f"--zero_shot: a prompt of {len(prompt):,} tokens does not fit the context of "
                              f"{limit:,} positions of --backbone {self.args.backbone}; give a shorter --sample_length")
         x = torch.tensor([prompt], device=ids.device)
         new = backbone.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=self.args.answer_tokens,

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from rmt import REPO_ROOT
 from rmt.config import BOOL, FULL_BPTT, model_config
+from rmt.errors import CheckpointError
 from rmt.model.recurrence import classify
 from rmt.results import TestResult
 from rmt.tasks.training import BatchSampler, SampledFamily, add_sample_args, backward_in_chunks, check_sample_args
@@ -111,7 +112,7 @@ class FactRecall(SampledFamily):
     def check_model(self, model, checkpoint) -> None:
         cfg = model.config
         if cfg.n_classes != self.args.n_values or cfg.n_token != self.vocab_size:
-            raise SystemExit(f"error: {checkpoint} has {cfg.n_classes} classes over {cfg.n_token} tokens; {self.name} "
+            raise CheckpointError(f"{checkpoint} has {cfg.n_classes} classes over {cfg.n_token} tokens; {self.name} "
                              f"needs {self.args.n_values} over {self.vocab_size}: pass the flags it was trained with")
 
     def facts(self) -> dict:

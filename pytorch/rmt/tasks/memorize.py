@@ -26,6 +26,7 @@ import torch
 
 from rmt import REPO_ROOT
 from rmt.config import BOOL, FULL_BPTT
+from rmt.errors import DataError
 from rmt.tasks.classification import FactRecall
 from rmt.tasks.training import BatchSampler, add_sample_args, check_sample_args
 from rmt.training.backbones import load_backbone, load_tokenizer, load_weights, refuse_txl_flags
@@ -97,11 +98,11 @@ class Memorize(FactRecall):
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            raise SystemExit(f"error: cannot read the distractor text {path} ({type(e).__name__}); "
+            raise DataError(f"cannot read the distractor text {path} ({type(e).__name__}); "
                              "get it with `bash getdata.sh wt2` or pass --distractor_dir") from None
         ids = np.array(tokenizer(text, add_special_tokens=False).input_ids, dtype=np.int64)
         if len(ids) < 10 * self.args.n_segments * self.args.tgt_len:
-            raise SystemExit(f"error: {path} holds {len(ids)} tokens, too few for distractors of "
+            raise DataError(f"{path} holds {len(ids)} tokens, too few for distractors of "
                              f"{self.args.n_segments} x {self.args.tgt_len}")
         return ids
 

@@ -18,6 +18,7 @@ import torch
 from rmt.atomic import atomic_write
 from rmt.tasks.generators import DEFAULT_SIZES, make_splits, stack_src_tgt
 from rmt.tasks.registry import TASK_NAMES, TaskSpec
+from rmt.training.runtime import available_memory
 
 SPLITS = ("train", "val", "test")
 
@@ -74,10 +75,30 @@ def save_dataset(data_dir: str | os.PathLike, task: str, splits: dict[str, tuple
     return written
 
 
+def split_bytes(spec: TaskSpec, sizes: dict[str, int]) -> int:
+    """The bytes the inputs and targets of `sizes` samples of `spec` occupy (a lower bound on what
+    generating them needs)."""
+    X, y = spec.generator(np.random.default_rng(0), 0, **spec.default_kwargs)
+    return sum(sizes.values()) * (X.shape[1] * X.itemsize + y.shape[1] * y.itemsize)
+
+
 def write_dataset(spec: TaskSpec, data_dir: str | os.PathLike, seed: int = 0,
                   sizes: dict[str, int] | None = None, task_name: str | None = None) -> list[Path]:
-    """Generate de-duplicated disjoint splits of `spec` from `seed` and save them under `data_dir`."""
+    """Generate de-duplicated disjoint splits of `spec` from `seed` and save them under `data_dir`
+    (a ValueError, before any generation, when data_dir cannot be a directory we write into)."""
+    try:
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, a read-only place
+        raise ValueError(f"cannot write the task data into {data_dir} ({e.strerror or type(e).__name__}): give "
+                         "a directory that can be created and written (--data / --out)") from None
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write the task data into {data_dir}: the directory is not writable (--data / --out)")
     sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
+    need, free = split_bytes(spec, sizes), available_memory()
+    if free is not None and need > free:  # numpy would fail mid-generation, or the machine swap
+        raise ValueError(f"{sum(sizes.values()):,} samples of {spec.name} take at least {need / 2**30:,.1f} GiB, more "
+                         f"than the {free / 2**30:,.1f} GiB available: ask for fewer (--train/--val/--test, "
+                         "--n_train/--n_val/--n_test) or shorter samples")
     splits = make_splits(spec.generator, np.random.default_rng(seed), sizes, **spec.default_kwargs)
     name = task_name or spec.name
     return save_dataset(data_dir, name, splits, dataset_meta(spec, seed, sizes, name))
@@ -123,3 +144,5 @@ def load_meta(data_dir: str | os.PathLike, task: str) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: corrupt JSON ({e}); {_how_to_make(data_dir, task)}") from None
+    except OSError as e:  # unreadable (permissions, a directory of that name)
+        raise ValueError(f"{path}: cannot read it ({e.strerror or type(e).__name__})") from None

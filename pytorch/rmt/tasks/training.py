@@ -20,6 +20,7 @@ import torch
 
 from rmt import REPO_ROOT
 from rmt.config import FULL_BPTT, model_config
+from rmt.errors import CheckpointError, DataError
 from rmt.results import TestResult
 from rmt.tasks.generators import SampleSpaceTooSmall
 from rmt.tasks.registry import task_spec
@@ -228,7 +229,7 @@ class AlgorithmicTask:
         self.args, self.runtime = args, runtime
         self.spec, self.name, self.data_dir = resolve_task(args)  # ValueError on a bad task option
         spec = self.spec
-        self.answer_size = args.answer_size or spec.answer_size
+        self.answer_size = spec.answer_size if args.answer_size is None else args.answer_size
         if not 0 < self.answer_size <= spec.sample_len:
             raise ValueError(f"--answer_size must be in 1..{spec.sample_len} for {self.name}, got {self.answer_size}")
         kind = "rmt" if args.num_mem_tokens else "txl" if args.mem_len else "base"
@@ -247,26 +248,34 @@ class AlgorithmicTask:
         sizes = dict(train=args.n_train, val=args.n_val, test=args.n_test)
         try:
             load_meta(self.data_dir, self.name)
-        except FileNotFoundError:
+        except ValueError as e:  # a corrupt meta.json
+            raise DataError(str(e)) from None
+        except (FileNotFoundError, NotADirectoryError):
             if runtime.is_main:
                 log(f"generating {self.name} into {self.data_dir} (seed {args.data_seed}, sizes {sizes})")
                 try:
                     write_dataset(self.spec, self.data_dir, args.data_seed, sizes, self.name)
                 except SampleSpaceTooSmall as e:
-                    raise SystemExit(f"error: {e}; ask for fewer with --n_train/--n_val/--n_test")
+                    raise DataError(f"{e}; ask for fewer with --n_train/--n_val/--n_test")
                 except ValueError as e:  # e.g. a sqeq part longer than its slot
-                    raise SystemExit(f"error: {e}")
+                    raise DataError(f"{e}")
         runtime.barrier()
         try:
             self.train, self.valid, self.test_split = (load_split(self.data_dir, self.name, s, self.spec.stacked)
                                                        for s in ("train", "val", "test"))
         except (FileNotFoundError, ValueError) as e:
-            raise SystemExit(f"error: {e}")
-        for split, (src, _) in zip(("train", "val", "test"), (self.train, self.valid, self.test_split)):
+            raise DataError(f"{e}")
+        for split, (src, tgt) in zip(("train", "val", "test"), (self.train, self.valid, self.test_split)):
             if src.size(1) != self.spec.sample_len:  # another task's arrays, or other task flags
-                raise SystemExit(f"error: the {split} samples in {self.data_dir} are {src.size(1)} tokens long; "
+                raise DataError(f"the {split} samples in {self.data_dir} are {src.size(1)} tokens long; "
                                  f"{self.name} needs {self.spec.sample_len}: regenerate them (delete the directory) "
                                  "or pass the task flags they were made with")
+            for name, arr in (("inputs", src), ("targets", tgt)):
+                low, high = int(arr.min()), int(arr.max())
+                if low < 0 or high >= self.spec.vocab_size:  # would index past the embedding or the softmax
+                    raise DataError(f"the {split} {name} in {self.data_dir} hold token ids {low}..{high}, outside "
+                                    f"{self.name}'s vocabulary 0..{self.spec.vocab_size - 1}: regenerate them "
+                                    "(delete the directory) or pass the task flags they were made with")
         self.sampler = BatchSampler(len(self.train[0]), args.batch_size, args.seed)
 
     def model_config(self):
@@ -275,7 +284,7 @@ class AlgorithmicTask:
     def check_model(self, model, checkpoint) -> None:
         """An evaluated checkpoint must have this task's vocabulary."""
         if model.config.n_token != self.spec.vocab_size:
-            raise SystemExit(f"error: {checkpoint} has vocabulary {model.config.n_token}, {self.name} needs "
+            raise CheckpointError(f"{checkpoint} has vocabulary {model.config.n_token}, {self.name} needs "
                              f"{self.spec.vocab_size}; pass the task flags the model was trained with")
 
     def facts(self) -> dict:

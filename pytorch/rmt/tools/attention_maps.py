@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 
+from rmt.errors import exits_on_error
 from rmt.lm.evaluation import corpus_name, default_data_dir, load_corpus  # noqa: E402
 from rmt.model.recurrence import MemoryState  # noqa: E402
 from rmt.tasks.registry import TASK_NAMES  # noqa: E402
@@ -114,6 +115,7 @@ def lm_segments(args, train_args: dict, tgt_len: int):
         corpus_name(data, dataset)
 
 
+@exits_on_error
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

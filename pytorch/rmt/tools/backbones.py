@@ -31,6 +31,7 @@ import time
 import zipfile
 
 from rmt.atomic import _alive
+from rmt.errors import exits_on_error
 from rmt.training.backbones import KNOWN, MANIFEST, MODELS_DIR, KnownBackbone, known
 
 
@@ -163,6 +164,7 @@ def get(name: str, models_dir: pathlib.Path = MODELS_DIR, dtype: str = "float32"
     return out
 
 
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m rmt.tools.backbones", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)

@@ -41,6 +41,7 @@ import torch
 
 from rmt import REPO_ROOT
 from rmt.atomic import atomic_write
+from rmt.errors import exits_on_error
 from rmt.results import run_metadata
 from rmt.tools.measure import CONFIGS, matmul_gflops, parse_variant, train_flops_per_token
 
@@ -205,6 +206,7 @@ def shown(row: dict) -> str:
     return json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k in keys})
 
 
+@exits_on_error
 def main(argv=None) -> int:
     p = build_parser()
     args = p.parse_args(argv)

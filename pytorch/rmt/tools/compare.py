@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from rmt import REPO_ROOT
+from rmt.errors import exits_on_error
 from rmt.results import read_results
 from rmt.tools.lm_corpora import other_corpus_groups, other_corpus_rows, render_other_corpora
 from rmt.tasks.babilong import length_label
@@ -57,7 +58,15 @@ def load_paper(paper_dir: str | pathlib.Path) -> pd.DataFrame:
         path = pathlib.Path(paper_dir) / f"{name}.csv"
         if not path.exists():
             continue
-        d = pd.read_csv(path)
+        try:
+            d = pd.read_csv(path)
+        except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            raise ValueError(f"{path}: not a readable paper table ({type(e).__name__}: {str(e).splitlines()[0]})") \
+                from None
+        need = {"dataset" if name == "lm" else "mem_size", "model_kind", "metric", "value"}
+        if need - set(d.columns):
+            raise ValueError(f"{path}: a paper table needs the columns {', '.join(sorted(need))}; missing "
+                             f"{', '.join(sorted(need - set(d.columns)))}; a paper table is comma-separated")
         d.insert(0, "table", name)
         if name == "lm":
             d = d.rename(columns={"dataset": "task"})
@@ -315,6 +324,7 @@ def _shown(path: str | pathlib.Path) -> str:
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: print the Markdown comparison, optionally write it and the plots."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -335,7 +345,14 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as e:
             print(f"error: {readme}: {e}", file=sys.stderr)
             return 1
-    paper = load_paper(args.paper)
+    try:
+        paper = load_paper(args.paper)
+        if not args.no_plots:  # where the plots go, before any work
+            pathlib.Path(args.plots).mkdir(parents=True, exist_ok=True)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}" if isinstance(e, ValueError) else f"error: --plots {args.plots}: {e.strerror}",
+              file=sys.stderr)
+        return 1
     if paper.empty:
         print(f"no paper tables found in {args.paper}", file=sys.stderr)
         return 1

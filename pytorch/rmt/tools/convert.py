@@ -16,7 +16,8 @@ import json
 import re
 import sys
 
-from rmt.config import ModelConfig
+from rmt.errors import exits_on_error
+from rmt.model.config import ModelConfig
 from rmt.model.layers import PositionalEmbedding
 from rmt.training.checkpoint import CheckpointError, first_line, load_file, save_atomic
 
@@ -113,6 +114,7 @@ def _cmd_to_original(args) -> None:
     print(f"wrote {args.dst}")
 
 
+@exits_on_error
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rmt.tools.convert", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)

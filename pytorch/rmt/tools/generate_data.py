@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rmt.errors import exits_on_error
 from rmt.tasks.registry import TASK_NAMES, TASKS, task_spec
 from rmt.tasks.storage import write_dataset
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

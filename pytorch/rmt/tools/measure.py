@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from rmt.config import ATTN_IMPLS
+from rmt.model.config import ATTN_IMPLS
 from rmt.training.runtime import compile_model
 
 # Shapes of the paper's models. Memory size = the cache for txl, memory tokens for rmt.

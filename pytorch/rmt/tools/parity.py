@@ -15,7 +15,8 @@ import sys
 
 import torch
 
-from rmt.config import ATTN_IMPLS
+from rmt.errors import exits_on_error
+from rmt.model.config import ATTN_IMPLS
 from rmt.model.recurrence import MemoryState
 from rmt.tools.convert import load_original_model
 from rmt.training.checkpoint import CheckpointError, first_line, load_file
@@ -44,6 +45,7 @@ def check_golden(golden: dict, attn_impl: str = "eager") -> list[dict[str, float
     return errors
 
 
+@exits_on_error
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rmt.tools.parity", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", metavar="FILE")

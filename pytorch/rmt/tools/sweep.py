@@ -40,6 +40,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import pathlib
 import shlex
 import subprocess
@@ -51,7 +52,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from rmt import REPO_ROOT
-from rmt.results import read_results
+from rmt.errors import exits_on_error
+from rmt.results import check_target, read_results
 
 DEFAULT_CSV = "experiments/results/synthetic.csv"
 MEMORY_FLAG = {"baseline": None, "txl": "--mem_len", "rmt": "--num_mem_tokens", "rmt+txl": "--num_mem_tokens"}
@@ -61,6 +63,7 @@ ENTRY_KEYS = {"tgt_len", "eval_tgt_len", "memory", "curriculum", "kinds", "flags
 # Set by the sweep for every run; a grid's fixed flags may not set them too.
 RESERVED = {"--tgt_len", "--eval_tgt_len", "--curriculum", "--mem_len", "--num_mem_tokens", "--seed",
             "--run_name", "--results_csv", "--no_results", "--eval_only"}
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 METRICS = ("acc_tf", "acc_greedy", "exact_match")  # shown for every finished run, then metric_name if other
 
 
@@ -97,10 +100,12 @@ def _names(keys) -> str:
     return ", ".join(k if k.isprintable() else repr(k) for k in keys)
 
 
-def _int_list(value, where: str, allow_empty: bool = False) -> list[int]:
+def _int_list(value, where: str, allow_empty: bool = False, minimum: int = 1) -> list[int]:
+    """A list of integers >= minimum (lengths, memory sizes, depths: 1; seeds: 0)."""
     if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value) \
-            or (not value and not allow_empty):
-        raise GridError(f"{where} must be a {'' if allow_empty else 'non-empty '}list of integers, got {value!r}")
+            or (not value and not allow_empty) or any(v < minimum for v in value):
+        raise GridError(f"{where} must be a {'' if allow_empty else 'non-empty '}list of integers >= {minimum}, "
+                        f"got {value!r}")
     return value
 
 
@@ -131,6 +136,8 @@ def expand(grid: dict, default_name: str = "grid", results_csv: str | os.PathLik
         if key in grid and not (isinstance(grid[key], str) and grid[key].strip() and grid[key].isprintable()):
             raise GridError(f"{key} must be a non-empty string, got {grid[key]!r}")
     name = str(grid.get("name") or default_name)
+    if not PLAIN_NAME.match(name):  # it goes into every run's directory name
+        raise GridError(f"name must be letters, digits, '.', '_' or '-' (it names run directories), got {name!r}")
     script = pathlib.Path(grid["script"])
     script = script if script.is_absolute() else REPO_ROOT / script
     if not script.is_file():
@@ -142,7 +149,7 @@ def expand(grid: dict, default_name: str = "grid", results_csv: str | os.PathLik
     fixed = _flags(grid.get("flags", []), "flags")
     kinds = _kinds(grid["kinds"], "kinds")
     memory = _int_list(grid["memory"], "memory") if "memory" in grid else None
-    seeds = _int_list(grid["seeds"], "seeds")
+    seeds = _int_list(grid["seeds"], "seeds", minimum=0)
     if not isinstance(grid["tgt_len"], list) or not grid["tgt_len"]:
         raise GridError(f"tgt_len must be a non-empty list, got {grid['tgt_len']!r}")
 
@@ -171,8 +178,9 @@ class Entry(NamedTuple):
 
 def _entry(e, where: str, kinds: list[str], memory: list[int] | None, fixed: list[str]) -> Entry:
     e = {"tgt_len": e} if isinstance(e, int) and not isinstance(e, bool) else e
-    if not isinstance(e, dict) or not isinstance(e.get("tgt_len"), int):
-        raise GridError(f"{where} must be an integer or an object with an integer 'tgt_len', got {e!r}")
+    if not isinstance(e, dict) or not isinstance(e.get("tgt_len"), int) or e["tgt_len"] <= 0:
+        raise GridError(f"{where} must be a positive integer or an object with a positive integer 'tgt_len', "
+                        f"got {e!r}")
     if set(e) - ENTRY_KEYS:
         raise GridError(f"{where}: unknown keys {_names(sorted(set(e) - ENTRY_KEYS))}")
     e_kinds = _kinds(e["kinds"], f"{where}.kinds") if "kinds" in e else kinds
@@ -181,7 +189,7 @@ def _entry(e, where: str, kinds: list[str], memory: list[int] | None, fixed: lis
         raise GridError(f"{where}: kinds {e_kinds} need memory sizes (here or at the top level)")
     curriculum = _int_list(e.get("curriculum", []), f"{where}.curriculum", allow_empty=True)
     extra = _flags(e.get("flags", []), f"{where}.flags")
-    depths = _int_list(e["depth"], f"{where}.depth") if "depth" in e else None
+    depths = _int_list(e["depth"], f"{where}.depth", minimum=-1) if "depth" in e else None  # -1 full, 0 none
     if depths is not None and "--mem_backprop_depth" in [*fixed, *extra]:
         raise GridError(f"{where} has a depth axis and also sets --mem_backprop_depth in flags")
     cache = e.get("cache")
@@ -214,8 +222,10 @@ def load_grid(path: str | os.PathLike, results_csv: str | os.PathLike | None = N
     path = pathlib.Path(path)
     try:
         grid = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise GridError(f"cannot read grid {path}: {e}") from None
+    except RecursionError:
+        raise GridError(f"cannot read grid {path}: it nests too deeply to be a grid") from None
     if not isinstance(grid, dict):
         raise GridError(f"{path}: a grid is a JSON object")
     return expand(grid, path.stem, results_csv)
@@ -294,6 +304,7 @@ def run_sweep(sweep: Sweep, log_dir: pathlib.Path, out=print) -> list[str]:
     return failed
 
 
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rmt.tools.sweep", description=__doc__.split("\n\n")[0])
     ap.add_argument("grid", help="grid JSON file, from here or the repository root (experiments/grids/copy_cpu.json)")
@@ -315,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sweep = load_grid(grid, args.results and os.path.abspath(args.results))
     except GridError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:  # dry or not: a file every run would fail to append to is refused now
+        check_target(sweep.results_csv)
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if shard:

@@ -13,6 +13,7 @@ import pathlib
 from dataclasses import dataclass
 
 from rmt import REPO_ROOT
+from rmt.errors import CheckpointError, FlagError
 from rmt.training.checkpoint import first_line
 
 MODELS_DIR = REPO_ROOT / "data" / "models"
@@ -90,7 +91,7 @@ def _resolved(backbone: str) -> str:
     try:
         return resolve(backbone)
     except BackboneError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise FlagError(f"{e}") from None
 
 
 def load_tokenizer(backbone: str):
@@ -102,7 +103,7 @@ def load_tokenizer(backbone: str):
     try:
         return AutoTokenizer.from_pretrained(_resolved(backbone))
     except (OSError, ValueError) as e:
-        raise SystemExit(f"error: --backbone {backbone} has no loadable tokenizer ({type(e).__name__}); "
+        raise FlagError(f"--backbone {backbone} has no loadable tokenizer ({type(e).__name__}); "
                          "give a transformers model directory") from None
 
 
@@ -116,7 +117,7 @@ def load_backbone(auto_class: str, backbone: str, **kwargs):
     try:
         return getattr(transformers, auto_class).from_pretrained(_resolved(backbone), **kwargs)
     except (OSError, ValueError, RuntimeError) as e:
-        raise SystemExit(f"error: --backbone {backbone} is not a loadable model for {auto_class} "
+        raise FlagError(f"--backbone {backbone} is not a loadable model for {auto_class} "
                          f"({type(e).__name__})") from None
 
 
@@ -126,6 +127,6 @@ def load_weights(model, state: dict | None, backbone: str):
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
-            raise SystemExit(f"error: the checkpoint does not fit --backbone {backbone} with these flags "
+            raise CheckpointError(f"the checkpoint does not fit --backbone {backbone} with these flags "
                              f"({first_line(e)}); pass the flags it was trained with") from None
     return model

@@ -12,10 +12,7 @@ import pathlib
 import torch
 
 from rmt.atomic import atomic_write
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, truncated or not in the expected format."""
+from rmt.errors import CheckpointError  # noqa: F401 (raised here; importers take it from here too)
 
 
 def save_atomic(obj: dict, path: str | os.PathLike) -> None:
@@ -47,6 +44,12 @@ def load_file(path: str | os.PathLike, map_location="cpu") -> dict:
         ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict of state dicts")
+    weights = obj.get("model")
+    bad = next((k for k, t in weights.items() if torch.is_tensor(t) and t.is_floating_point()
+                and not torch.isfinite(t).all()), None) if isinstance(weights, dict) else None
+    if bad is not None:  # a diverged model would be evaluated (or trained on) as if it were one
+        raise CheckpointError(f"{path} holds non-finite weights (NaN or inf in {bad}): the run diverged before "
+                              "it was saved; use an earlier checkpoint")
     return obj
 
 

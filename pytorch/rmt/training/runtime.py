@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from rmt.errors import FlagError, RunError
+
 
 class Runtime:
     def __init__(self, device: str = "auto", amp: str = "none", cuda_flag: bool = False):
@@ -30,7 +32,7 @@ class Runtime:
             device = "cuda"
         if device.startswith("cuda"):
             if not torch.cuda.is_available():
-                raise SystemExit("error: --device cuda requested but no CUDA device is available; use --device cpu")
+                raise FlagError("--device cuda requested but no CUDA device is available; use --device cpu")
             if device == "cuda":
                 device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
@@ -38,7 +40,7 @@ class Runtime:
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if amp == "fp16" and self.device.type != "cuda":
-            raise SystemExit("error: --amp fp16 needs a CUDA device; use --amp bf16 or none on CPU")
+            raise FlagError("--amp fp16 needs a CUDA device; use --amp bf16 or none on CPU")
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
 
@@ -67,6 +69,13 @@ class Runtime:
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
         except ImportError:  # pragma: no cover
             return float("nan")
+
+    def available_bytes(self) -> int | None:
+        """Memory free for this process's tensors: the GPU's free memory, or the machine's available
+        memory (Linux); None when unknown."""
+        if self.device.type == "cuda":
+            return torch.cuda.mem_get_info(self.device)[0]
+        return available_memory()
 
     def all_reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
         if self.world > 1:
@@ -121,6 +130,15 @@ class Runtime:
             dist.destroy_process_group()
 
 
+def available_memory() -> int | None:
+    """The machine's available memory in bytes (Linux's MemAvailable), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
 def compile_model(model):
     """torch.compile with static shapes: one graph per segment shape, no recompiles while training."""
     return torch.compile(model, dynamic=False)
@@ -162,7 +180,7 @@ def prepare_run_dir(args, default_name: str) -> pathlib.Path:
     if args.restart:
         run_dir = pathlib.Path(args.restart_dir)
         if not (run_dir / "checkpoint_last.pt").is_file():
-            raise SystemExit(f"error: no checkpoint_last.pt in --restart_dir {run_dir!s}; nothing to resume")
+            raise RunError(f"no checkpoint_last.pt in --restart_dir {run_dir!s}; nothing to resume")
     else:
         run_dir = pathlib.Path(args.work_dir) / (args.run_name or f"{default_name}-{timestamp()}")
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -183,7 +201,7 @@ def lock_run_dir(run_dir: pathlib.Path) -> None:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         f.close()
-        raise SystemExit(f"error: another run is using {run_dir} right now; give this one another --run_name")
+        raise RunError(f"another run is using {run_dir} right now; give this one another --run_name")
     _RUN_LOCKS[key] = f
 
 

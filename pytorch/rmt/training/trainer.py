@@ -31,8 +31,9 @@ import time
 
 import torch
 
+from rmt.errors import CheckpointError, RunError
 from rmt.training import sharding
-from rmt.training.checkpoint import CheckpointError, first_line, load_file, save_atomic
+from rmt.training.checkpoint import first_line, load_file, save_atomic
 from rmt.training.optim import LRSchedule, build_optimizer
 from rmt.training.runtime import compile_model, rng_state, set_rng_state
 
@@ -91,13 +92,10 @@ class Trainer:
 
     def resume(self, path: pathlib.Path, family) -> None:
         """Load a training checkpoint into the model, the optimiser, the loop and the family."""
-        try:
-            ckpt = load_file(path, map_location=self.runtime.device)
-        except CheckpointError as e:
-            raise SystemExit(f"error: {e}")
+        ckpt = load_file(path, map_location=self.runtime.device)
         missing = {"model", "optimizer", "schedule", "rng", "step"} - set(ckpt)
         if missing:
-            raise SystemExit(f"error: {path} is not a training checkpoint (missing {sorted(missing)})")
+            raise CheckpointError(f"{path} is not a training checkpoint (missing {sorted(missing)})")
         try:
             saved = set(ckpt["optimizer"]["param_groups"][0])
             if saved != set(self.optimizer.param_groups[0]):  # another --optim: loading would not notice
@@ -113,7 +111,7 @@ class Trainer:
             self.step, self.best = int(ckpt["step"]), ckpt["best"]
             family.load_state_dict(ckpt["extra"])
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
-            raise SystemExit(f"error: {path} does not fit this run ({type(e).__name__}: {first_line(e)}); restart "
+            raise CheckpointError(f"{path} does not fit this run ({type(e).__name__}: {first_line(e)}); restart "
                              "with the flags it was trained with (model sizes, --optim, task)")
 
     def load_best(self) -> None:
@@ -159,11 +157,11 @@ class Trainer:
             if self.skipped == 1 or self.skipped % 100 == 0:
                 self.logger.log(f"step {self.step + 1}: {what}; step skipped (--skip_nonfinite; {self.skipped} so far)")
             return
-        message = (f"error: training diverged at step {self.step + 1} ({what}); the step was not applied. "
-                   f"{LAST} keeps the last validated state and no results row is written: lower --lr, "
-                   "lower --lr or --clip, raise --warmup_step, or pass --skip_nonfinite to skip such steps")
-        self.logger.log(message)
-        raise SystemExit(message)
+        message = (f"training diverged at step {self.step + 1} ({what}); the step was not applied. "
+                   f"{LAST} keeps the last validated state and no results row is written: lower --lr or "
+                   "--clip, raise --warmup_step, or pass --skip_nonfinite to skip such steps")
+        self.logger.log(f"error: {message}")
+        raise RunError(message)
 
     def fit(self, family) -> bool:
         """Train to --max_step (or --max_time). Returns False when stopped by a signal, True when
@@ -211,10 +209,10 @@ class Trainer:
     def validate(self, family) -> None:
         metrics = family.evaluate(self.raw_model, "valid")
         if not math.isfinite(metrics["loss"]):
-            message = (f"error: the validation loss at step {self.step} is {metrics['loss']}: the model diverged; "
+            message = (f"the validation loss at step {self.step} is {metrics['loss']}: the model diverged; "
                        f"{LAST} and {BEST} keep the last good validation, no results row is written (lower --lr)")
-            self.logger.log(message)
-            raise SystemExit(message)
+            self.logger.log(f"error: {message}")
+            raise RunError(message)
         self.schedule.observe(metrics["loss"])
         improved = self._is_better(metrics)
         if improved:
