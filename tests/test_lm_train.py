@@ -390,6 +390,15 @@ def test_mem_backprop_depth_all_is_refused_and_zero_detaches(wt_dir, tmp_path, c
     with pytest.raises(SystemExit) as e:
         lm_train.main(train_args(wt_dir, tmp_path, "a", "--num_mem_tokens", "2", "--mem_backprop_depth", "all"))
     assert e.value.code == 2 and "a language-model stream has no end" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # the original's re-run exists only with a depth to re-run
+        lm_train.main(train_args(wt_dir, tmp_path, "a", "--num_mem_tokens", "2", "--lm_replay", "original"))
+    assert e.value.code == 2 and "--lm_replay original changes only" in capsys.readouterr().err
+    for procedure in ("correct", "original"):  # the driver runs both; the run records which trained it
+        assert lm_train.main(train_args(wt_dir, tmp_path, procedure, "--num_mem_tokens", "2", "--mem_backprop_depth",
+                                        "1", "--max_step", "3", "--lm_replay", procedure)) == 0
+        assert json.loads((tmp_path / procedure / "config.json").read_text())["args"]["lm_replay"] == procedure
+    assert any(not torch.equal(a, b) for a, b in zip(params(tmp_path / "correct").values(),
+                                                     params(tmp_path / "original").values()))
     carry = StreamState(0)
     model = MemTransformerLM(n_token=20, n_layer=1, n_head=2, d_model=16, d_head=8, d_inner=32, tgt_len=4,
                              num_mem_tokens=2)

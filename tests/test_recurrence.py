@@ -193,3 +193,45 @@ def test_the_state_goes_over_all_its_fields_in_one_place():
     assert MemoryState().map(lambda t: t + 1) == MemoryState()  # empty fields stay None
     only_read = state.map(lambda t: t * 0, fields=MemoryState.READ)
     assert only_read.mem.abs().sum() == 0 and only_read.xl is xl
+
+
+@pytest.mark.parametrize("bptt_bp", [False, True])
+def test_the_original_lm_replay_equals_a_hand_written_loop_of_the_original_steps(bptt_bp):
+    """--lm_replay original, step by step against the original train.py's procedure written out:
+    keep the last D+1 (tokens, cache before, memory before); re-run the D previous segments from
+    the CURRENT memory with their stored caches; the current segment reads the re-run's memory
+    and the last re-run's cache; --bptt_bp adds the re-run losses. Losses, gradients and the
+    carried state equal at every step, and differ from the correct replay."""
+    from collections import deque
+
+    from rmt.model.recurrence import StreamState, stream_step
+
+    model, depth = make(num_mem_tokens=2, mem_len=4), 2
+    xs, ys = segments(6)
+    stream = StreamState(depth)
+    kept, mem, xl = deque(maxlen=depth + 1), None, None
+    correct = StreamState(depth)
+    for step, (x, y) in enumerate(zip(xs, ys)):
+        model.zero_grad()
+        loss = stream_step(model, stream, x, y, bptt_bp=bptt_bp, replay="original")
+        ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+        kept.append((x, y, xl, mem))  # the original's prev_data / prev_target / prev_mems / prev_mem_tokens
+        read, cache, extra = mem, xl, 0.0
+        for px, py, pxl, _ in list(kept)[:-1]:
+            nll, st = model(px, py, MemoryState(read, pxl))
+            read, cache = st.mem, st.xl
+            extra = extra + nll.float().mean()
+        nll, st = model(x, y, MemoryState(read, cache))
+        theirs = grads(model, nll.float().mean() + (extra if bptt_bp else 0.0))
+        mem, xl = st.mem.detach(), tuple(t.detach() for t in st.xl)
+
+        torch.testing.assert_close(loss, nll.detach().float().mean(), atol=1e-6, rtol=0)
+        assert ours.keys() == theirs.keys()
+        for n in ours:
+            torch.testing.assert_close(ours[n], theirs[n], atol=1e-6, rtol=1e-5, msg=n)
+        torch.testing.assert_close(stream.state.mem, mem, atol=1e-6, rtol=0)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(stream.state.xl, xl))
+        stream_step(model, correct, x, y, bptt_bp=bptt_bp)
+        if step >= 1:  # with a history the two procedures part
+            assert not torch.equal(correct.state.mem, stream.state.mem)

@@ -414,6 +414,28 @@ def test_other_corpus_lm_rows_are_shown_beside_the_paper_never_matched(tmp_path)
     assert "1.303 vs 1.228 (+0.0750)" in checks["RMT + Transformer-XL best"][3]
 
 
+def test_runs_of_the_original_replay_are_never_averaged_with_the_correct_one(tmp_path):
+    """--lm_replay original rows (config_json) form their own group, label and orderings."""
+    _lm_rows(tmp_path)
+    for seed, v in ((1, 2.03), (2, 2.04), (3, 2.05)):
+        append_result(tmp_path / "lm.csv", {
+            "run_id": f"orig-{seed}", "task": "books-char", "model_kind": "rmt", "seed": seed, "tgt_len": 128,
+            "eval_tgt_len": 128, "mem_len": 0, "num_mem_tokens": 10, "mem_backprop_depth": 2, "split": "test",
+            "metric_name": "bpc", "metric_value": v, "bpc": v, "scale": "cpu-preset", "device": "cpu",
+            "max_step": 2000, "config_json": {"lm_replay": "original"}})
+    paper = compare.load_paper(PAPER)
+    ours, _ = compare.load_ours(tmp_path)
+    groups = lm_corpora.other_corpus_groups(paper, lm_corpora.other_corpus_rows(paper, compare.match(paper, ours)[1]))
+    deep = groups[(groups["model_kind"] == "rmt") & (groups["mem_backprop_depth"] == 2)]
+    assert sorted(deep["procedure"]) == ["correct", "original"]
+    assert deep.set_index("procedure")["mean"].to_dict() == pytest.approx({"correct": 2.05, "original": 2.04})
+    assert "| 2 (original replay) |" in lm_corpora.render_other_corpora(groups)
+    claims = [(row[0], row[1]) for row in lm_corpora.lm_orderings(groups)]
+    assert ("RMT (its deepest BPTT) at or below Transformer-XL at memory 10",
+            "rmt M=10, bpd 2, original replay vs txl L=10") in claims
+    assert ("deeper BPTT better (M=10)", "rmt M=10, bpd 2, original replay vs rmt M=10, bpd 0") in claims
+
+
 def test_orderings_say_when_a_gap_is_within_the_seed_spread():
     row = dict(task="c", tgt_len=128, scale="cpu-preset", device="cpu", metric="bpc", mem_len=0,
                mem_backprop_depth=0, paper=np.nan, n=3)

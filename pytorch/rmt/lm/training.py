@@ -28,7 +28,7 @@ from rmt.lm.evaluation import (
     load_corpus,
     metric_name,
 )
-from rmt.model.recurrence import Recomputed, StreamState, stream_step
+from rmt.model.recurrence import REPLAYS, Recomputed, StreamState, stream_step
 from rmt.results import TestResult, model_kind
 
 
@@ -39,6 +39,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="adaptive cluster boundaries (default: the original's for the dataset, clipped to the vocab)")
     g.add_argument("--varlen", action="store_true", help="variable-length training segments (TXL rule)")
     g.add_argument("--eval_batch_size", type=int, default=10, help="evaluation rows (10 as in the original)")
+    g.add_argument("--lm_replay", choices=REPLAYS, default="correct",
+                   help="how --mem_backprop_depth D re-runs the last D segments: correct (from the memory D segments "
+                        "back: truncated BPTT) or original (from the current memory, as the original train.py did, "
+                        "which trained the paper's depth > 0 rows)")
 
 
 def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -47,6 +51,9 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
     if args.mem_backprop_depth == FULL_BPTT:
         parser.error("--mem_backprop_depth all: a language-model stream has no end to back-propagate from; "
                      "give a depth D (the paper's rows use 0 to 4)")
+    if args.lm_replay == "original" and args.mem_backprop_depth <= 0:
+        parser.error("--lm_replay original changes only how --mem_backprop_depth D > 0 re-runs past segments; "
+                     f"with depth {args.mem_backprop_depth} nothing is re-run")
     if args.eval_only:
         parser.error("--eval_only is for the algorithmic tasks; evaluate a language model with "
                      "python3 -m rmt.evaluate --checkpoint runs/<run>/checkpoint_best.pt")
@@ -167,7 +174,8 @@ class LanguageModelling:
         x, y = x.to(runtime.device), y.to(runtime.device)
         step_model = Recomputed(model) if args.recompute_segments else model
         loss = stream_step(step_model, self.carried, x, y, args.batch_chunk, args.bptt_bp,
-                           backward=lambda l: runtime.scaler.scale(l).backward(), autocast=runtime.autocast)
+                           backward=lambda l: runtime.scaler.scale(l).backward(), autocast=runtime.autocast,
+                           replay=args.lm_replay)
         out = {"loss": loss.item(), "tokens": y.numel(), "epoch": self.stream.epoch}
         logged = (step + 1) % args.log_interval == 0 or step + 1 == args.max_step
         if logged and self.carried.state.mem is not None:  # only when logged: the norm costs a sync

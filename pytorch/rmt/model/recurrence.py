@@ -82,21 +82,31 @@ class Segment(NamedTuple):
     state: MemoryState  # state before this segment, detached (or initial)
 
 
-def forward_with_replay(model, x, y, state: MemoryState, history: Sequence[Segment]):
-    """Run segment (x, y) after re-running `history` (oldest first) from its first stored memory.
+REPLAYS = ("correct", "original")  # how a truncated-BPTT step re-runs its stored segments
 
-    The current loss then back-propagates through len(history) recomputed segments and stops
-    there. Each replayed segment uses its own stored XL cache; the current one uses `state.xl`.
+
+def forward_with_replay(model, x, y, state: MemoryState, history: Sequence[Segment], replay: str = "correct"):
+    """Run segment (x, y) after re-running `history` (oldest first), so the current loss
+    back-propagates through len(history) recomputed segments and stops there.
+
+    replay "correct": the re-run starts from the memory stored with the oldest segment (the
+    memory len(history) segments ago); each re-run segment uses its own stored XL cache and the
+    current one `state.xl`. "original": the original LM script's procedure, whose reset to the
+    stored memory assigned a tensor attribute and changed nothing: the re-run starts from the
+    CURRENT memory `state.mem` (which has already read those segments), each re-run segment
+    uses its stored cache, and the current segment the cache returned by the last re-run.
     Returns (nll (B, T), new_state, [nll of each replayed segment]).
     """
+    if replay not in REPLAYS:
+        raise ValueError(f"replay must be one of {REPLAYS}, got {replay!r}")
     replay_nll = []
     if history:
-        mem = history[0].state.mem
+        mem = state.mem if replay == "original" else history[0].state.mem
         for seg in history:
             nll, replayed = model(seg.x, seg.y, MemoryState(mem, seg.state.xl))
             mem = replayed.mem
             replay_nll.append(nll)
-        state = MemoryState(mem, state.xl)
+        state = MemoryState(mem, replayed.xl if replay == "original" else state.xl)
     nll, new_state = model(x, y, state)
     return nll, new_state, replay_nll
 
@@ -276,13 +286,14 @@ class StreamState:
 
 def stream_step(model, stream: StreamState, x: torch.Tensor, y: torch.Tensor, n_chunks: int = 1,
                 bptt_bp: bool = False, backward=lambda loss: loss.backward(),
-                autocast=contextlib.nullcontext) -> torch.Tensor:
+                autocast=contextlib.nullcontext, replay: str = "correct") -> torch.Tensor:
     """Forward and backward of one batch x (B, E+T), y (B, T), continuing `stream`'s rows.
 
     The gradient is that of the mean NLL per token, accumulated over `n_chunks` row chunks
     (each with its own rows' memory). With history, each chunk first re-runs the stored
     segments from the oldest stored memory (`forward_with_replay`), so the loss reaches the
-    memory of len(history) segments ago and nothing older. Returns the detached mean NLL of
+    memory of len(history) segments ago and nothing older (replay "original": from the current
+    memory, as the original LM script did). Returns the detached mean NLL of
     the current segments; `stream` then holds the new detached state and this segment.
     """
     state_in = stream.state.detach()
@@ -292,7 +303,8 @@ def stream_step(model, stream: StreamState, x: torch.Tensor, y: torch.Tensor, n_
         weight = (rows.stop - rows.start) / b  # chunk means, weighted by rows: the batch mean
         history = [Segment(h.x[rows], h.y[rows], h.state.select(rows)) for h in stream.history]
         with autocast():
-            nll, state, replay_nll = forward_with_replay(model, x[rows], y[rows], state_in.select(rows), history)
+            nll, state, replay_nll = forward_with_replay(model, x[rows], y[rows], state_in.select(rows), history,
+                                                         replay)
             loss = nll.float().mean()
             if bptt_bp:  # the original's --bptt_bp: the re-run segments' losses count too
                 loss = loss + sum(r.float().mean() for r in replay_nll)

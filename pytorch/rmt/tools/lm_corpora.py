@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from rmt.tools.report import SCALE_LABEL, memory_cell, num, ours_cell, table
+from rmt.tools.report import SCALE_LABEL, config_of, memory_cell, num, ours_cell, table
 
 PAPER_ANALOGUE = {"bpc": "enwik8", "ppl": "wt103"}
 LM_KEYS = ["task", "tgt_len", "model_kind", "mem_len", "num_mem_tokens", "mem_backprop_depth", "scale", "device"]
@@ -52,9 +52,11 @@ def other_corpus_groups(paper: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame
         return pd.DataFrame()
     rows = rows.assign(_v=pd.to_numeric(rows["metric_value"], errors="coerce"), metric=rows["metric_name"].astype(str))
     rows = rows.assign(mem_backprop_depth=rows["mem_backprop_depth"].where(rows["num_mem_tokens"] > 0, 0))
+    # which truncated-BPTT procedure trained a run (--lm_replay): runs of the two are never averaged
+    rows = rows.assign(procedure=[config_of(c).get("lm_replay") or "correct" for c in rows["config_json"]])
     records = []
-    for key, g in rows.dropna(subset=["_v"]).groupby(LM_KEYS + ["metric"], sort=False):
-        r = pd.Series(dict(zip(LM_KEYS + ["metric"], key)))
+    for key, g in rows.dropna(subset=["_v"]).groupby(LM_KEYS + ["procedure", "metric"], sort=False):
+        r = pd.Series(dict(zip(LM_KEYS + ["procedure", "metric"], key)))
         p = _paper_analogue(paper, r.metric, r)
         records.append({**r.to_dict(), "mean": g["_v"].mean(), "std": g["_v"].std(ddof=1) if len(g) > 1 else np.nan,
                         "n": len(g), "seeds": sorted(g["seed"].dropna().astype(int)),
@@ -94,20 +96,21 @@ def _verdict(gap: float, se: float, ties_hold: bool = False) -> str:
 def lm_orderings(groups: pd.DataFrame) -> list[list[str]]:
     """The paper's LM orderings, checked on one corpus/tgt_len/scale group of ours: rows of
     [claim, comparison, ours, paper, verdict at this scale]. Lower is better (bpc, ppl)."""
-    by = {(r.model_kind, int(r.mem_len), int(r.num_mem_tokens), int(r.mem_backprop_depth)): r
-          for _, r in groups.iterrows()}
+    by = {(r.model_kind, int(r.mem_len), int(r.num_mem_tokens), int(r.mem_backprop_depth),
+           r.get("procedure", "correct")): r for _, r in groups.iterrows()}
     pairs = []  # (claim, a, b, ties hold): the claim is "a below b"
     base = [r for k, r in by.items() if k[0] == "baseline"]
     for kind in ("txl", "rmt") if base else ():
         mem = [r for k, r in by.items() if k[0] == kind]
         if mem:
             pairs.append((f"baseline worse than every {kind}", max(mem, key=lambda r: r["mean"]), base[0], False))
-    for (kind, _, m, d), r in by.items():
-        txl = by.get(("txl", m, 0, 0))
-        if kind == "rmt" and txl is not None and d == max(k[3] for k in by if k[:3] == ("rmt", 0, m)):
+    for (kind, _, m, d, proc), r in by.items():  # for each procedure of BPTT, its deepest run
+        txl = by.get(("txl", m, 0, 0, "correct"))
+        deepest = max(k[3] for k in by if k[:3] == ("rmt", 0, m) and k[4] == proc) if kind == "rmt" else None
+        if kind == "rmt" and txl is not None and d == deepest:
             pairs.append((f"RMT (its deepest BPTT) at or below Transformer-XL at memory {m}", r, txl, True))
-    for (kind, l, m, d), r in by.items():
-        shallow = by.get((kind, l, m, 0))
+    for (kind, l, m, d, _), r in by.items():
+        shallow = by.get((kind, l, m, 0, "correct"))  # depth 0 re-runs nothing: one procedure
         if kind in ("rmt", "rmt+txl") and d > 0 and shallow is not None:
             pairs.append((f"deeper BPTT better ({memory_cell(kind, l, m)})", r, shallow, False))
     both = [r for k, r in by.items() if k[0] == "rmt+txl"]
@@ -130,6 +133,7 @@ def _label(r) -> str:
     if r["model_kind"] == "baseline":
         return "baseline"
     depth = f", bpd {int(r['mem_backprop_depth'])}" if r["num_mem_tokens"] > 0 else ""
+    depth += ", original replay" if r.get("procedure") == "original" else ""
     return f"{r['model_kind']} {memory_cell(r['model_kind'], r['mem_len'], r['num_mem_tokens'])}{depth}"
 
 
@@ -146,6 +150,7 @@ def render_other_corpora(groups: pd.DataFrame) -> str:
     rows = []
     for _, r in groups.iterrows():
         bpd = str(int(r["mem_backprop_depth"])) if r["num_mem_tokens"] > 0 else "–"
+        bpd += " (original replay)" if r.get("procedure") == "original" else ""
         rows.append([r["task"], str(int(r["tgt_len"])), r["model_kind"],
                      memory_cell(r["model_kind"], r["mem_len"], r["num_mem_tokens"]), bpd, r["metric"],
                      ours_cell(r["mean"], r["std"], r["n"]), "—" if pd.isna(r["gain"]) else f"{r['gain']:+.4f}",

@@ -60,6 +60,7 @@ def recipe(r) -> str:
     cfg = config_of(getattr(r, "config_json", None))
     std = cfg.get("init_std", DEFAULT_INIT_STD)
     out += "" if std == DEFAULT_INIT_STD else f", init std {std:g}"
+    out += ", original replay" if cfg.get("lm_replay") == "original" else ""
     return out + (f", curriculum {'→'.join(map(str, cfg['curriculum']))}" if cfg.get("curriculum") else "")
 
 
