@@ -503,3 +503,25 @@ def test_sizes_no_machine_holds_are_refused_with_the_estimate(tmp_path, capsys, 
     err = str(e.value.code)
     assert err.startswith("error: the model does not fit in memory: it needs at least") and what in err
     assert "GiB available on cpu" in err and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="needs root to mount a tmpfs")
+def test_a_full_or_read_only_disk_is_one_line_and_keeps_what_was_written(tmp_path):
+    """A new run on a disk without room for its checkpoints is refused before it starts; a
+    checkpoint write that fills the disk ends the run in one line with the previous file intact."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        run = task_run(tmp_path, "--work_dir", str(disk / "runs"), "--no_results")
+        assert "MiB free; this run needs about" in one_line_error(run) and not (disk / "runs").exists()
+        t = trainer(disk)  # a tiny model: its checkpoints fit, until the disk is filled
+        t.save(LAST, NanAtStep(99))
+        before = (disk / LAST).read_bytes()
+        (disk / "filler").write_bytes(b"\0" * (256 * 1024 - len(before) - 8192))
+        with pytest.raises(RunError, match="cannot write .*checkpoint_last.pt .*the previous checkpoint_last.pt"):
+            t.save(LAST, NanAtStep(99))
+        assert (disk / LAST).read_bytes() == before
+    finally:
+        subprocess.run(["umount", str(disk)])

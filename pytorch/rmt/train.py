@@ -31,7 +31,7 @@ import torch
 
 from rmt import config
 from rmt.atomic import atomic_write
-from rmt.errors import FlagError, exits_on_error
+from rmt.errors import FlagError, RunError, exits_on_error
 from rmt.lm import pretrained
 from rmt.lm import training as lm_training
 from rmt.lm.corpus import DATASETS
@@ -165,10 +165,16 @@ def write_results(args, family, test, model, runtime, run_dir, trainer: Trainer,
                      n_segments=family.n_segments, max_step=trainer.step if not args.eval_only else None,
                      **{"train_time_s": train_time, "tokens_per_s": trainer.tokens_per_s,
                         "peak_mem_mb": runtime.peak_mem_mb(), **test.row})  # a test's own speed wins
-    append_result(csv, row)
-    log(f"results row appended to {csv}")
-    for group in test.groups:
-        append_result(groups_csv(csv), {**{k: row[k] for k in GROUP_COLUMNS if k in row}, **group}, GROUP_COLUMNS)
+    target = csv
+    try:  # an append that fails is undone: the file stays as it was
+        append_result(csv, row)
+        log(f"results row appended to {csv}")
+        for group in test.groups:
+            target = groups_csv(csv)
+            append_result(target, {**{k: row[k] for k in GROUP_COLUMNS if k in row}, **group}, GROUP_COLUMNS)
+    except OSError as e:
+        raise RunError(f"cannot append to {target} ({e.strerror or e}); the run's checkpoints are complete: free "
+                       f"space, then test it again with --restart --restart_dir {run_dir}") from None
     if test.groups:
         log(f"accuracy by {test.groups[0]['group_name']} appended to {groups_csv(csv)}")
 
@@ -199,7 +205,8 @@ def main(argv=None) -> int:
     model = build_model_or_exit(args, parser, family, runtime)
     if args.init_checkpoint:
         init_weights_from(model, args.init_checkpoint, runtime.device)
-    run_dir = prepare_run_dir(args, family.run_prefix) if runtime.is_main else None
+    checkpoint_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) * (1 if args.eval_only else 3)
+    run_dir = prepare_run_dir(args, family.run_prefix, checkpoint_bytes) if runtime.is_main else None
     logger = RunLogger(run_dir, runtime.is_main, total=args.max_step)
     try:
         run(args, family, runtime, run_dir, logger, model)

@@ -11,6 +11,7 @@ import fcntl
 import os
 import pathlib
 import random
+import shutil
 import sys
 import time
 
@@ -175,17 +176,36 @@ def timestamp() -> str:
     return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def prepare_run_dir(args, default_name: str) -> pathlib.Path:
-    """WORK_DIR/RUN_NAME for a new run, or --restart_dir when resuming (logs continue there)."""
+def prepare_run_dir(args, default_name: str, checkpoint_bytes: int = 0) -> pathlib.Path:
+    """WORK_DIR/RUN_NAME for a new run, or --restart_dir when resuming (logs continue there).
+    Refused (RunError) when it cannot be written or its disk lacks room for two checkpoints of
+    `checkpoint_bytes` (best and last) and the logs."""
     if args.restart:
         run_dir = pathlib.Path(args.restart_dir)
         if not (run_dir / "checkpoint_last.pt").is_file():
             raise RunError(f"no checkpoint_last.pt in --restart_dir {run_dir!s}; nothing to resume")
+        if not os.access(run_dir, os.W_OK | os.X_OK):
+            raise RunError(f"--restart_dir {run_dir} is not writable (read-only?): its checkpoints and logs go there")
     else:
         run_dir = pathlib.Path(args.work_dir) / (args.run_name or f"{default_name}-{timestamp()}")
-        run_dir.mkdir(parents=True, exist_ok=True)
+    check_room(run_dir if run_dir.exists() else pathlib.Path(args.work_dir), 2 * checkpoint_bytes + 2**20)
+    if not args.restart:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunError(f"cannot create the run directory {run_dir} ({e.strerror}); choose another --work_dir")
     lock_run_dir(run_dir)
     return run_dir
+
+
+def check_room(path: pathlib.Path, need: int) -> None:
+    """RunError unless the disk holding `path` (or its nearest existing parent) has `need` bytes free."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    free = shutil.disk_usage(path).free
+    if free < need:
+        raise RunError(f"the disk holding {path} has {free / 2**20:,.1f} MiB free; this run needs about "
+                       f"{need / 2**20:,.1f} MiB for its checkpoints and logs: free space or choose another --work_dir")
 
 
 _RUN_LOCKS: dict[str, object] = {}  # run directory -> its open lock file, held while the run lives

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import pathlib
+import shutil
 import signal
 import time
 
@@ -88,7 +89,13 @@ class Trainer:
     def save(self, name: str, family) -> None:
         state = self.state_dict(family)  # on every rank: the family may gather rows from all of them
         if self.runtime.is_main and self.run_dir is not None:
-            save_atomic(state, self.run_dir / name)
+            try:
+                save_atomic(state, self.run_dir / name)
+            except OSError as e:  # a full disk, a short write: the atomic writer kept the previous file
+                free = shutil.disk_usage(self.run_dir).free
+                raise RunError(f"cannot write {self.run_dir / name} ({e.strerror or e}; {free / 2**20:,.1f} MiB free "
+                               f"on its disk); the previous {name}, if any, is kept: free space and resume with "
+                               f"--restart --restart_dir {self.run_dir}") from None
 
     def resume(self, path: pathlib.Path, family) -> None:
         """Load a training checkpoint into the model, the optimiser, the loop and the family."""
