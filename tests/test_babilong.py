@@ -359,3 +359,23 @@ def test_bad_flags_are_one_line_errors(backbone, tmp_path, capsys, extra, messag
     err = str(e.value.code) + capsys.readouterr().err
     assert message in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_associative_memory_trains_resumes_exactly_and_evaluates_at_other_lengths(llama, tmp_path):
+    """--memory associative (ARMT over the backbone's layers): the family's whole path, rows
+    named armt, a cut run resumed equal to a straight one."""
+    armt = ["--memory", "associative", "--d_mem", "4"]
+    assert train.main(flags(llama, tmp_path, "--run_name", "straight", *armt)) == 0
+    assert train.main(flags(llama, tmp_path, "--run_name", "cut", *armt, "--no_results", "--max_step", "2")) == 0
+    assert train.main(flags(llama, tmp_path, "--restart", "--restart_dir", str(tmp_path / "runs" / "cut"),
+                            "--no_results", *armt)) == 0
+    a, b = (load_file(tmp_path / "runs" / name / "checkpoint_last.pt") for name in ("straight", "cut"))
+    assert a["step"] == b["step"] == 4 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert any(k.startswith("assoc.memories.0.") for k in a["model"])
+    best = tmp_path / "runs" / "straight" / "checkpoint_best.pt"
+    for extra in (["--n_segments", "6"], ["--memory_ablation", "reset"]):
+        assert train.main(["--dataset", "babilong", "--eval_only", "--eval_checkpoint", str(best), "--work_dir",
+                           str(tmp_path / "runs"), *extra]) == 0
+    rows = pd.read_csv(tmp_path / "res" / "babilong.csv")
+    assert list(rows.model_kind) == ["armt"] * 3
+    assert list(rows.task) == ["babilong-qa1-3x32", "babilong-qa1-6x32", "babilong-qa1-3x32-mem_reset"]

@@ -46,14 +46,18 @@ GROUP_COLUMNS: list[str] = [
 SCALES = ("paper", "cpu-preset", "custom", "smoke")  # conventional values of the free-string `scale` column
 
 
-def model_kind(num_mem_tokens: int, mem_len: int, mem_at_end: bool, causal: bool = True) -> str:
+def model_kind(num_mem_tokens: int, mem_len: int, mem_at_end: bool, causal: bool = True,
+               memory: str = "tokens") -> str:
     """Name the architecture the way the paper's tables do.
 
     rmt+txl: memory tokens and a TXL cache; rmt: read+write memory (mem_at_end);
     mt: memory tokens at the start only; txl: cache only; baseline: neither. The bidirectional
-    encoder (causal False): rmt-encoder with memory, encoder without.
+    encoder (causal False): rmt-encoder with memory, encoder without. armt: associative memory
+    (memory "associative", written through memory tokens).
     """
     m, l = int(num_mem_tokens or 0), int(mem_len or 0)
+    if memory == "associative" and m > 0:
+        return "armt"
     if not causal:
         return "rmt-encoder" if m > 0 else "encoder"
     if m > 0 and l > 0:
@@ -128,7 +132,7 @@ def result_row(flags: dict, model_cfg, device: str, run_dir, task: str, split: s
     return {
         **run_metadata(device), "run_id": run_dir.name if run_dir else "", "scale": get("scale"),
         "task": task, "model_kind": model_kind(model_cfg.num_mem_tokens, model_cfg.mem_len, model_cfg.mem_at_end,
-                                                 model_cfg.causal),
+                                                 model_cfg.causal, getattr(model_cfg, "memory", "tokens")),
         "seed": get("seed"), "n_layer": model_cfg.n_layer, "d_model": model_cfg.d_model, "n_head": model_cfg.n_head,
         "d_head": model_cfg.d_head, "d_inner": model_cfg.d_inner, "tgt_len": get("tgt_len"),
         "eval_tgt_len": get("eval_tgt_len"), "mem_len": model_cfg.mem_len, "num_mem_tokens": model_cfg.num_mem_tokens,

@@ -31,9 +31,10 @@ def cache_argument(backbone) -> str:
 class SegmentCache:
     """One segment being filled: the backbone's key/value cache over [read memory | tokens]."""
 
-    def __init__(self, model, mem: torch.Tensor | None):
-        self.model, self.mem = model, mem
-        self.m = 0 if mem is None else mem.size(1)
+    def __init__(self, model, state: MemoryState, batch: int):
+        self.model = model
+        self.mem = model.initial_memory(batch) if state.mem is None else state.mem
+        self.m = 0 if self.mem is None else self.mem.size(1)
         self.cache, self.n_tokens, self.past = None, 0, 0
 
     def _forward(self, embeds: torch.Tensor, hidden: bool = False):
@@ -55,11 +56,32 @@ class SegmentCache:
         self.n_tokens += ids.size(1)
         return self._forward(embeds).logits[:, -1]
 
-    def write(self) -> torch.Tensor | None:
-        """The memory this full segment writes: its write slots' last-layer states."""
+    def write(self) -> MemoryState:
+        """The state this full segment leaves: its write slots' last-layer states as memory."""
         if not self.m:
-            return None
-        return self.model.written(self._forward(self.mem, hidden=True).hidden_states[-1])
+            return MemoryState()
+        return MemoryState(self.model.written(self._forward(self.mem, hidden=True).hidden_states[-1]))
+
+
+class AssociativeSegmentCache(SegmentCache):
+    """The same for associative memory (rmt.hf.associative): no read slots; every fed position
+    reads the layers' (A, z), and the full segment's write slots, fed after it through the
+    cache, write the next (A, z)."""
+
+    def __init__(self, model, state: MemoryState, batch: int):
+        super().__init__(model, MemoryState(), batch)
+        self.mem, self.m = None, 0  # nothing before the tokens
+        self.assoc, self.slots = state.assoc, model.initial_memory(batch)
+
+    def _forward(self, embeds: torch.Tensor, hidden: bool = False, write: bool = False):
+        with self.model.assoc.active(self.assoc, slice(None) if write else None) as p:
+            out = super()._forward(embeds, hidden)
+        self.written = p.written
+        return out
+
+    def write(self) -> MemoryState:
+        self._forward(self.slots, write=True)
+        return MemoryState(assoc=tuple(t for i in range(len(self.written)) for t in self.written[i]))
 
 
 @torch.no_grad()
@@ -72,8 +94,7 @@ def _decode(model, ids: torch.Tensor, max_new_tokens: int, pick, eos: torch.Tens
     state = memory or MemoryState()
     if start:  # the complete segments before it: their memory only
         state = model.read(ids[:, :start], memory=state)
-    mem = model.initial_memory(ids.size(0)) if state.mem is None else state.mem
-    segment = SegmentCache(model, mem)
+    segment = model.segment_cache(state, ids.size(0))
     logits = segment.feed(ids[:, start:])
     done = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
     new = []
@@ -85,8 +106,7 @@ def _decode(model, ids: torch.Tensor, max_new_tokens: int, pick, eos: torch.Tens
         if i == max_new_tokens - 1 or bool(done.all()):
             break
         if segment.n_tokens == t:  # the segment is full: write memory, start the next with this token
-            mem = segment.write()
-            segment = SegmentCache(model, mem)
+            segment = model.segment_cache(segment.write(), ids.size(0))
         logits = segment.feed(token[:, None])
     return torch.stack(new, 1) if new else ids.new_zeros(ids.size(0), 0)
 

@@ -68,10 +68,12 @@ class RMTConfig:
     mem_len: int = 0  # no Transformer-XL cache here; the result rows' schema has the column
     read_mem_from_cache: bool = False
     memory_norm: bool = False  # decoders: written memory rescaled to the token embeddings' norm
+    memory: str = "tokens"  # "tokens" (RMT) or "associative" (ARMT, rmt.hf.associative)
+    d_mem: int = 0  # associative memory: the key width before DPFP (d_key = 6 * d_mem)
 
     @property
     def causal(self) -> bool:
-        return self.kind == "causal-lm"
+        return self.kind.startswith("causal-lm")
 
     @property
     def mem_at_end(self) -> bool:
@@ -104,6 +106,14 @@ def _sizes(cfg) -> dict:
     d_inner = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d_model
     return {"n_layer": getattr(cfg, "num_hidden_layers", 0) or 0, "d_model": d_model, "n_head": n_head,
             "d_head": getattr(cfg, "head_dim", None) or (d_model // n_head if n_head else 0), "d_inner": d_inner}
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The backbone's repeated blocks, in order: the classes transformers keeps whole (_no_split_modules)."""
+    from transformers import PreTrainedModel
+
+    names = {n for m in model.modules() if isinstance(m, PreTrainedModel) for n in (m._no_split_modules or [])}
+    return [m for m in model.modules() if type(m).__name__ in names]
 
 
 def _is_peft(module) -> bool:
@@ -220,7 +230,8 @@ class RecurrentWrapper(nn.Module):
         path = pathlib.Path(path)
         if save_backbone:
             self.backbone.save_pretrained(path / (ADAPTER_DIR if _is_peft(self.backbone) else BACKBONE_DIR))
-        tensors = {} if self.memory is None else {"memory": self.memory.detach().cpu().contiguous()}
+        tensors = {name: p.detach().cpu().contiguous() for name, p in self.named_parameters()
+                   if not name.startswith("backbone.")}  # the memory (and an associative memory's projections)
         atomic_write(path / MEMORY_FILE, lambda f: f.write(save(tensors)))
         text = json.dumps(self.config.to_dict(), indent=2) + "\n"
         atomic_write(path / CONFIG_FILE, lambda f: f.write(text), text=True, encoding="utf-8")
@@ -251,11 +262,20 @@ class RecurrentWrapper(nn.Module):
             backbone = PeftModel.from_pretrained(backbone, path / ADAPTER_DIR)
         model = cls(backbone, cfg["num_mem_tokens"], cfg["segment_size"], cfg["bptt_depth"], cfg["recompute"],
                     cls_token_id=cfg["cls_token_id"], sep_token_id=cfg["sep_token_id"],
-                    memory_norm=cfg.get("memory_norm", False))
+                    memory_norm=cfg.get("memory_norm", False), **cls.saved_options(cfg))
         model.config.backbone = cfg["backbone"]
-        if model.memory is not None:
-            model.memory.data.copy_(load_file(path / MEMORY_FILE)["memory"])
+        own = load_file(path / MEMORY_FILE)
+        missing = {n for n, _ in model.named_parameters() if not n.startswith("backbone.")} - set(own)
+        if missing or set(own) - {n for n, _ in model.named_parameters()}:
+            raise ValueError(f"{path / MEMORY_FILE} does not hold this wrapper's own weights (missing "
+                             f"{sorted(missing)[:3]}): save it again with save_pretrained")
+        model.load_state_dict(own, strict=False)
         return model
+
+    @staticmethod
+    def saved_options(cfg: dict) -> dict:
+        """Constructor options of a subclass, from its saved config (none here)."""
+        return {}
 
 
 class RMTForCausalLM(RecurrentWrapper):
@@ -315,6 +335,11 @@ class RMTForCausalLM(RecurrentWrapper):
                 labels = labels.masked_fill(attention_mask == 0, -100)
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
         return RMTOutput(loss=loss, logits=logits, memory=state)
+
+    def segment_cache(self, state: MemoryState, batch: int):
+        """Generation's segment being filled, reading `state` (rmt.hf.generation)."""
+        from rmt.hf.generation import SegmentCache
+        return SegmentCache(self, state, batch)
 
     @property
     def generation_config(self):

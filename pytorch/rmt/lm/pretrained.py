@@ -76,6 +76,11 @@ def add_causal_rmt_args(g) -> None:
     g.add_argument("--lora", type=int, default=0, metavar="R",
                    help="train LoRA adapters of rank R on every linear layer of the backbone (peft) and the memory, "
                         "the backbone's own weights frozen (0: train them all)")
+    g.add_argument("--memory", choices=("tokens", "associative"), default="tokens",
+                   help="what carries memory between segments: memory tokens (RMT) or a per-layer associative "
+                        "matrix written through them (ARMT, rmt.hf.associative)")
+    g.add_argument("--d_mem", type=int, default=32,
+                   help="--memory associative: key width before the DPFP projection (keys of 6 x d_mem)")
     g.add_argument("--memory_norm", action=BOOL, default=False,
                    help="rescale the written memory to the token embeddings' norm (a pretrained decoder's last layer "
                         "is far larger than its inputs)")
@@ -89,6 +94,13 @@ def check_causal_rmt_args(args: argparse.Namespace, parser: argparse.ArgumentPar
     refuse_txl_flags(args, parser)
     if args.lora < 0:
         parser.error(f"--lora is a LoRA rank: positive, or 0 for none; got {args.lora}")
+    if args.memory == "associative":
+        if args.num_mem_tokens <= 0 or args.d_mem <= 0:
+            parser.error("--memory associative writes through memory tokens into keys of width --d_mem: give "
+                         f"positive --num_mem_tokens and --d_mem (got {args.num_mem_tokens} and {args.d_mem})")
+        if args.memory_norm or args.recompute_segments:
+            parser.error("--memory associative does not take --memory_norm (it writes no memory tokens) nor "
+                         "--recompute_segments (not carried yet)")
     if args.lora and args.freeze_backbone:
         parser.error("--lora already freezes the backbone's own weights (it trains adapters and the memory); "
                      "--freeze_backbone trains the memory alone: give one")
@@ -97,15 +109,19 @@ def check_causal_rmt_args(args: argparse.Namespace, parser: argparse.ArgumentPar
 def causal_rmt(args: argparse.Namespace, depth: int | None, checkpoint_state: dict | None = None):
     """RMTForCausalLM over --backbone as the flags describe it (segments of --tgt_len); a checkpoint's
     weights when given. The families over a pretrained causal LM (hf_lm, babilong) build it here."""
-    from rmt.hf import RMTForCausalLM
+    from rmt.hf import ARMTForCausalLM, RMTForCausalLM
 
     base = load_backbone("AutoModelForCausalLM", args.backbone)
     if args.lora:
         from peft import LoraConfig, get_peft_model
         base = get_peft_model(base, LoraConfig(r=args.lora, lora_alpha=2 * args.lora, lora_dropout=0.0,
                                                target_modules="all-linear"))
-    model = RMTForCausalLM(base, args.num_mem_tokens, args.tgt_len, depth, args.recompute_segments,
-                           args.freeze_backbone, memory_norm=args.memory_norm)
+    if args.memory == "associative":
+        model = ARMTForCausalLM(base, args.num_mem_tokens, args.tgt_len, depth, freeze_backbone=args.freeze_backbone,
+                                d_mem=args.d_mem)
+    else:
+        model = RMTForCausalLM(base, args.num_mem_tokens, args.tgt_len, depth, args.recompute_segments,
+                               args.freeze_backbone, memory_norm=args.memory_norm)
     return load_weights(model, checkpoint_state, args.backbone)
 
 
@@ -127,7 +143,8 @@ class PretrainedLM(SampledFamily):
         self.n_segments = args.n_segments
         self.corpus = pathlib.Path(args.data).name
         self.name = f"{self.corpus}-{args.n_segments}x{args.tgt_len}"
-        self.run_prefix = f"{self.name}-{'rmt' if args.num_mem_tokens else 'base'}"
+        kind = ("armt" if args.memory == "associative" else "rmt") if args.num_mem_tokens else "base"
+        self.run_prefix = f"{self.name}-{kind}"
         self.depth = None if args.mem_backprop_depth == FULL_BPTT else args.mem_backprop_depth
         self.last = args.last_tokens or min(args.tgt_len, args.n_segments * args.tgt_len - 1)
 

@@ -33,8 +33,9 @@ class MemoryState(NamedTuple):
 
     mem: torch.Tensor | None = None  # (B, M, C)
     xl: tuple[torch.Tensor, ...] | None = None  # n_layer + 1 of (B, L, C)
+    assoc: tuple[torch.Tensor, ...] | None = None  # associative memory (ARMT): per layer A (B, K, C), z (B, K)
 
-    READ = ("mem",)  # what the next segment reads as memory (an ablation replaces it); xl is a cache
+    READ = ("mem", "assoc")  # what the next segment reads as memory (an ablation replaces it); xl is a cache
 
     def map(self, fn, fields: tuple[str, ...] | None = None) -> "MemoryState":
         """fn applied to every tensor of `fields` (default: all); None stays None."""
@@ -100,13 +101,12 @@ def forward_with_replay(model, x, y, state: MemoryState, history: Sequence[Segme
     if replay not in REPLAYS:
         raise ValueError(f"replay must be one of {REPLAYS}, got {replay!r}")
     replay_nll = []
-    if history:
-        mem = state.mem if replay == "original" else history[0].state.mem
+    if history:  # every recurrent field (memory tokens, associative memory) chains; the cache is stored
+        carried = state if replay == "original" else history[0].state
         for seg in history:
-            nll, replayed = model(seg.x, seg.y, MemoryState(mem, seg.state.xl))
-            mem = replayed.mem
+            nll, carried = model(seg.x, seg.y, carried._replace(xl=seg.state.xl))
             replay_nll.append(nll)
-        state = MemoryState(mem, replayed.xl if replay == "original" else state.xl)
+        state = carried if replay == "original" else carried._replace(xl=state.xl)
     nll, new_state = model(x, y, state)
     return nll, new_state, replay_nll
 

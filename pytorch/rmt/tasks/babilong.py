@@ -184,7 +184,8 @@ class BabiLong(SampledFamily):
         span = f"{segments}x{t}" if self.length == segments * t else length_label(self.length)
         how = "-last" if args.last_segment_only else "-zeroshot" if args.zero_shot else ""
         self.name = f"{NAME}-{args.task}-{span}{how}"
-        self.run_prefix = f"{self.name}-{'rmt' if args.num_mem_tokens else 'base'}"
+        kind = ("armt" if args.memory == "associative" else "rmt") if args.num_mem_tokens else "base"
+        self.run_prefix = f"{self.name}-{kind}"
         self.depth = None if args.mem_backprop_depth == FULL_BPTT else args.mem_backprop_depth
 
     def load_data(self, log) -> None:

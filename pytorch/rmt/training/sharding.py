@@ -25,16 +25,10 @@ FORWARD_METHODS = ("read", "generate")
 GATHERED = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on rank 0 only
 
 
-def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The backbone's repeated blocks: the classes transformers keeps whole (_no_split_modules)."""
-    from transformers import PreTrainedModel
-
-    names = {n for m in model.modules() if isinstance(m, PreTrainedModel) for n in (m._no_split_modules or [])}
-    return [m for m in model.modules() if type(m).__name__ in names]
-
-
 def shard(model: torch.nn.Module) -> torch.nn.Module:
     """Shard `model` in place across the default process group; returns it."""
+    from rmt.hf.modeling import decoder_layers  # only the families over a Hugging Face backbone shard
+
     layers = decoder_layers(model)
     if not layers:
         raise ValueError(f"--fsdp: the backbone of {type(model).__name__} names no decoder layer class "
