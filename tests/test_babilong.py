@@ -312,6 +312,14 @@ def test_fsdp_and_lora_over_two_processes_match_one_process(llama, tmp_path, rec
         assert len(moved) == len(built)
 
 
+def test_associative_memory_shards_too(llama, tmp_path):
+    """ARMT's hooks and per-layer memories under FSDP2: two processes step as one does."""
+    armt = ["--memory", "associative", "--d_mem", "4"]
+    assert train.main(flags(llama, tmp_path, "--run_name", "one", *armt, *SENSITIVE)) == 0
+    torchrun(*flags(llama, tmp_path, "--run_name", "two", "--fsdp", *armt, *SENSITIVE))
+    assert_same_weights(tmp_path, "one", "two")
+
+
 def test_a_sharded_run_resumes_exactly_and_its_checkpoint_evaluates_in_one_process(llama, tmp_path):
     adam = ["--fsdp", "--no_results", "--max_step", "4"]
     torchrun(*flags(llama, tmp_path, "--run_name", "straight", *adam))
