@@ -7,31 +7,11 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from test_hf import gpt2, llama, memory_grad_of_segment, reference_greedy, tokens  # noqa: E402  (the RMT wrapper's)
 
 from rmt.hf import ARMTForCausalLM  # noqa: E402
 from rmt.hf.associative import AssociativeMemory, dpfp  # noqa: E402
 from rmt.hf.modeling import decoder_layers  # noqa: E402
-
-V = 64
-transformers.logging.set_verbosity_error()
-
-
-def llama():
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                        num_key_value_heads=2, vocab_size=V, max_position_embeddings=256,
-                                        bos_token_id=0, eos_token_id=0, pad_token_id=0)).eval()
-
-
-def gpt2():
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=V, n_positions=256,
-                                      bos_token_id=0, eos_token_id=0, initializer_range=0.2)).eval()
-
-
-def tokens(b, n, seed=1):
-    return torch.randint(3, V, (b, n), generator=torch.Generator().manual_seed(seed))
 
 
 def armt(make=llama, m=3, t=8, d_mem=4, **kw):
@@ -185,17 +165,6 @@ def test_the_model_equals_the_reference_layer_by_layer_over_segments():
         torch.testing.assert_close(out.memory.assoc[2 * i + 1], z, atol=1e-4, rtol=1e-4)
 
 
-def grad_of_first_segment(model, ids, k):
-    """|grad| at the first segment's token embeddings from the loss of segment k's tokens alone."""
-    t = model.config.segment_size
-    labels = torch.full_like(ids, -100)
-    labels[:, k * t + 1 : (k + 1) * t] = ids[:, k * t + 1 : (k + 1) * t]
-    model.zero_grad()
-    model(ids, labels=labels).loss.backward()
-    return sum(p.grad.abs().sum().item() for p in model.assoc.memories.parameters() if p.grad is not None), \
-        model.memory.grad.abs().sum().item()
-
-
 @pytest.mark.parametrize("depth", [None, 0, 1])
 def test_bptt_depth_truncates_the_gradient_through_the_associative_state(depth):
     """The write slots only act through what they store: a segment's loss reaches the slots'
@@ -203,7 +172,7 @@ def test_bptt_depth_truncates_the_gradient_through_the_associative_state(depth):
     model = armt(llama, m=3, t=6, bptt_depth=depth)
     ids = tokens(2, 6 * 3)
     for k in range(3):
-        _, slot_grad = grad_of_first_segment(model, ids, k)
+        slot_grad = memory_grad_of_segment(model, ids, k)  # the write slots' embeddings
         reaches = k >= 1 and (depth is None or depth >= 1)
         assert (slot_grad > 0) == reaches, (depth, k, slot_grad)
 
@@ -213,13 +182,7 @@ def test_greedy_generation_with_the_cache_equals_rerunning_the_model(prompt_len)
     model = armt(llama, m=3, t=8)
     ids = tokens(2, prompt_len)
     out = model.generate(ids, max_new_tokens=20, eos_token_id=None)  # crosses 2 or 3 segment boundaries
-    expected, seq = [], ids
-    with torch.no_grad():
-        for _ in range(20):
-            token = model(seq).logits[:, -1].argmax(-1)
-            expected.append(token)
-            seq = torch.cat([seq, token[:, None]], 1)
-    assert torch.equal(out[:, prompt_len:], torch.stack(expected, 1))
+    assert torch.equal(out[:, prompt_len:], reference_greedy(model, ids, 20))
 
 
 def test_save_and_load_give_identical_outputs(tmp_path):

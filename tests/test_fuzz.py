@@ -62,8 +62,8 @@ def parse(argv) -> str:
     @exits_on_error  # as the entry point: a library error becomes its one line
     def validate():
         args, parser = train.parse_args(argv)
-        family = train.build_family(args, train.Runtime("cpu"))
-        try:
+        try:  # as rmt.train: a family refuses a value with a ValueError, turned into the parser's error
+            family = train.build_family(args, train.Runtime("cpu"))
             family.model_config() if args.dataset != "wt2" else train.config.model_config(args, n_token=10)
         except ValueError as e:
             parser.error(str(e))
