@@ -94,11 +94,12 @@ def test_facts_go_in_order_between_haystack_sentences_and_the_length_is_exact():
     facts = [np.array([1, 1]), np.array([2]), np.array([3, 3, 3])]
     question, answer = np.array([8, 8]), np.array([9])
     for length in (9, 10, 40, 500):
-        ids = assemble(facts, question, answer, hay, length, np.random.default_rng(length))
+        ids, first = assemble(facts, question, answer, hay, length, np.random.default_rng(length))
         assert len(ids) == length and list(ids[-3:]) == [8, 8, 9]
+        assert ids[first] == 1 and all(t >= 100 for t in ids[:first])  # where the story starts
         story = [t for t in ids[:-3] if t < 100]
         assert story == [1, 1, 2, 3, 3, 3]  # each fact once, in order, whole
-    assert len(assemble(facts, question, answer, hay, 0, np.random.default_rng(0))) == 9  # the story alone
+    assert len(assemble(facts, question, answer, hay, 0, np.random.default_rng(0))[0]) == 9  # the story alone
     with pytest.raises(ValueError, match="cannot hold its story"):
         assemble(facts, question, answer, hay, 8, np.random.default_rng(0))
 
@@ -164,14 +165,15 @@ def test_samples_are_exact_deterministic_and_their_splits_draw_on_their_own_text
     tok = fam.tokenizer
     seen = {}
     for split in ("train", "valid", "test"):
-        ids, start, answer = fam.sample(split, 5)
+        ids, start, answer, story = fam.sample(split, 5)
         assert len(ids) == 96 and tok.decode(ids[start:]).strip() == answer
-        again, _, _ = fam.sample(split, 5)
+        assert tok.decode(ids[story:]).split()[0] in babi.PEOPLE  # the first fact: "Mary went to ..."
+        again, _, _, _ = fam.sample(split, 5)
         assert np.array_equal(ids, again) and not np.array_equal(ids, fam.sample(split, 6)[0])
         seen[split] = {w for w in tok.decode(ids).split() if w in HAY_WORDS}
     assert not (seen["train"] & seen["valid"]) and not (seen["valid"] & seen["test"]) and seen["test"]
     long = family(backbone, tmp_path, "--sample_length", "2k")
-    ids, start, answer = long.sample("test", 0)
+    ids, start, answer, _ = long.sample("test", 0)
     assert len(ids) == 2048 and long.n_segments == 64 and long.name == "babilong-qa1-64x32"
     text = tok.decode(ids[:start])
     assert text.rstrip().endswith("Answer :") and "Where is" in text
@@ -179,7 +181,7 @@ def test_samples_are_exact_deterministic_and_their_splits_draw_on_their_own_text
 
 def test_the_loss_covers_the_answer_tokens_only(backbone, tmp_path):
     fam = family(backbone, tmp_path)
-    ids, labels, answers = fam.batch("train", [0, 1])
+    ids, labels, answers, _ = fam.batch("train", [0, 1])
     for row, answer in zip(range(2), answers):
         supervised = (labels[row] != -100).nonzero().flatten()
         assert fam.tokenizer.decode(ids[row, supervised]).strip() == answer and supervised[-1] == ids.size(1) - 1
@@ -204,7 +206,7 @@ def test_reading_a_prefix_then_answering_equals_one_pass(backbone, tmp_path):
     """Evaluation reads the text before the question's segment as memory only: the same numbers."""
     fam = family(backbone, tmp_path, "--sample_length", "200")
     model = fam.build_model().eval()
-    ids, labels, _ = fam.batch("test", [1])
+    ids, labels, _, _ = fam.batch("test", [1])
     start = int((labels[0] != -100).nonzero()[0])
     loss, (new,) = fam.answer_rows(model, ids, [start])
     with torch.no_grad():
@@ -387,3 +389,24 @@ def test_associative_memory_trains_resumes_exactly_and_evaluates_at_other_length
     rows = pd.read_csv(tmp_path / "res" / "babilong.csv")
     assert list(rows.model_kind) == ["armt"] * 3
     assert list(rows.task) == ["babilong-qa1-3x32", "babilong-qa1-6x32", "babilong-qa1-3x32-mem_reset"]
+
+
+def test_accuracy_is_split_by_whether_the_story_starts_before_the_questions_segment(backbone, tmp_path):
+    """The test's groups: samples whose story starts in an earlier segment (where memory may be
+    needed) and samples whose story lies in the question's segment; the last-segment baseline
+    sees none of an earlier start."""
+    n, shape = 20, ["--n_segments", "2", "--tgt_len", "64", "--n_test", "20"]
+    fam = family(backbone, tmp_path, *shape)
+    _, labels, _, earlier = fam.batch("test", range(n))
+    assert any(earlier) and not all(earlier)
+    for b in range(n):
+        _, start, _, story = fam.sample("test", b)
+        assert earlier[b] == (story < (start - 1) // 64 * 64)
+    assert train.main(flags(backbone, tmp_path, "--run_name", "g", *shape)) == 0
+    groups = pd.read_csv(tmp_path / "res" / "groups" / "babilong.csv")
+    assert set(groups.group) == {"starts before the question's segment", "in the question's segment"}
+    assert groups.n_samples.sum() == n and groups.acc_greedy.between(0, 1).all()
+    tested = json.loads((tmp_path / "runs" / "g" / "test.json").read_text())["test"]
+    assert tested["n_needs_memory"] == sum(earlier)
+    assert tested["acc"] == pytest.approx((tested["acc_needs_memory"] * sum(earlier)
+                                           + tested["acc_in_segment"] * (n - sum(earlier))) / n)

@@ -106,9 +106,9 @@ class Haystack:
 
 
 def assemble(facts: list[np.ndarray], question: np.ndarray, answer: np.ndarray, haystack: Haystack, length: int,
-             rng: np.random.Generator) -> np.ndarray:
+             rng: np.random.Generator) -> tuple[np.ndarray, int]:
     """Haystack with the facts inserted in order at sentence boundaries, the question, the answer:
-    exactly `length` tokens (0: the story alone)."""
+    exactly `length` tokens (0: the story alone); and where the first fact starts."""
     story = sum(len(f) for f in facts) + len(question) + len(answer)
     if length and length < story:
         raise ValueError(f"a sample of {length} tokens cannot hold its story ({story} tokens with the question and "
@@ -116,13 +116,14 @@ def assemble(facts: list[np.ndarray], question: np.ndarray, answer: np.ndarray, 
     pieces = haystack.take(length - story, rng) if length else []
     where = np.sort(rng.integers(0, len(pieces) + 1, size=len(facts)))  # a fact goes before pieces[where]
     out, j = [], 0
+    first = sum(len(p) for p in pieces[: where[0]]) if len(facts) else 0
     for i in range(len(pieces) + 1):
         while j < len(facts) and where[j] == i:
             out.append(facts[j])
             j += 1
         if i < len(pieces):
             out.append(pieces[i])
-    return np.concatenate([*out, question, answer]).astype(np.int64)
+    return np.concatenate([*out, question, answer]).astype(np.int64), first
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -222,27 +223,31 @@ class BabiLong(SampledFamily):
     def encode(self, text: str) -> np.ndarray:
         return np.array(self.tokenizer(text, add_special_tokens=False).input_ids, dtype=np.int64)
 
-    def sample(self, split: str, index: int) -> tuple[np.ndarray, int, str]:
-        """(token ids, where the answer starts, the answer word) of sample `index` of `split`."""
+    def sample(self, split: str, index: int) -> tuple[np.ndarray, int, str, int]:
+        """(token ids, where the answer starts, the answer word, where the story starts) of sample
+        `index` of `split`."""
         a = self.args
         rng = np.random.default_rng([a.data_seed, SPLITS.index(split), TASKS.index(a.task), self.length, index])
         story = make_story(a.task, rng)
         facts = [self.encode(" " + f) for f in story.facts]
         answer = self.encode(ANSWER.format(story.answer))
-        ids = assemble(facts, self.encode(QUESTION.format(story.question)), answer, self.haystacks[split],
-                       self.length, rng)
-        return ids, len(ids) - len(answer), story.answer
+        ids, first = assemble(facts, self.encode(QUESTION.format(story.question)), answer, self.haystacks[split],
+                              self.length, rng)
+        return ids, len(ids) - len(answer), story.answer, first
 
-    def batch(self, split: str, indices) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """Samples of equal length stacked: ids (B, L), labels (-100 but on the answer), answers."""
+    def batch(self, split: str, indices) -> tuple[torch.Tensor, torch.Tensor, list[str], list[bool]]:
+        """Samples of equal length stacked: ids (B, L), labels (-100 but on the answer), answers, and
+        whether each story starts before the segment of its question (so answering may need memory)."""
         samples = [self.sample(split, int(i)) for i in indices]
         ids = torch.from_numpy(np.stack([s[0] for s in samples]))
         labels = torch.full_like(ids, -100)
-        for row, (_, start, _) in enumerate(samples):
+        for row, (_, start, _, _) in enumerate(samples):
             labels[row, start:] = ids[row, start:]
+        t = self.args.tgt_len
+        earlier = [story < (start - 1) // t * t for _, start, _, story in samples]
         if self.args.last_segment_only:
-            ids, labels = ids[:, -self.args.tgt_len:], labels[:, -self.args.tgt_len:]
-        return ids, labels, [s[2] for s in samples]
+            ids, labels = ids[:, -t:], labels[:, -t:]
+        return ids, labels, [s[2] for s in samples], earlier
 
     def build_model(self, checkpoint_state: dict | None = None):
         return causal_rmt(self.args, self.depth, checkpoint_state)
@@ -262,7 +267,7 @@ class BabiLong(SampledFamily):
 
     def train_batch(self, model, step: int) -> dict:
         args, runtime = self.args, self.runtime
-        ids, labels, _ = self.batch("train", self.sampler.next_shard(runtime.rank, runtime.world))
+        ids, labels, _, _ = self.batch("train", self.sampler.next_shard(runtime.rank, runtime.world))
         ids, labels = ids.to(runtime.device), labels.to(runtime.device)
         total = backward_in_chunks(runtime, args.batch_chunk, lambda x, y: model(x, labels=y).loss, ids, labels)
         return {"loss": total, "tokens": ids.numel()}
@@ -315,22 +320,30 @@ class BabiLong(SampledFamily):
     @torch.no_grad()
     def evaluate(self, model, split: str) -> dict:
         """Exact match of the first generated word, and the answer's teacher-forced loss per token;
-        --eval_batch_size samples at a time (grouped by the segment their question ends in)."""
+        --eval_batch_size samples at a time (grouped by the segment their question ends in). Also
+        the exact match of the samples whose story starts before the question's segment (memory
+        may be needed: acc_needs_memory) and of those whose story lies in it (acc_in_segment)."""
         model.eval()
         n = {"valid": self.args.n_val, "test": self.args.n_test}[split]
         bsz, t = self.args.eval_batch_size or self.args.batch_size, self.args.tgt_len
-        right, nll, n_tokens = 0, 0.0, 0
+        nll, n_tokens = 0.0, 0
+        right = {True: 0, False: 0}  # by "the story starts before the question's segment"
+        count = {True: 0, False: 0}
         for first in range(0, n, bsz):
-            ids, labels, answers = self.batch(split, range(first, min(n, first + bsz)))
+            ids, labels, answers, earlier = self.batch(split, range(first, min(n, first + bsz)))
             starts = (labels != -100).int().argmax(1).tolist()
             groups: dict[int, list[int]] = {}
             for b, start in enumerate(starts):
                 groups.setdefault((start - 1) // t, []).append(b)
+                count[earlier[b]] += 1
             for rows in groups.values():
                 loss, new = self.answer_rows(model, ids[rows].to(self.runtime.device), [starts[b] for b in rows])
-                right += sum(self.first_word(tokens) == answers[b] for tokens, b in zip(new, rows))
+                for tokens, b in zip(new, rows):
+                    right[earlier[b]] += self.first_word(tokens) == answers[b]
                 nll, n_tokens = nll + loss, n_tokens + sum(ids.size(1) - starts[b] for b in rows)
-        return {"loss": nll / n_tokens, "acc": right / n}
+        share = lambda k: right[k] / count[k] if count[k] else math.nan  # noqa: E731
+        return {"loss": nll / n_tokens, "acc": (right[True] + right[False]) / n, "acc_needs_memory": share(True),
+                "acc_in_segment": share(False), "n_needs_memory": count[True]}
 
     def test(self, model) -> TestResult:
         """Exact match on --n_test samples; the row's tokens_per_s is the test's own reading speed
@@ -340,5 +353,10 @@ class BabiLong(SampledFamily):
         speed = self.args.n_test * self.length / (time.perf_counter() - start)
         row = {"metric_name": "exact_match", "metric_value": m["acc"], "loss": m["loss"], "exact_match": m["acc"],
                "tokens_per_s": speed}
+        n_memory = m["n_needs_memory"]
+        groups = [{"group_name": "story", "group": group, "n_samples": size, "acc_greedy": acc}
+                  for group, size, acc in (("starts before the question's segment", n_memory, m["acc_needs_memory"]),
+                                           ("in the question's segment", self.args.n_test - n_memory,
+                                            m["acc_in_segment"])) if size]
         return TestResult({**m, "samples": self.args.n_test, "sample_tokens": self.length,
-                           "s_per_1k_tokens": 1000 / speed}, row, [])
+                           "s_per_1k_tokens": 1000 / speed}, row, groups)
