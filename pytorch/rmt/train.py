@@ -205,7 +205,8 @@ def main(argv=None) -> int:
     model = build_model_or_exit(args, parser, family, runtime)
     if args.init_checkpoint:
         init_weights_from(model, args.init_checkpoint, runtime.device)
-    checkpoint_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) * (1 if args.eval_only else 3)
+    checkpoint_bytes = sum(p.numel() * p.element_size() * (3 if p.requires_grad and not args.eval_only else 1)
+                           for p in model.parameters())  # weights, and Adam's two moments of what trains
     run_dir = prepare_run_dir(args, family.run_prefix, checkpoint_bytes) if runtime.is_main else None
     logger = RunLogger(run_dir, runtime.is_main, total=args.max_step)
     try:
