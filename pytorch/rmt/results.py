@@ -291,7 +291,9 @@ def _read_checked(path: pathlib.Path) -> pd.DataFrame:
             bad |= df["metric_name"].notna() & ~np.isfinite(values.astype(float))
         if bad.any():
             line = int(bad.to_numpy().nonzero()[0][0]) + 2
-            raise ValueError(f"{path}: line {line}: {column} is {df[column][bad].iloc[0]!r}, not a "
+            cell = df[column][bad].iloc[0]
+            shown = repr(cell) if isinstance(cell, str) else str(float(cell))  # numpy 2 reprs np.float64(nan)
+            raise ValueError(f"{path}: line {line}: {column} is {shown}, not a "
                              f"{'finite ' if column == 'metric_value' else ''}number")
     return df
 
