@@ -350,6 +350,9 @@ def test_a_curriculum_stage_starts_from_the_shorter_stage(backbone, tmp_path):
     start, end = load_file(best)["model"], load_file(tmp_path / "runs" / "two-seg" / "checkpoint_last.pt")["model"]
     for name in start:  # a step of lr 1e-12 moves nothing visible: stage 2 began at stage 1's weights
         torch.testing.assert_close(end[name], start[name], atol=1e-8, rtol=0, msg=name)
+    assert train.main(["--dataset", "babilong", "--eval_only", "--eval_checkpoint",  # a stage evaluates as any run
+                       str(tmp_path / "runs" / "two-seg" / "checkpoint_last.pt"), "--work_dir", str(tmp_path / "runs"),
+                       "--n_segments", "4", "--no_results"]) == 0
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -34,8 +34,10 @@ DEFAULTS = dict(n_layer=4, n_head=4, d_head=64, d_model=128, d_inner=256, dropou
                 batch_size=32, max_step=250_000, mem_backprop_depth=FULL_BPTT)
 
 # Flags that belong to one invocation, never inherited by an evaluation from the run it evaluates.
+# How a run was started, not what it is: an evaluation does not take them over (a curriculum
+# stage's --init_checkpoint is in the weights it saved already).
 INVOCATION_FLAGS = {"eval_only", "eval_checkpoint", "restart", "restart_dir", "run_name", "work_dir",
-                    "no_results", "device", "cuda", "amp", "fp16", "compile", "log_interval"}
+                    "no_results", "device", "cuda", "amp", "fp16", "compile", "log_interval", "init_checkpoint"}
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
