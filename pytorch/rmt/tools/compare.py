@@ -254,7 +254,8 @@ def group_section(results_dir: str | pathlib.Path) -> str:
     frames = [pd.read_csv(f) for f in files if f.stat().st_size > 0]
     if not frames:
         return ""
-    g = pd.concat(frames, ignore_index=True).drop_duplicates(["run_id", "split", "group"], keep="last")
+    # an evaluation directory (<run>-eval) holds rows of several tasks: one per task and group
+    g = pd.concat(frames, ignore_index=True).drop_duplicates(["run_id", "task", "split", "group"], keep="last")
     runs = normalise(read_results(results_dir)).drop_duplicates("run_id", keep="last").set_index("run_id")
     out = []
     for (task, name), t in g.groupby(["task", "group_name"], sort=True):
@@ -286,13 +287,15 @@ def babilong_section(rows: pd.DataFrame) -> str:
     for task, t in df.groupby("qa", sort=True) if len(df) else []:
         lengths = sorted(t["tokens"].unique())
         grid = t.pivot_table(index="series", columns="tokens", values="acc", aggfunc="last")
+        size = t.pivot_table(index="series", columns="tokens", values="samples", aggfunc="last")
         head = ["run (model)", "trained", *[length_label(int(n)) if n else "story" for n in lengths]]
         rows = [[f"`{series}`", length_label(int(t.loc[t["series"] == series, "trained"].iloc[0]))
                  if t.loc[t["series"] == series, "trained"].notna().any() else "—",
-                 *[f"{grid.loc[series, n]:.2f}" if pd.notna(grid.loc[series, n]) else "" for n in lengths]]
+                 *[f"{grid.loc[series, n]:.2f} ({int(size.loc[series, n])})" if pd.notna(grid.loc[series, n]) else ""
+                   for n in lengths]]
                 for series in grid.index]
-        out += [f"## {task}, long-context QA: exact match by sample length in tokens (chance 1/6)", "",
-                table(head, rows), ""]
+        out += [f"## {task}, long-context QA: exact match by sample length in tokens (test samples; chance 1/6)",
+                "", table(head, rows), ""]
     return "\n".join(out)
 
 
