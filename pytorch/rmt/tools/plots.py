@@ -139,15 +139,21 @@ def babilong_points(rows: pd.DataFrame) -> pd.DataFrame:
 def _babilong_figure(plt, df: pd.DataFrame, task: str):
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (series, g) in enumerate(df.groupby("series", sort=True)):
-        style = "s--" if "memory " in series.split(")")[-1] else "o-"
-        x = g["tokens"].clip(lower=64)  # the story alone (0) drawn at the axis' left end
-        ax.plot(x, g["acc"], style, color=f"C{i % 10}", label=series)
-        at = g[g["tokens"] == g["trained"]]
-        ax.plot(at["tokens"], at["acc"], "*", color=f"C{i % 10}", markersize=14)
+        ablated = "memory " in series.split(")")[-1]
+        color, x = f"C{i % 10}", g["tokens"].clip(lower=64)  # the story alone (0) drawn at the axis' left end
+        ax.plot(x, g["acc"], "s--" if ablated else "o-", color=color, label=series)
+        few = g["samples"].fillna(0) < 10  # a point of a few samples: hollow, with its count
+        ax.plot(x[few], g["acc"][few], "o", color=color, markerfacecolor="white", markersize=9)
+        for xi, yi, n in zip(x[few], g["acc"][few], g["samples"][few].fillna(0)):
+            ax.annotate(f"n={int(n)}", (xi, yi), textcoords="offset points", xytext=(4, -10), fontsize=6)
+        if not ablated:
+            at = g[g["tokens"] == g["trained"]]
+            ax.plot(at["tokens"], at["acc"], "*", color=color, markersize=14)
     ax.axhline(BABILONG_CHANCE, ls=":", color="grey", lw=1)
     ax.text(df["tokens"].clip(lower=64).max(), BABILONG_CHANCE, " chance 1/6", va="bottom", ha="right", fontsize=7)
     ax.set_xscale("log", base=2)
-    ax.set(xlabel="sample length, tokens (star: as trained; 64: the story alone)", ylabel="exact match",
+    ax.set(xlabel="sample length, tokens (star: as trained; hollow: under 10 test samples; 64: the story alone)",
+           ylabel="exact match",
            ylim=(0, 1.05), title=f"{task}: facts hidden in text, answered at the end")
     ax.legend(fontsize=6)
     return fig
