@@ -137,7 +137,6 @@ class AssociativeLayers(nn.Module):
         return tuple(t for i in range(len(self.memories)) for t in p.written[i])
 
 
-
 class ARMTForCausalLM(RMTForCausalLM):
     """RMTForCausalLM with associative memory (module docstring): segments [tokens | write slots],
     state MemoryState(assoc=...), the same loss, read, generate, save and load."""

@@ -76,12 +76,12 @@ class AssociativeSegmentCache(SegmentCache):
     def _forward(self, embeds: torch.Tensor, hidden: bool = False, write: bool = False):
         with self.model.assoc.active(self.assoc, slice(None) if write else None) as p:
             out = super()._forward(embeds, hidden)
-        self.written = p.written
+        self.last_pass = p
         return out
 
     def write(self) -> MemoryState:
         self._forward(self.slots, write=True)
-        return MemoryState(assoc=tuple(t for i in range(len(self.written)) for t in self.written[i]))
+        return MemoryState(assoc=self.model.assoc.state(self.last_pass))
 
 
 @torch.no_grad()

@@ -126,6 +126,11 @@ def assemble(facts: list[np.ndarray], question: np.ndarray, answer: np.ndarray, 
     return np.concatenate([*out, question, answer]).astype(np.int64), first
 
 
+def question_segment(answer_start: int, tgt_len: int) -> int:
+    """Where the segment starts that holds the question's last token (the one before the answer)."""
+    return (answer_start - 1) // tgt_len * tgt_len
+
+
 def add_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("babilong (long-context QA over a pretrained Hugging Face causal LM)")
     g.add_argument("--task", choices=TASKS, default="qa1", help="the bAbI task whose stories are hidden")
@@ -244,7 +249,7 @@ class BabiLong(SampledFamily):
         for row, (_, start, _, _) in enumerate(samples):
             labels[row, start:] = ids[row, start:]
         t = self.args.tgt_len
-        earlier = [story < (start - 1) // t * t for _, start, _, story in samples]
+        earlier = [story < question_segment(start, t) for _, start, _, story in samples]
         if self.args.last_segment_only:
             ids, labels = ids[:, -t:], labels[:, -t:]
         return ids, labels, [s[2] for s in samples], earlier
@@ -278,7 +283,7 @@ class BabiLong(SampledFamily):
         if self.args.zero_shot:
             return math.nan, [self._zero_shot(model.backbone, ids[b : b + 1], s) for b, s in enumerate(starts)]
         t = self.args.tgt_len
-        cut = (starts[0] - 1) // t * t  # the segment that holds the questions' last tokens
+        cut = question_segment(starts[0], t)
         ablate = getattr(model, "ablate", None)  # a MemoryAblation (rmt.model.ablation) around the model
         width = max(starts) - cut
         prompt_mask = torch.arange(width, device=ids.device) < torch.tensor(starts, device=ids.device)[:, None] - cut
@@ -334,7 +339,7 @@ class BabiLong(SampledFamily):
             starts = (labels != -100).int().argmax(1).tolist()
             groups: dict[int, list[int]] = {}
             for b, start in enumerate(starts):
-                groups.setdefault((start - 1) // t, []).append(b)
+                groups.setdefault(question_segment(start, t), []).append(b)
                 count[earlier[b]] += 1
             for rows in groups.values():
                 loss, new = self.answer_rows(model, ids[rows].to(self.runtime.device), [starts[b] for b in rows])
