@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Language modelling with RMT over a pretrained Hugging Face causal LM (rmt.lm.pretrained): the
+# Language modelling with RMT over a pretrained Hugging Face causal LM (rmt.families.hf_lm): the
 # text of --data cut into windows of n_segments x tgt_len tokens of the backbone's tokenizer.
 #   bash scripts/hf_lm.sh train                                  # RMT over SmolLM2-135M, 4 segments of 128
 #   bash scripts/hf_lm.sh train --num_mem_tokens 0               # the same segments without memory

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import make, tokens, train_tiny_lm
-from rmt import evaluate, train
+from rmt import config, evaluate, train
 from rmt.model.ablation import MemoryAblation
 from rmt.model.recurrence import MemoryState, classify, score
 
@@ -78,7 +78,7 @@ def test_lm_evaluation_with_an_ablation_names_its_rows(tmp_path, capsys):
 
 def test_an_ablation_is_an_evaluation_flag():
     with pytest.raises(SystemExit):
-        train.parse_args(["--dataset", "copy", "--memory_ablation", "reset"])
+        config.parse_training_args(["--dataset", "copy", "--memory_ablation", "reset"])
 
 
 def test_the_hugging_face_wrappers_read_the_ablated_memory():

@@ -16,9 +16,10 @@ from conftest import tiny_gpt2, tiny_llama
 
 transformers = pytest.importorskip("transformers")
 
-from rmt import train  # noqa: E402
+from rmt import config, train  # noqa: E402
 from rmt.tasks import babi  # noqa: E402
-from rmt.tasks.babilong import BabiLong, Haystack, assemble, haystack_sentences, parse_length  # noqa: E402
+from rmt.families.babilong import BabiLong  # noqa: E402
+from rmt.tasks.babilong import Haystack, assemble, haystack_sentences, parse_length  # noqa: E402
 from rmt.tools import compare  # noqa: E402
 from rmt.tools.compare import babilong_section  # noqa: E402
 from rmt.tools.plots import babilong_points  # noqa: E402
@@ -153,7 +154,7 @@ def flags(backbone, tmp_path, *extra):
 
 
 def family(backbone, tmp_path, *extra):
-    args, _ = train.parse_args(flags(backbone, tmp_path, *extra))
+    args, _ = config.parse_training_args(flags(backbone, tmp_path, *extra))
     fam = BabiLong(args, runtime=type("R", (), {"device": torch.device("cpu"), "autocast": staticmethod(
         lambda: torch.autocast("cpu", enabled=False))})())
     fam.load_data(lambda _: None)

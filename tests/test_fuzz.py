@@ -11,11 +11,13 @@ import uuid
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from rmt import train
+from rmt import config
 from rmt.errors import exits_on_error
+from rmt.families.registry import build_family
 from rmt.model.transformer import MemTransformerLM
 from rmt.results import RESULT_COLUMNS, append_result, read_results
 from rmt.training.checkpoint import CheckpointError, load_model, save_atomic
+from rmt.training.runtime import Runtime
 
 
 def fuzz(n: int):
@@ -61,10 +63,10 @@ def parse(argv) -> str:
     err = io.StringIO()
     @exits_on_error  # as the entry point: a library error becomes its one line
     def validate():
-        args, parser = train.parse_args(argv)
+        args, parser = config.parse_training_args(argv)
         try:  # as rmt.train: a family refuses a value with a ValueError, turned into the parser's error
-            family = train.build_family(args, train.Runtime("cpu"))
-            family.model_config() if args.dataset != "wt2" else train.config.model_config(args, n_token=10)
+            family = build_family(args, Runtime("cpu"))
+            family.model_config() if args.dataset != "wt2" else config.model_config(args, n_token=10)
         except ValueError as e:
             parser.error(str(e))
 

@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")  # the hf extra (installed wi
 from transformers import GPT2LMHeadModel  # noqa: E402
 
 from rmt import evaluate, generate, train  # noqa: E402
-from rmt.lm.pretrained import windows  # noqa: E402
+from rmt.lm.iterators import windows  # noqa: E402
 from rmt.training.checkpoint import load_file  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(30)]

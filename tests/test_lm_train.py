@@ -155,7 +155,8 @@ def test_scripts_label_resized_runs_custom_and_check_the_preset_name():
 @pytest.mark.parametrize("level, script, dataset, unit", [("char", "run_enwik8_base.sh", "enwik8", "bpc"),
                                                           ("word", "run_wt103_base.sh", "wt2", "ppl")])
 def test_own_text_prepared_trained_and_evaluated_under_its_name(tmp_path, level, script, dataset, unit):
-    """The README's "train RMT on your own text": prepare, one script line to train, one to evaluate."""
+    """pytorch/docs/language-modelling.md, "Train RMT on your own text": prepare, one script line to
+    train, one to evaluate."""
     rng = random.Random(5)
     for name in ("a.txt", "b.txt"):
         (tmp_path / name).write_text("\n".join(" ".join(rng.choice(["the", "cat", "sat", "on", "a", "mat"])

@@ -21,7 +21,7 @@ from rmt.errors import CheckpointError, RunError
 from rmt.model.transformer import MemTransformerLM
 from rmt.results import append_result, read_results
 from rmt import train
-from rmt.train import TESTED
+from rmt.training.session import TESTED
 from rmt.training.checkpoint import load_file
 from rmt.training.runtime import RunLogger, Runtime
 from rmt.training.trainer import LAST, Trainer

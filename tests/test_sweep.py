@@ -1,4 +1,5 @@
-"""The grid runner (rmt.tools.sweep) and the README section written by rmt.tools.compare --readme.
+"""The grid runner (rmt.tools.sweep) and the generated results section written by
+rmt.tools.compare --readme (experiments/RESULTS.md).
 
     python -m pytest tests/test_sweep.py -q
 
@@ -302,8 +303,11 @@ def test_readme_without_proper_markers_is_left_alone(tmp_path, capsys, content):
     assert readme.read_text() == content and "results:begin" in capsys.readouterr().err
 
 
-def test_project_readme_has_the_markers_once():
-    text = (ROOT / "README.md").read_text()
+def test_project_results_file_has_the_markers_once():
+    """The generated tables live in experiments/RESULTS.md (bash scripts/compare.sh --readme
+    experiments/RESULTS.md), and nowhere else: the README front page holds no generated block."""
+    text = (ROOT / "experiments" / "RESULTS.md").read_text()
     compare.replace_section(text, "")  # raises unless each marker occurs once, in order
-    section = text.split("## Results against the paper")[1].split("\n## ")[0]
-    assert compare.README_BEGIN in section and compare.README_END in section
+    assert text.startswith("# ") and "![synthetic_copy](plots/synthetic_copy.png)" in text
+    readme = (ROOT / "README.md").read_text()
+    assert compare.README_BEGIN not in readme and compare.README_END not in readme

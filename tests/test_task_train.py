@@ -19,7 +19,7 @@ from rmt.tasks.generators import sqeq_slots, stack_src_tgt
 from rmt.tasks.registry import task_spec
 from rmt.tasks.scoring import evaluate_batches, greedy, pad_to_segments, scored_mask, segments, teacher_forced
 from rmt.tasks.storage import load_arrays
-from rmt.tasks.training import BatchSampler
+from rmt.families.base import BatchSampler
 from rmt.training.checkpoint import load_file
 from rmt.training.runtime import RunLogger, Runtime
 from rmt.training.trainer import BEST, Trainer

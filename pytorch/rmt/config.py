@@ -16,7 +16,10 @@ import re
 import warnings
 
 from rmt.atomic import atomic_write
+from rmt.errors import UsageError
+from rmt.model.ablation import ABLATIONS
 from rmt.model.config import ATTN_IMPLS, ModelConfig
+from rmt.training.checkpoint import run_config
 
 # ---- command-line flags ----------------------------------------------------------------------
 
@@ -146,11 +149,91 @@ def base_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     return p
 
 
-def check_device(args: argparse.Namespace, device, parser: argparse.ArgumentParser, training: bool = True) -> None:
-    """Reject flag combinations the chosen device cannot run, before anything is built."""
+# ---- the training entry point's flags: shared, then the family's (rmt.families.registry) ---------
+
+TRAIN_PROG = "python3 -m rmt.train"
+TRAIN_DESCRIPTION = "Train a Transformer-XL / RMT model on a corpus or an algorithmic task; one entry point for both."
+# Flags that belong to one invocation, never inherited by an evaluation from the run it evaluates:
+# how a run was started, not what it is (a curriculum stage's --init_checkpoint is in the weights
+# it saved already).
+INVOCATION_FLAGS = {"eval_only", "eval_checkpoint", "restart", "restart_dir", "run_name", "work_dir",
+                    "no_results", "device", "cuda", "amp", "fp16", "compile", "log_interval", "init_checkpoint"}
+
+
+def training_parser(dataset: str, description: str = TRAIN_DESCRIPTION) -> argparse.ArgumentParser:
+    """rmt.train's parser: the shared flags, then the family's own (a family also brings its defaults)."""
+    from rmt.families.registry import FAMILIES, family_module  # the families' modules import this one
+
+    p = base_parser(TRAIN_PROG, description)
+    p.add_argument("--dataset", default=dataset, choices=list(FAMILIES),
+                   help="a corpus (default data dir: data/<name>), an algorithmic task, fact (classification), "
+                        "memorize (classification with a pretrained Hugging Face encoder), hf_lm (language "
+                        "modelling with a pretrained Hugging Face causal LM) or babilong (long-context question "
+                        "answering over one)")
+    p.add_argument("--eval_only", action="store_true", help="tasks: evaluate --eval_checkpoint on the test split")
+    p.add_argument("--eval_checkpoint", default=None, help="tasks: the checkpoint --eval_only evaluates")
+    p.add_argument("--memory_ablation", choices=ABLATIONS, default="none",
+                   help="with --eval_only: replace the memory each segment reads by the initial memory (reset) or "
+                        "by another sample's (shuffle), to measure what the model owes to its memory")
+    p.add_argument("--init_checkpoint", default=None,
+                   help="start from this checkpoint's weights (a new optimiser, schedule and step count), e.g. a "
+                        "run on fewer segments: a curriculum over segments, as RMT is trained on long inputs")
+    family_module(dataset).add_args(p)
+    return p
+
+
+def parse_training_args(argv, description: str = TRAIN_DESCRIPTION) -> tuple[argparse.Namespace,
+                                                                               argparse.ArgumentParser]:
+    """Every flag of rmt.train, checked (a refused one ends in argparse's usage error); a
+    family's evaluation inherits the evaluated run's flags."""
+    from rmt.families.registry import DEFAULT_DATASET, OWN_EVALUATION, family_module
+
+    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    peek.add_argument("--dataset")
+    peek.add_argument("--eval_checkpoint")
+    known = peek.parse_known_args(argv)[0]
+    run_flags = run_config(known.eval_checkpoint).get("args", {}) if known.eval_checkpoint else {}
+    parser = training_parser(known.dataset or run_flags.get("dataset") or DEFAULT_DATASET, description)
+    args = parser.parse_args(argv)
+    if args.dataset in OWN_EVALUATION:
+        args = inherit_trained_flags(parser, argv, args)
+    check_args(args, parser)
+    with_usage_errors(parser, family_module(args.dataset).check_args, args)
+    return args, parser
+
+
+def with_usage_errors(parser: argparse.ArgumentParser, run, *args):
+    """run(*args), a UsageError it raises shown as argparse shows a refused flag (usage, exit 2)."""
+    try:
+        return run(*args)
+    except UsageError as e:
+        parser.error(str(e))
+
+
+def inherit_trained_flags(parser: argparse.ArgumentParser, argv, args: argparse.Namespace) -> argparse.Namespace:
+    """With --eval_only, the evaluated run's own flags (its config.json) stand in for the
+    defaults, so the run is evaluated with its task, segments and memory; flags given on the
+    command line still win. `args.trained_flags` says where the defaults came from."""
+    args.trained_flags = ""
+    if not (args.eval_only and args.eval_checkpoint):
+        return args
+    run_flags = run_config(args.eval_checkpoint).get("args")
+    if not isinstance(run_flags, dict):
+        return args
+    known = {a.dest for a in parser._actions}
+    parser.set_defaults(**{k: v for k, v in run_flags.items() if k in known and k not in INVOCATION_FLAGS})
+    args = parser.parse_args(argv)
+    if args.run_name is None:
+        args.run_name = f"{pathlib.Path(args.eval_checkpoint).parent.name}-eval"
+    args.trained_flags = str(pathlib.Path(args.eval_checkpoint).parent / "config.json")
+    return args
+
+
+def check_device(args: argparse.Namespace, device, training: bool = True) -> None:
+    """Reject flag combinations the chosen device cannot run, before anything is built (UsageError)."""
     if training and args.attn_impl == "flex" and device.type != "cuda":
-        parser.error("--attn_impl flex trains only on CUDA (FlexAttention has no backward on CPU); "
-                     "use --attn_impl fused here, flex works for evaluation")
+        raise UsageError("--attn_impl flex trains only on CUDA (FlexAttention has no backward on CPU); "
+                         "use --attn_impl fused here, flex works for evaluation")
 
 
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")

@@ -17,6 +17,11 @@ class FlagError(RMTError):
     """Flags that cannot work together or with this machine (found after parsing)."""
 
 
+class UsageError(FlagError):
+    """Flags that contradict each other or the family: the entry point shows its usage line
+    with the message and exits with status 2, as for a flag argparse itself refuses."""
+
+
 class DataError(RMTError):
     """A data set, corpus or text that is missing, unreadable or does not fit the flags."""
 

@@ -29,14 +29,16 @@ import pathlib
 import sys
 import time
 
-from rmt import REPO_ROOT, train
+from rmt import REPO_ROOT, config
 from rmt.config import BOOL
 from rmt.errors import exits_on_error
+from rmt.families.registry import OWN_EVALUATION
 from rmt.lm.corpus import DATASETS
 from rmt.lm.evaluation import corpus_name, default_data_dir, evaluate_split, load_corpus, metric_name
 from rmt.model.ablation import ABLATIONS, MemoryAblation, task_suffix
 from rmt.model.config import ModelConfig
 from rmt.results import append_result, check_target, result_row
+from rmt.training import session
 from rmt.training.checkpoint import CheckpointError, load_model, run_config
 from rmt.training.runtime import Runtime
 
@@ -116,7 +118,7 @@ def task_run(argv) -> tuple[str, list[str]] | None:
     given = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     given.add_argument("--dataset")  # kept in `rest`: the task evaluation reads it too
     dataset = given.parse_known_args(rest)[0].dataset or run_config(known.checkpoint).get("args", {}).get("dataset")
-    return (known.checkpoint, rest) if dataset in train.OWN_EVALUATION else None
+    return (known.checkpoint, rest) if dataset in OWN_EVALUATION else None
 
 
 def load_for_eval(args, parser, runtime):
@@ -148,9 +150,10 @@ def load_for_eval(args, parser, runtime):
 @exits_on_error
 def main(argv=None) -> int:
     task = task_run(sys.argv[1:] if argv is None else argv)
-    if task:  # a task run: its own evaluation, with the task flags (rmt.train --eval_only)
+    if task:  # a task run: its own evaluation, with the task flags (as rmt.train --eval_only)
         checkpoint, rest = task
-        return train.main(["--eval_only", "--eval_checkpoint", checkpoint, *rest])
+        args, parser = config.parse_training_args(["--eval_only", "--eval_checkpoint", checkpoint, *rest])
+        return config.with_usage_errors(parser, session.execute, args)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size <= 0:

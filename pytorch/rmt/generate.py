@@ -22,14 +22,15 @@ import time
 
 import torch
 
-from rmt import train
+from rmt import config
 from rmt.errors import exits_on_error
-from rmt.lm import pretrained
+from rmt.families import hf_lm
 from rmt.lm.corpus import DATASETS, load_vocab
 from rmt.lm.evaluation import default_data_dir
 from rmt.lm.text import TextCodec
 from rmt.model.generation import generate
 from rmt.tasks.registry import TASK_NAMES
+from rmt.training import session
 from rmt.training.backbones import load_tokenizer
 from rmt.training.checkpoint import CheckpointError, load_model, run_config
 from rmt.training.runtime import Runtime
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
     if dataset in TASK_NAMES:
         parser.error(f"{args.checkpoint} is a {dataset} task run; generation is for language models "
                      "(the task evaluation decodes greedily: python -m rmt.evaluate --checkpoint ...)")
-    if dataset == pretrained.NAME:
+    if dataset == hf_lm.NAME:
         return generate_pretrained(args, parser, train_args, text)
     if dataset is None:
         parser.error(f"no config.json beside {args.checkpoint} names its corpus; pass --dataset and --data")
@@ -115,9 +116,9 @@ def generate_pretrained(args, parser, train_args: dict, text: str) -> int:
     if args.no_cache:
         parser.error("--no_cache compares our own decoders; an hf_lm run decodes with the backbone's cache")
     runtime = Runtime(args.device)
-    defaults = vars(train.build_parser(pretrained.NAME).parse_args([]))  # flags newer than the run
-    trained = argparse.Namespace(**{**defaults, **train_args, "eval_only": True, "eval_checkpoint": args.checkpoint})
-    model = train.build_model(trained, pretrained.PretrainedLM(trained, runtime), runtime).eval()
+    defaults = vars(config.training_parser(hf_lm.NAME).parse_args([]))  # flags newer than the run
+    run_args = argparse.Namespace(**{**defaults, **train_args, "eval_only": True, "eval_checkpoint": args.checkpoint})
+    model = session.build_model(run_args, hf_lm.PretrainedLM(run_args, runtime), runtime).eval()
     tokenizer = load_tokenizer(train_args["backbone"])
     if args.chat:
         if not tokenizer.chat_template:

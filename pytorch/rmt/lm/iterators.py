@@ -212,3 +212,9 @@ class LMMultiFileIterator:
 
     def __iter__(self) -> Iterator[Batch]:
         return pack_sentences(self._sentences(), self.batch_size, self.tgt_len, self.ext_len)
+
+
+def windows(ids: torch.Tensor, length: int) -> torch.Tensor:
+    """(n, length): the token stream cut into whole windows (a last partial one is dropped)."""
+    n = ids.numel() // length
+    return ids[: n * length].view(n, length)

@@ -29,7 +29,7 @@ from rmt.model.recurrence import MemoryState  # noqa: E402
 from rmt.tasks.registry import TASK_NAMES  # noqa: E402
 from rmt.tasks.scoring import pad_to_segments  # noqa: E402
 from rmt.tasks.storage import load_split  # noqa: E402
-from rmt.tasks.training import resolve_task  # noqa: E402
+from rmt.families.tasks import resolve_task  # noqa: E402
 from rmt.training.checkpoint import CheckpointError, load_model, run_config  # noqa: E402
 
 

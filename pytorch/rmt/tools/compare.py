@@ -1,7 +1,7 @@
 """Compare our results rows (experiments/results/*.csv) with the paper's tables (experiments/paper/*.csv).
 
     python3 -m rmt.tools.compare [--results DIR] [--paper DIR] [--plots DIR] [--markdown FILE] [--no-plots]
-                                             [--readme README.md]
+                                             [--readme experiments/RESULTS.md]
 
 Matching: same task (dataset for LM), model_kind, memory (mem_len and num_mem_tokens; an empty paper
 cell is a wildcard), mem_backprop_depth where the paper gives it, and tgt_len (synthetic rows without
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-plots", action="store_true", help="skip the plots")
     ap.add_argument("--split", default="test", help="which split of ours to compare ('any' for all)")
     ap.add_argument("--readme", default=None, help=f"also put the tables and plot links in this file, between "
-                    f"the lines {README_BEGIN} and {README_END} (e.g. README.md)")
+                    f"the lines {README_BEGIN} and {README_END} (e.g. experiments/RESULTS.md)")
     args = ap.parse_args(argv)
     readme = pathlib.Path(args.readme) if args.readme else None
     if readme:  # check the markers before any work

@@ -13,7 +13,7 @@ import pathlib
 from dataclasses import dataclass
 
 from rmt import REPO_ROOT
-from rmt.errors import CheckpointError, FlagError
+from rmt.errors import CheckpointError, FlagError, UsageError
 from rmt.training.checkpoint import first_line
 
 MODELS_DIR = REPO_ROOT / "data" / "models"
@@ -81,10 +81,10 @@ def manifest(folder: str | pathlib.Path) -> dict:
         return {}
 
 
-def refuse_txl_flags(args, parser) -> None:
+def refuse_txl_flags(args) -> None:
     """The families over a Hugging Face backbone have no Transformer-XL cache and one backward pass."""
     if args.bptt_bp or args.mem_len:
-        parser.error("--bptt_bp and --mem_len apply to the Transformer-XL models, not to a Hugging Face backbone")
+        raise UsageError("--bptt_bp and --mem_len apply to the Transformer-XL models, not to a Hugging Face backbone")
 
 
 def _resolved(backbone: str) -> str:

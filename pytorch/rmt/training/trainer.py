@@ -3,17 +3,9 @@
 The Trainer owns the model's optimiser and schedule, the optimiser step (gradient all-reduce,
 clipping, AMP scaling), validation and model selection, checkpoints, logging, the time limit
 and a clean stop on SIGTERM/SIGINT (a checkpoint is saved first). What differs between a corpus
-and a task lives in a *family* object (rmt.lm.training.LanguageModelling,
-rmt.tasks.training.AlgorithmicTask) with these methods:
-
-- `train_batch(model, step) -> dict`: forward and backward of one optimiser step (the family
-  owns the data, the carried memory and gradient accumulation); returns at least `loss` and
-  `tokens`;
-- `evaluate(model, split) -> dict`: at least `loss`, and the metric named by `select_by`;
-- `after_validation(metrics, step) -> str`: a note when model selection must start over (a
-  curriculum moved to a harder stage), else "";
-- `state_dict()` / `load_state_dict(d)`: data position and carried memory, saved in every
-  checkpoint, so that a resumed run continues bit for bit.
+and a task lives in a *family* (rmt.families.base.Family): the trainer calls its `train_batch`,
+`evaluate`, `after_validation`, `state_dict` and `load_state_dict` (data position and carried
+memory, saved in every checkpoint, so that a resumed run continues bit for bit).
 
 Divergence: a step whose loss or gradient norm is not finite (outside fp16, whose scaler skips
 its own overflows) is never applied. The run stops with a one-line error and exit status 1,
@@ -33,6 +25,7 @@ import time
 import torch
 
 from rmt.errors import CheckpointError, RunError
+from rmt.lm.evaluation import metric_name
 from rmt.training import sharding
 from rmt.training.checkpoint import first_line, load_file, save_atomic
 from rmt.training.optim import LRSchedule, build_optimizer
@@ -243,7 +236,7 @@ class Trainer:
         values = {"train/loss": loss, "train/lr": lr, "train/grad_norm": window.grad_norm / n,
                   "train/tokens_per_s": tok_s}
         values.update({f"train/{k}": v for k, v in out.items() if k not in ("loss", "tokens")})
-        unit = "bpc" if getattr(self.args, "dataset", "") in ("enwik8", "text8") else "ppl"
+        unit = metric_name(getattr(self.args, "dataset", ""))
         shown = loss / math.log(2) if unit == "bpc" else math.exp(min(loss, 50))
         self.logger.log(f"step {self.step:>7d}/{self.args.max_step} | lr {lr:.3g} | {elapsed / n * 1000:6.1f} ms/step"
                         f" | {tok_s:8.0f} tok/s | loss {loss:.4f} | {unit} {shown:.3f}")

@@ -24,7 +24,6 @@ experiments/results/hf.csv.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import pathlib
 
@@ -33,9 +32,10 @@ import torch.nn.functional as F
 
 from rmt import REPO_ROOT
 from rmt.config import BOOL, FULL_BPTT
-from rmt.errors import DataError
+from rmt.errors import DataError, UsageError
+from rmt.families.base import BackboneFamily, BatchSampler, SampledFamily, backward_in_chunks, run_kind, truncation
+from rmt.lm.iterators import windows
 from rmt.results import TestResult
-from rmt.tasks.training import BatchSampler, SampledFamily, backward_in_chunks
 from rmt.training.backbones import load_backbone, load_tokenizer, load_weights, refuse_txl_flags
 
 NAME = "hf_lm"
@@ -45,7 +45,7 @@ DEFAULTS = dict(lr=5e-5, scheduler="constant", warmup_step=0, log_interval=10, e
                 clip=1.0, optim="adam")
 
 
-def add_args(p: argparse.ArgumentParser) -> None:
+def add_args(p) -> None:
     g = p.add_argument_group("hf_lm (a pretrained Hugging Face causal LM)")
     g.add_argument("--backbone", default=None,
                    help="transformers causal-LM directory (or hub name) with its tokenizer, e.g. gpt2")
@@ -58,15 +58,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(**DEFAULTS, data=str(REPO_ROOT / "data" / "wikitext-2"))
 
 
-def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+def check_args(args) -> None:
     if not args.backbone:
-        parser.error("--backbone is required: a transformers causal-LM directory (or hub name) with its tokenizer")
+        raise UsageError("--backbone is required: a transformers causal-LM directory (or hub name) with its tokenizer")
     if args.n_segments <= 0:
-        parser.error(f"--n_segments must be positive, got {args.n_segments}")
+        raise UsageError(f"--n_segments must be positive, got {args.n_segments}")
     if not 0 <= args.last_tokens < args.n_segments * args.tgt_len:
-        parser.error(f"--last_tokens must be 0 (the last segment) to {args.n_segments * args.tgt_len - 1} "
-                     f"(a window holds {args.n_segments * args.tgt_len} tokens), got {args.last_tokens}")
-    check_causal_rmt_args(args, parser)
+        raise UsageError(f"--last_tokens must be 0 (the last segment) to {args.n_segments * args.tgt_len - 1} "
+                         f"(a window holds {args.n_segments * args.tgt_len} tokens), got {args.last_tokens}")
+    check_causal_rmt_args(args)
 
 
 def add_causal_rmt_args(g) -> None:
@@ -90,23 +90,23 @@ def add_causal_rmt_args(g) -> None:
                         "processes keep whole copies (DDP)")
 
 
-def check_causal_rmt_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    refuse_txl_flags(args, parser)
+def check_causal_rmt_args(args) -> None:
+    refuse_txl_flags(args)
     if args.lora < 0:
-        parser.error(f"--lora is a LoRA rank: positive, or 0 for none; got {args.lora}")
+        raise UsageError(f"--lora is a LoRA rank: positive, or 0 for none; got {args.lora}")
     if args.memory == "associative":
         if args.num_mem_tokens <= 0 or args.d_mem <= 0:
-            parser.error("--memory associative writes through memory tokens into keys of width --d_mem: give "
-                         f"positive --num_mem_tokens and --d_mem (got {args.num_mem_tokens} and {args.d_mem})")
+            raise UsageError("--memory associative writes through memory tokens into keys of width --d_mem: give "
+                             f"positive --num_mem_tokens and --d_mem (got {args.num_mem_tokens} and {args.d_mem})")
         if args.memory_norm or args.recompute_segments:
-            parser.error("--memory associative does not take --memory_norm (it writes no memory tokens) nor "
-                         "--recompute_segments (not carried yet)")
+            raise UsageError("--memory associative does not take --memory_norm (it writes no memory tokens) nor "
+                             "--recompute_segments (not carried yet)")
     if args.lora and args.freeze_backbone:
-        parser.error("--lora already freezes the backbone's own weights (it trains adapters and the memory); "
-                     "--freeze_backbone trains the memory alone: give one")
+        raise UsageError("--lora already freezes the backbone's own weights (it trains adapters and the memory); "
+                         "--freeze_backbone trains the memory alone: give one")
 
 
-def causal_rmt(args: argparse.Namespace, depth: int | None, checkpoint_state: dict | None = None):
+def causal_rmt(args, depth: int | None, checkpoint_state: dict | None = None):
     """RMTForCausalLM over --backbone as the flags describe it (segments of --tgt_len); a checkpoint's
     weights when given. The families over a pretrained causal LM (hf_lm, babilong) build it here."""
     from rmt.hf import ARMTForCausalLM, RMTForCausalLM
@@ -125,28 +125,21 @@ def causal_rmt(args: argparse.Namespace, depth: int | None, checkpoint_state: di
     return load_weights(model, checkpoint_state, args.backbone)
 
 
-def windows(ids: torch.Tensor, length: int) -> torch.Tensor:
-    """(n, length): the token stream cut into whole windows (a last partial one is dropped)."""
-    n = ids.numel() // length
-    return ids[: n * length].view(n, length)
-
-
-class PretrainedLM(SampledFamily):
+class PretrainedLM(BackboneFamily, SampledFamily):
     """Windows of a text corpus read by RMT over a pretrained causal LM (see the module docstring)."""
 
     results_csv = REPO_ROOT / "experiments" / "results" / "hf.csv"
     select_by = "loss"
     tests_best = True
 
-    def __init__(self, args: argparse.Namespace, runtime):
+    def __init__(self, args, runtime):
         self.args, self.runtime = args, runtime
         self.n_segments = args.n_segments
         self.corpus = pathlib.Path(args.data).name
         self.name = f"{self.corpus}-{args.n_segments}x{args.tgt_len}"
-        kind = ("armt" if args.memory == "associative" else "rmt") if args.num_mem_tokens else "base"
-        self.run_prefix = f"{self.name}-{kind}"
-        self.depth = None if args.mem_backprop_depth == FULL_BPTT else args.mem_backprop_depth
-        self.last = args.last_tokens or min(args.tgt_len, args.n_segments * args.tgt_len - 1)
+        self.run_prefix = f"{self.name}-{run_kind(args)}"
+        self.depth = truncation(args)
+        self.last_tokens = args.last_tokens or min(args.tgt_len, args.n_segments * args.tgt_len - 1)
 
     def load_data(self, log) -> None:
         a = self.args
@@ -175,7 +168,7 @@ class PretrainedLM(SampledFamily):
     def build_model(self, checkpoint_state: dict | None = None):
         return causal_rmt(self.args, self.depth, checkpoint_state)
 
-    def facts(self) -> dict:
+    def config_extras(self) -> dict:
         return {"task": self.name, "n_segments": self.n_segments, "backbone": self.args.backbone,
                 "windows": {s: len(w) for s, w in self.splits.items()}}
 
@@ -197,7 +190,7 @@ class PretrainedLM(SampledFamily):
 
     @torch.no_grad()
     def evaluate(self, model, split: str) -> dict:
-        """Mean NLL per supervised token, over the whole window and over its last `self.last` targets."""
+        """Mean NLL per supervised token, over the whole window and over its last `self.last_tokens` targets."""
         model.eval()
         data = self.splits[split]
         bsz = self.args.eval_batch_size or self.args.batch_size
@@ -205,7 +198,7 @@ class PretrainedLM(SampledFamily):
         total = total_last = 0.0
         n = n_last = 0
         width = data.size(1)
-        n_parts = width // self.last if width % self.last == 0 else 0
+        n_parts = width // self.last_tokens if width % self.last_tokens == 0 else 0
         part_sums = torch.zeros(n_parts, dtype=torch.float64)
         for i, start in enumerate(range(0, len(data), bsz)):
             if 0 <= limit <= i:
@@ -215,19 +208,19 @@ class PretrainedLM(SampledFamily):
                 logits = model(x).logits
             nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), x[:, 1:].flatten(), reduction="none")
             nll = nll.view(x.size(0), -1)
-            tail = nll[:, -self.last:]
+            tail = nll[:, -self.last_tokens:]
             total, n = total + nll.sum().item(), n + nll.numel()
             total_last, n_last = total_last + tail.sum().item(), n_last + tail.numel()
             if n_parts:  # target j predicts token j + 1: part k holds tokens k*N .. (k+1)*N - 1
                 part_sums += F.pad(nll, (1, 0)).view(x.size(0), n_parts, -1).sum((0, 2)).double().cpu()
         loss, loss_last = total / n, total_last / n_last
         rows = n // (width - 1)  # the windows read (part 0 has one target fewer: the first token has none)
-        parts = {f"loss_part{k}": (v / (rows * (self.last - (k == 0)))).item() for k, v in enumerate(part_sums)}
-        return {"loss": loss, "ppl": math.exp(loss), f"loss_last_{self.last}": loss_last,
-                f"ppl_last_{self.last}": math.exp(loss_last), **parts}
+        parts = {f"loss_part{k}": (v / (rows * (self.last_tokens - (k == 0)))).item() for k, v in enumerate(part_sums)}
+        return {"loss": loss, "ppl": math.exp(loss), f"loss_last_{self.last_tokens}": loss_last,
+                f"ppl_last_{self.last_tokens}": math.exp(loss_last), **parts}
 
     def test(self, model) -> TestResult:
         m = self.evaluate(model, "test")
-        metric = f"ppl_last_{self.last}"
+        metric = f"ppl_last_{self.last_tokens}"
         row = {"metric_name": metric, "metric_value": m[metric], "loss": m["loss"], "ppl": m["ppl"]}
         return TestResult({**m, "windows": len(self.splits["test"])}, row, [])

@@ -11,14 +11,13 @@ gradients over k chunks of the batch rows, each carrying its own rows' memory.
 """
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
 
 from rmt import REPO_ROOT
 from rmt.config import FULL_BPTT, model_config
-from rmt.errors import DataError, FlagError
+from rmt.errors import DataError, FlagError, UsageError
+from rmt.families.base import Family, run_kind
 from rmt.lm.evaluation import (
     adaptive_softmax,
     corpus_name,
@@ -29,10 +28,10 @@ from rmt.lm.evaluation import (
     metric_name,
 )
 from rmt.model.recurrence import REPLAYS, Recomputed, StreamState, stream_step
-from rmt.results import TestResult, model_kind
+from rmt.results import TestResult
 
 
-def add_args(p: argparse.ArgumentParser) -> None:
+def add_args(p) -> None:
     g = p.add_argument_group("language modelling")
     g.add_argument("--adaptive", action="store_true", help="adaptive input and softmax (word-level corpora)")
     g.add_argument("--cutoffs", type=int, nargs="+", default=None,
@@ -45,18 +44,18 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "which trained the paper's depth > 0 rows)")
 
 
-def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+def check_args(args) -> None:
     if args.cutoffs is not None and not args.adaptive:
-        parser.error("--cutoffs needs --adaptive")
+        raise UsageError("--cutoffs needs --adaptive")
     if args.mem_backprop_depth == FULL_BPTT:
-        parser.error("--mem_backprop_depth all: a language-model stream has no end to back-propagate from; "
-                     "give a depth D (the paper's rows use 0 to 4)")
+        raise UsageError("--mem_backprop_depth all: a language-model stream has no end to back-propagate from; "
+                         "give a depth D (the paper's rows use 0 to 4)")
     if args.lm_replay == "original" and args.mem_backprop_depth <= 0:
-        parser.error("--lm_replay original changes only how --mem_backprop_depth D > 0 re-runs past segments; "
-                     f"with depth {args.mem_backprop_depth} nothing is re-run")
+        raise UsageError("--lm_replay original changes only how --mem_backprop_depth D > 0 re-runs past segments; "
+                         f"with depth {args.mem_backprop_depth} nothing is re-run")
     if args.eval_only:
-        parser.error("--eval_only is for the algorithmic tasks; evaluate a language model with "
-                     "python3 -m rmt.evaluate --checkpoint runs/<run>/checkpoint_best.pt")
+        raise UsageError("--eval_only is for the algorithmic tasks; evaluate a language model with "
+                         "python3 -m rmt.evaluate --checkpoint runs/<run>/checkpoint_best.pt")
 
 
 class TrainStream:
@@ -106,18 +105,18 @@ class TrainStream:
         self._batches = None
 
 
-class LanguageModelling:
-    """One corpus: its streams, the carried memory, validation and the test; see rmt.training.trainer."""
+class LanguageModelling(Family):
+    """One corpus: its streams, the carried memory, validation and the test; a Family (rmt.families.base)."""
 
     select_by = "loss"
     tests_best = True
     results_csv = REPO_ROOT / "experiments" / "results" / "lm.csv"
 
-    def __init__(self, args: argparse.Namespace, runtime):
+    def __init__(self, args, runtime):
         self.args, self.runtime = args, runtime
         args.data = str(args.data or default_data_dir(args.dataset))
         self.name = corpus_name(args.data, args.dataset)
-        self.kind = model_kind(args.num_mem_tokens, args.mem_len, args.mem_at_end)
+        self.kind = run_kind(args)
         self.run_prefix = f"{self.name}-{self.kind}"
         self.unit = metric_name(args.dataset)
         self.n_segments = None  # a stream has no sample length
@@ -151,7 +150,7 @@ class LanguageModelling:
             if self.args.adaptive else ([], [False])
         return model_config(self.args, n_token, cutoffs, tie_projs)
 
-    def facts(self) -> dict:
+    def config_extras(self) -> dict:
         """What config.json records about the data beside the flags."""
         return {"dataset": self.args.dataset, "corpus": self.name, "data_dir": self.args.data,
                 "vocab_size": len(self.corpus.vocab)}
@@ -164,7 +163,7 @@ class LanguageModelling:
         return (f"{self.name} ({self.args.dataset} format): vocab {len(corpus.vocab)}, {n_train:,} train tokens; "
                 f"{self.kind}; {n_all:,} parameters ({n_nonemb:,} non-embedding)")
 
-    # ---- the family protocol of rmt.training.trainer -----------------------------------------
+    # ---- the Family protocol (rmt.families.base) --------------------------------------------
 
     def train_batch(self, model, step: int) -> dict:
         args, runtime = self.args, self.runtime

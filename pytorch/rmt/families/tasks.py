@@ -10,37 +10,30 @@ evaluated whole, with teacher-forced, greedy and exact-match accuracy.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import pathlib
 import time
 import warnings
 
-import torch
 
 from rmt import REPO_ROOT
 from rmt.config import FULL_BPTT, model_config
-from rmt.errors import CheckpointError, DataError
+from rmt.errors import CheckpointError, DataError, UsageError
+from rmt.families.base import (BatchSampler, SampledFamily, add_sample_args, backward_in_chunks, check_evaluation,
+                               check_sample_args, refuse_bptt_bp, run_kind, truncation)
 from rmt.results import TestResult
 from rmt.tasks.generators import SampleSpaceTooSmall
 from rmt.tasks.registry import task_spec
 from rmt.tasks.scoring import answer_loss, evaluate_batches
 from rmt.tasks.storage import load_meta, load_split, write_dataset
-from rmt.training.checkpoint import run_config
 
 # The paper's copy recipe, the task family's defaults (the other scripts change some of them).
 DEFAULTS = dict(n_layer=4, n_head=4, d_head=64, d_model=128, d_inner=256, dropout=0.1, lr=1e-4, scheduler="dev_perf",
                 lr_min=1e-6, patience=8, log_interval=4000, eval_interval=12000, tgt_len=72, eval_tgt_len=72,
                 batch_size=32, max_step=250_000, mem_backprop_depth=FULL_BPTT)
 
-# Flags that belong to one invocation, never inherited by an evaluation from the run it evaluates.
-# How a run was started, not what it is: an evaluation does not take them over (a curriculum
-# stage's --init_checkpoint is in the weights it saved already).
-INVOCATION_FLAGS = {"eval_only", "eval_checkpoint", "restart", "restart_dir", "run_name", "work_dir",
-                    "no_results", "device", "cuda", "amp", "fp16", "compile", "log_interval", "init_checkpoint"}
 
-
-def add_args(p: argparse.ArgumentParser) -> None:
+def add_args(p) -> None:
     g = p.add_argument_group("task")
     g.add_argument("--answer_size", type=int, default=None, help="scored final targets (default: the task's)")
     g.add_argument("--task_seq_len", type=int, default=None, help="copy/reverse sequence length L (sqeq: slot)")
@@ -61,63 +54,25 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(**DEFAULTS)
 
 
-def add_sample_args(g, n_train: int, n_val: int, n_test: int) -> None:
-    """The generated data's split sizes and seed, and the evaluation batch: every task has them."""
-    g.add_argument("--n_train", type=int, default=n_train, help="training samples when generating data")
-    g.add_argument("--n_val", type=int, default=n_val, help="validation samples when generating data")
-    g.add_argument("--n_test", type=int, default=n_test, help="test samples when generating data")
-    g.add_argument("--data_seed", type=int, default=0, help="seed of the generated data set")
-    g.add_argument("--eval_batch_size", type=int, default=None, help="evaluation batch (default: --batch_size)")
-
-
-def inherit_trained_flags(parser: argparse.ArgumentParser, argv, args: argparse.Namespace) -> argparse.Namespace:
-    """With --eval_only, the evaluated run's own flags (its config.json) stand in for the
-    defaults, so the run is evaluated with its task, segments and memory; flags given on the
-    command line still win. `args.trained_flags` says where the defaults came from."""
-    args.trained_flags = ""
-    if not (args.eval_only and args.eval_checkpoint):
-        return args
-    trained = run_config(args.eval_checkpoint).get("args")
-    if not isinstance(trained, dict):
-        return args
-    known = {a.dest for a in parser._actions}
-    parser.set_defaults(**{k: v for k, v in trained.items() if k in known and k not in INVOCATION_FLAGS})
-    args = parser.parse_args(argv)
-    if args.run_name is None:
-        args.run_name = f"{pathlib.Path(args.eval_checkpoint).parent.name}-eval"
-    args.trained_flags = str(pathlib.Path(args.eval_checkpoint).parent / "config.json")
-    return args
-
-
-def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+def check_args(args) -> None:
     if args.mem_backprop_depth == 0:
         if not args.eval_only:  # an evaluation of an older run inherits its 0 and trains nothing: no warning
             warnings.warn("--mem_backprop_depth 0 is read as full BPTT here, as the original task scripts meant it; "
                           "this reading is deprecated: 0 is to mean detached memory, as in language modelling. "
                           "Write --mem_backprop_depth all for full BPTT", FutureWarning)
         args.mem_backprop_depth = FULL_BPTT
-    if args.bptt_bp:  # a language-modelling flag: here one backward pass already covers every segment's loss
-        parser.error("--bptt_bp applies to language modelling; the task loss of every segment "
-                     "is already back-propagated, to --mem_backprop_depth segments of memory")
-    if args.eval_only and not args.eval_checkpoint:
-        parser.error("--eval_only needs --eval_checkpoint PATH (e.g. runs/<run>/checkpoint_best.pt)")
-    check_sample_args(args, parser)
+    # here one backward pass already covers every segment's loss
+    refuse_bptt_bp(args, "the task loss of every segment is already back-propagated, to --mem_backprop_depth "
+                         "segments of memory")
+    check_evaluation(args)
+    check_sample_args(args)
     if any(c <= 0 for c in args.curriculum):
-        parser.error(f"--curriculum segment lengths must be positive, got {args.curriculum}")
+        raise UsageError(f"--curriculum segment lengths must be positive, got {args.curriculum}")
     if not 0 < args.curriculum_threshold <= 1:
-        parser.error(f"--curriculum_threshold must be in (0, 1], got {args.curriculum_threshold}")
+        raise UsageError(f"--curriculum_threshold must be in (0, 1], got {args.curriculum_threshold}")
 
 
-def check_sample_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Split sizes that train, validate and test something."""
-    for name in ("n_train", "n_val", "n_test"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name} must be positive, got {getattr(args, name)}: every split is used")
-    if not args.eval_only and args.batch_size > args.n_train:
-        parser.error(f"--batch_size {args.batch_size} is larger than the training split (--n_train {args.n_train})")
-
-
-def resolve_task(args: argparse.Namespace):
+def resolve_task(args):
     """The task spec, its name (with the options that change it) and its data directory."""
     options = dict(seq_len=args.task_seq_len, num_tokens=args.num_tokens, num_pairs=args.num_pairs,
                    max_root=args.max_root, shuffle_limit=args.shuffle_limit)
@@ -130,68 +85,6 @@ def resolve_task(args: argparse.Namespace):
     return spec, name, data_dir
 
 
-class BatchSampler:
-    """Seeded reshuffle every epoch; the position is saved for exact resume."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.epoch, self.pos = 0, 0
-        self._perm = None
-
-    def _permutation(self):
-        if self._perm is None:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            self._perm = torch.randperm(self.n, generator=g)
-        return self._perm
-
-    def next(self) -> torch.Tensor:
-        if self.pos + self.batch_size > self.n:  # drop the short tail, start a new epoch
-            self.epoch, self.pos, self._perm = self.epoch + 1, 0, None
-        idx = self._permutation()[self.pos : self.pos + self.batch_size]
-        self.pos += self.batch_size
-        return idx
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, d: dict) -> None:
-        self.epoch, self.pos, self._perm = d["epoch"], d["pos"], None
-
-    def next_shard(self, rank: int, world: int) -> torch.Tensor:
-        """This process's rows of the next global batch (every DDP rank draws the same batch)."""
-        per_rank = self.batch_size // world
-        return self.next()[rank * per_rank : (rank + 1) * per_rank]
-
-
-def backward_in_chunks(runtime, n_chunks: int, loss_of, *batch: torch.Tensor) -> float:
-    """One batch's forward and backward in n_chunks parts (--batch_chunk: gradient accumulation);
-    loss_of(*part) is a part's mean loss. Returns the batch's mean loss."""
-    total = 0.0
-    for part in zip(*(t.chunk(n_chunks) for t in batch)):
-        with runtime.autocast():
-            loss = loss_of(*part) / n_chunks
-        runtime.scaler.scale(loss).backward()
-        total += loss.item()
-    return total
-
-
-class SampledFamily:
-    """The family protocol's state for a family that draws its training batches from
-    `self.sampler` (a BatchSampler) and never restarts model selection."""
-
-    def after_validation(self, metrics: dict, step: int) -> str:
-        return ""
-
-    def state_dict(self) -> dict:
-        return {"sampler": self.sampler.state_dict()}
-
-    def load_state_dict(self, d: dict) -> None:
-        self.sampler.load_state_dict(d["sampler"])
-
-    def resumed(self) -> str:
-        return ""
-
-
 class Curriculum:
     """Segment lengths to train on, longest (fewest segments) first, ending at --tgt_len.
 
@@ -199,46 +92,45 @@ class Curriculum:
     (or --max_time) is used up: the earlier stages together take at most half, so every model
     ends on the real task."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args):
         self.lengths = list(args.curriculum) + [args.tgt_len]
         self.eval_len, self.threshold = args.eval_tgt_len, args.curriculum_threshold
         self.max_step, self.max_time_s = args.max_step, args.max_time * 60
         self.stage, self.t0 = 0, time.time()
 
     @property
-    def last(self) -> bool:
+    def at_last_stage(self) -> bool:
         return self.stage == len(self.lengths) - 1
 
     def seg_len(self, evaluating: bool = False) -> int:
-        return self.eval_len if evaluating and self.last else self.lengths[self.stage]
+        return self.eval_len if evaluating and self.at_last_stage else self.lengths[self.stage]
 
     def advance(self, acc_tf: float, step: int) -> bool:
         """After a validation: True when the next stage starts."""
         share = (self.stage + 1) / (2 * max(len(self.lengths) - 1, 1))
         late = step >= int(share * self.max_step) or 0 < self.max_time_s * share <= time.time() - self.t0
-        if self.last or not (acc_tf >= self.threshold or late):
+        if self.at_last_stage or not (acc_tf >= self.threshold or late):
             return False
         self.stage += 1
         return True
 
 
-class AlgorithmicTask:
-    """One task: its data, sampler, curriculum, validation and test; see rmt.training.trainer."""
+class AlgorithmicTask(SampledFamily):
+    """One task: its data, sampler, curriculum, validation and test (a Family, rmt.families.base)."""
 
     results_csv = REPO_ROOT / "experiments" / "results" / "synthetic.csv"
 
-    def __init__(self, args: argparse.Namespace, runtime):
+    def __init__(self, args, runtime):
         self.args, self.runtime = args, runtime
         self.spec, self.name, self.data_dir = resolve_task(args)  # ValueError on a bad task option
         spec = self.spec
         self.answer_size = spec.answer_size if args.answer_size is None else args.answer_size
         if not 0 < self.answer_size <= spec.sample_len:
             raise ValueError(f"--answer_size must be in 1..{spec.sample_len} for {self.name}, got {self.answer_size}")
-        kind = "rmt" if args.num_mem_tokens else "txl" if args.mem_len else "base"
-        self.run_prefix = f"{self.name}-{kind}"
+        self.run_prefix = f"{self.name}-{run_kind(args)}"
         self.select_by = "loss" if args.select_by == "loss" else "acc_tf"
         self.n_segments = math.ceil(spec.sample_len / args.tgt_len)
-        self.depth = None if args.mem_backprop_depth == FULL_BPTT else args.mem_backprop_depth
+        self.depth = truncation(args)
         self.answer_slot = spec.default_kwargs.get("seq_len", 0) if self.name.startswith("sqeq") else 0
         self.curriculum = Curriculum(args)
         if args.eval_only:
@@ -289,7 +181,7 @@ class AlgorithmicTask:
             raise CheckpointError(f"{checkpoint} has vocabulary {model.config.n_token}, {self.name} needs "
                              f"{self.spec.vocab_size}; pass the task flags the model was trained with")
 
-    def facts(self) -> dict:
+    def config_extras(self) -> dict:
         return {"task": self.name, "data_dir": str(self.data_dir), "n_segments": self.n_segments,
                 "answer_size": self.answer_size}
 
@@ -298,7 +190,7 @@ class AlgorithmicTask:
                 f"answer {self.answer_size}; vocab {self.spec.vocab_size}; "
                 f"{sum(p.numel() for p in model.parameters()):,} parameters")
 
-    # ---- the family protocol of rmt.training.trainer -----------------------------------------
+    # ---- the Family protocol (rmt.families.base) --------------------------------------------
 
     def train_batch(self, model, step: int) -> dict:
         args, runtime = self.args, self.runtime
@@ -324,14 +216,11 @@ class AlgorithmicTask:
         self.sampler.load_state_dict(d["sampler"])
         self.curriculum.stage = d.get("stage", 0)
 
-    def resumed(self) -> str:
-        return ""
-
     @property
     def tests_best(self) -> bool:
         """The best validated model is tested, unless the curriculum never reached the real
         task: then its best is of an easier stage, and the last model is tested instead."""
-        return self.curriculum.last
+        return self.curriculum.at_last_stage
 
     # ---- metrics -----------------------------------------------------------------------------
 
@@ -366,7 +255,7 @@ class AlgorithmicTask:
     def test(self, model) -> TestResult:
         """The whole test split, greedy included, at the final segment length."""
         note = ""
-        if not self.curriculum.last:
+        if not self.curriculum.at_last_stage:
             note = f"curriculum did not reach segments of {self.args.tgt_len}; testing the last model"
             self.curriculum.stage = len(self.curriculum.lengths) - 1
         m = self.measure(model, "test", greedy=True)

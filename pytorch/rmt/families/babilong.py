@@ -1,0 +1,293 @@
+"""Long-context question answering in the style of BABILong (Kuratov et al., 2024): the facts of a
+bAbI story (rmt.tasks.babi) scattered through long natural text, the question at the end, answered
+by RMT over a pretrained causal LM: a family of `rmt.train` (the samples: rmt.tasks.babilong).
+
+    python3 -m rmt.train --dataset babilong --task qa1 --backbone smollm2-135m --n_segments 4 --tgt_len 64
+    python3 -m rmt.train --dataset babilong --eval_only --eval_checkpoint runs/<run>/checkpoint_best.pt \\
+        --n_segments 16                                  # the same model on 4x longer samples
+    python3 -m rmt.train --dataset babilong ... --eval_only --sample_length 64k --n_test 50
+    python3 -m rmt.train --dataset babilong --task qa1 --backbone smollm2-135m --eval_only --zero_shot \\
+        --num_mem_tokens 0                               # the bare model, the whole sample in its context
+
+A sample (BabiLong.sample) is haystack sentences from the text of --haystack (train.txt for the
+training samples, valid.txt and test.txt for the others: disjoint text), the story's sentences
+inserted in order at seeded sentence boundaries, then " Question: <q> Answer:" and the answer
+word. Its length in the backbone's tokens is exact: --sample_length (k = 1024, M = 1024^2; 0 for
+the story alone), by default n_segments * tgt_len, the answer included; the haystack is cut to
+fit and read cyclically when the split's text is shorter. Samples are built on the fly from
+(task, length, split, --data_seed, index): nothing is stored, so a 1M-token sample never is.
+
+Training: the loss covers the answer tokens only. Evaluation (--eval_batch_size samples at a
+time): the sample up to "Answer:" is read segment by segment, memory only and no logits, until the
+segment that holds the question; then the answer is generated greedily, and a sample is right
+when the first word generated (after an article: "The hallway." reads hallway) is the answer
+(exact match). The row's metric is that accuracy (`exact_match`); the loss column is the answer's
+teacher-forced loss. --memory_ablation reset|shuffle replaces the memory every segment reads
+(shuffle: another sample's of the batch). Baselines: --last_segment_only (the model sees the
+sample's last segment alone), --num_mem_tokens 0 (segments read independently), and --zero_shot
+(eval only: the bare backbone with the whole sample in its context, in its chat template when it
+has one, within its position limit). Rows go to experiments/results/babilong.csv.
+"""
+from __future__ import annotations
+
+import math
+import pathlib
+import re
+import time
+
+import numpy as np
+import torch
+
+from rmt import REPO_ROOT
+from rmt.config import BOOL, FULL_BPTT
+from rmt.errors import DataError, FlagError, UsageError
+from rmt.families.base import (BackboneFamily, BatchSampler, SampledFamily, add_sample_args, backward_in_chunks,
+                               check_sample_args, run_kind, truncation)
+from rmt.families.hf_lm import add_causal_rmt_args, causal_rmt, check_causal_rmt_args
+from rmt.results import TestResult
+from rmt.tasks.babi import PLACES, STORY_LENGTH, TASKS, every_sentence, make_story
+from rmt.tasks.babilong import ANSWER, QUESTION, Haystack, assemble, haystack_sentences, length_label, parse_length
+from rmt.tasks.babilong import question_segment
+from rmt.training.backbones import load_tokenizer
+
+NAME = "babilong"
+SPLITS = ("train", "valid", "test")
+INSTRUCTION = " Answer the question with one word."  # --zero_shot: an instruct model is told the format
+DEFAULTS = dict(lr=5e-5, scheduler="constant", warmup_step=0, log_interval=10, eval_interval=100, tgt_len=64,
+                eval_tgt_len=64, batch_size=4, max_step=500, mem_backprop_depth=FULL_BPTT, num_mem_tokens=8,
+                clip=1.0, optim="adam")
+
+
+def add_args(p) -> None:
+    g = p.add_argument_group("babilong (long-context QA over a pretrained Hugging Face causal LM)")
+    g.add_argument("--task", choices=TASKS, default="qa1", help="the bAbI task whose stories are hidden")
+    g.add_argument("--backbone", default=None, help="transformers causal-LM directory, hub name or known backbone "
+                                                    "(smollm2-135m)")
+    g.add_argument("--haystack", default=str(REPO_ROOT / "data" / "wikitext-2"),
+                   help="directory with train.txt, valid.txt and test.txt: the text the facts hide in")
+    g.add_argument("--n_segments", type=int, default=4, help="segments per sample")
+    g.add_argument("--sample_length", default=None,
+                   help="tokens per sample, answer included (4k, 64k, 1M; 0: the story alone); default "
+                        "n_segments x tgt_len")
+    g.add_argument("--last_segment_only", action=BOOL, default=False,
+                   help="the baseline: the model sees the sample's last segment alone")
+    g.add_argument("--zero_shot", action=BOOL, default=False,
+                   help="with --eval_only: the bare backbone, the whole sample in its context (its chat template)")
+    add_causal_rmt_args(g)
+    g.add_argument("--answer_tokens", type=int, default=4, help="tokens generated for the answer")
+    add_sample_args(g, 20_000, 100, 200)
+    p.set_defaults(**DEFAULTS)
+
+
+def check_args(args) -> None:
+    check_sample_args(args)
+    if not args.backbone:
+        raise UsageError("--backbone is required: a transformers causal LM (python3 -m rmt.tools.backbones get "
+                         "smollm2-135m installs one offline)")
+    if args.n_segments <= 0 or args.answer_tokens <= 0:
+        raise UsageError("--n_segments and --answer_tokens must be positive")
+    try:
+        args.sample_tokens = parse_length(args.sample_length) if args.sample_length is not None \
+            else args.n_segments * args.tgt_len
+    except ValueError as e:
+        raise UsageError(f"--sample_length: {e}")
+    check_causal_rmt_args(args)
+    if args.zero_shot and not (args.eval_only and args.num_mem_tokens == 0 and not args.eval_checkpoint):
+        raise UsageError("--zero_shot evaluates the bare backbone: with --eval_only, --num_mem_tokens 0 and no "
+                         "--eval_checkpoint")
+    if args.zero_shot and args.fsdp:
+        raise UsageError("--zero_shot runs the bare backbone in one process: drop --fsdp")
+    if args.last_segment_only and args.zero_shot:
+        raise UsageError("--last_segment_only and --zero_shot are two different baselines: give one")
+
+
+class BabiLong(BackboneFamily, SampledFamily):
+    """bAbI stories in long text, answered by RMT over a pretrained causal LM (module docstring)."""
+
+    results_csv = REPO_ROOT / "experiments" / "results" / "babilong.csv"
+    select_by = "acc"
+    tests_best = True
+
+    def __init__(self, args, runtime):
+        self.args, self.runtime = args, runtime
+        self.length = args.sample_tokens
+        t = args.tgt_len
+        segments = max(1, math.ceil(self.length / t))  # of the sample; the model sees the last alone with -last
+        self.n_segments = 1 if args.last_segment_only or args.zero_shot else segments  # zero-shot: one pass
+        span = f"{segments}x{t}" if self.length == segments * t else length_label(self.length)
+        how = "-last" if args.last_segment_only else "-zeroshot" if args.zero_shot else ""
+        self.name = f"{NAME}-{args.task}-{span}{how}"
+        self.run_prefix = f"{self.name}-{run_kind(args)}"
+        self.depth = truncation(args)
+
+    def load_data(self, log) -> None:
+        a = self.args
+        self.tokenizer = load_tokenizer(a.backbone)
+        self.haystacks = {}
+        for split in SPLITS:
+            path = pathlib.Path(a.haystack) / f"{split}.txt"
+            try:
+                sentences = haystack_sentences(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError) as e:
+                raise DataError(f"cannot read the haystack text {path} ({type(e).__name__}); --haystack needs "
+                                 "train.txt, valid.txt and test.txt (bash getdata.sh wt2, or your own text)") from None
+            if not sentences:
+                raise DataError(f"{path} holds no sentence for the haystack")
+            ids = self.tokenizer([" " + s for s in sentences], add_special_tokens=False).input_ids
+            self.haystacks[split] = Haystack([np.array(s, dtype=np.int64) for s in ids if s])
+        self.sampler = BatchSampler(a.n_train, a.batch_size, a.seed)
+        longest = self.longest_story()
+        if self.length and self.length < longest:  # refused before a run directory exists
+            raise FlagError(f"samples of {self.length} tokens cannot hold every {a.task} story (up to "
+                             f"{longest} tokens with the question and answer): give a longer --sample_length or "
+                             "more segments")
+        log(f"{NAME}: {a.task} stories in the text of {a.haystack} (train/valid/test.txt), samples of "
+            f"{self.length:,} tokens of the tokenizer of {a.backbone}")
+
+    def longest_story(self) -> int:
+        """Tokens of the longest story the task can draw, with its question and answer."""
+        facts, questions = every_sentence(self.args.task)
+        longest = lambda texts: max(len(self.encode(t)) for t in texts)  # noqa: E731
+        return (STORY_LENGTH[self.args.task][1] * longest([" " + f for f in facts])
+                + longest([QUESTION.format(q) for q in questions]) + longest([ANSWER.format(p) for p in PLACES]))
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.array(self.tokenizer(text, add_special_tokens=False).input_ids, dtype=np.int64)
+
+    def sample(self, split: str, index: int) -> tuple[np.ndarray, int, str, int]:
+        """(token ids, where the answer starts, the answer word, where the story starts) of sample
+        `index` of `split`."""
+        a = self.args
+        rng = np.random.default_rng([a.data_seed, SPLITS.index(split), TASKS.index(a.task), self.length, index])
+        story = make_story(a.task, rng)
+        facts = [self.encode(" " + f) for f in story.facts]
+        answer = self.encode(ANSWER.format(story.answer))
+        ids, first = assemble(facts, self.encode(QUESTION.format(story.question)), answer, self.haystacks[split],
+                              self.length, rng)
+        return ids, len(ids) - len(answer), story.answer, first
+
+    def batch(self, split: str, indices) -> tuple[torch.Tensor, torch.Tensor, list[str], list[bool]]:
+        """Samples of equal length stacked: ids (B, L), labels (-100 but on the answer), answers, and
+        whether each story starts before the segment of its question (so answering may need memory)."""
+        samples = [self.sample(split, int(i)) for i in indices]
+        ids = torch.from_numpy(np.stack([s[0] for s in samples]))
+        labels = torch.full_like(ids, -100)
+        for row, (_, start, _, _) in enumerate(samples):
+            labels[row, start:] = ids[row, start:]
+        t = self.args.tgt_len
+        earlier = [story < question_segment(start, t) for _, start, _, story in samples]
+        if self.args.last_segment_only:
+            ids, labels = ids[:, -t:], labels[:, -t:]
+        return ids, labels, [s[2] for s in samples], earlier
+
+    def build_model(self, checkpoint_state: dict | None = None):
+        return causal_rmt(self.args, self.depth, checkpoint_state)
+
+    def config_extras(self) -> dict:
+        return {"task": self.name, "n_segments": self.n_segments, "sample_tokens": self.length,
+                "backbone": self.args.backbone}
+
+    def describe(self, model) -> str:
+        a = self.args
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return (f"{self.name}: {a.task} in samples of {self.length:,} tokens, segments of {a.tgt_len}, "
+                f"{a.num_mem_tokens} memory tokens; {sum(p.numel() for p in model.parameters()):,} parameters "
+                f"({trained:,} trained); backbone {a.backbone}")
+
+    # ---- the family protocol of rmt.training.trainer -----------------------------------------
+
+    def train_batch(self, model, step: int) -> dict:
+        args, runtime = self.args, self.runtime
+        ids, labels, _, _ = self.batch("train", self.sampler.next_shard(runtime.rank, runtime.world))
+        ids, labels = ids.to(runtime.device), labels.to(runtime.device)
+        total = backward_in_chunks(runtime, args.batch_chunk, lambda x, y: model(x, labels=y).loss, ids, labels)
+        return {"loss": total, "tokens": ids.numel()}
+
+    def answer_rows(self, model, ids: torch.Tensor, starts: list[int]) -> tuple[float, list[list[int]]]:
+        """Samples (B, L) whose questions end in the same segment, answers from starts[b] on: the
+        answers' teacher-forced NLL summed over their tokens, and each row's greedy answer tokens."""
+        if self.args.zero_shot:
+            return math.nan, [self._zero_shot(model.backbone, ids[b : b + 1], s) for b, s in enumerate(starts)]
+        t = self.args.tgt_len
+        cut = question_segment(starts[0], t)
+        ablate = getattr(model, "ablate", None)  # a MemoryAblation (rmt.model.ablation) around the model
+        width = max(starts) - cut
+        prompt_mask = torch.arange(width, device=ids.device) < torch.tensor(starts, device=ids.device)[:, None] - cut
+        with self.runtime.autocast():
+            state = model.read(ids[:, :cut], read_memory=ablate) if cut else None
+            labels = torch.full_like(ids[:, cut:], -100)
+            for b, start in enumerate(starts):
+                labels[b, start - cut:] = ids[b, start:]
+            out = model(ids[:, cut:], labels=labels, memory=state)
+            new = model.generate(ids[:, cut : cut + width], attention_mask=prompt_mask.long(),
+                                 memory=ablate(state) if ablate else state, max_new_tokens=self.args.answer_tokens,
+                                 eos_token_id=None)[:, width:]
+        return out.loss.item() * sum(ids.size(1) - s for s in starts), new.tolist()
+
+    def _zero_shot(self, backbone, ids: torch.Tensor, start: int) -> list[int]:
+        """The bare backbone, the sample's text up to the question in its chat template (when it has one)."""
+        text = self.tokenizer.decode(ids[0, :start]) + INSTRUCTION
+        if self.tokenizer.chat_template:
+            prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                        return_dict=True)["input_ids"]
+        else:
+            prompt = self.tokenizer(text, add_special_tokens=False).input_ids
+        limit = getattr(backbone.config, "max_position_embeddings", None)
+        if limit and len(prompt) + self.args.answer_tokens > limit:
+            raise FlagError(f"--zero_shot: a prompt of {len(prompt):,} tokens does not fit the context of "
+                             f"{limit:,} positions of --backbone {self.args.backbone}; give a shorter --sample_length")
+        x = torch.tensor([prompt], device=ids.device)
+        new = backbone.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=self.args.answer_tokens,
+                                do_sample=False, pad_token_id=self.tokenizer.eos_token_id)[0, x.size(1):]
+        return new.tolist()
+
+    def first_word(self, tokens: list[int]) -> str:
+        """The first word of a generated answer, lower case, after any article ("The hallway." -> hallway)."""
+        words = [w.lower() for w in re.findall(r"[A-Za-z]+", self.tokenizer.decode(tokens, skip_special_tokens=True))]
+        if words[:1] in (["the"], ["a"], ["an"]):
+            words = words[1:]
+        return words[0] if words else ""
+
+    @torch.no_grad()
+    def evaluate(self, model, split: str) -> dict:
+        """Exact match of the first generated word, and the answer's teacher-forced loss per token;
+        --eval_batch_size samples at a time (grouped by the segment their question ends in). Also
+        the exact match of the samples whose story starts before the question's segment (memory
+        may be needed: acc_needs_memory) and of those whose story lies in it (acc_in_segment)."""
+        model.eval()
+        n = {"valid": self.args.n_val, "test": self.args.n_test}[split]
+        bsz, t = self.args.eval_batch_size or self.args.batch_size, self.args.tgt_len
+        nll, n_tokens = 0.0, 0
+        right = {True: 0, False: 0}  # by "the story starts before the question's segment"
+        count = {True: 0, False: 0}
+        for first in range(0, n, bsz):
+            ids, labels, answers, earlier = self.batch(split, range(first, min(n, first + bsz)))
+            starts = (labels != -100).int().argmax(1).tolist()
+            groups: dict[int, list[int]] = {}
+            for b, start in enumerate(starts):
+                groups.setdefault(question_segment(start, t), []).append(b)
+                count[earlier[b]] += 1
+            for rows in groups.values():
+                loss, new = self.answer_rows(model, ids[rows].to(self.runtime.device), [starts[b] for b in rows])
+                for tokens, b in zip(new, rows):
+                    right[earlier[b]] += self.first_word(tokens) == answers[b]
+                nll, n_tokens = nll + loss, n_tokens + sum(ids.size(1) - starts[b] for b in rows)
+        share = lambda k: right[k] / count[k] if count[k] else math.nan  # noqa: E731
+        return {"loss": nll / n_tokens, "acc": (right[True] + right[False]) / n, "acc_needs_memory": share(True),
+                "acc_in_segment": share(False), "n_needs_memory": count[True]}
+
+    def test(self, model) -> TestResult:
+        """Exact match on --n_test samples; the row's tokens_per_s is the test's own reading speed
+        (every sample's tokens over the test's time: reading, answering, scoring)."""
+        start = time.perf_counter()
+        m = self.evaluate(model, "test")
+        speed = self.args.n_test * self.length / (time.perf_counter() - start)
+        row = {"metric_name": "exact_match", "metric_value": m["acc"], "loss": m["loss"], "exact_match": m["acc"],
+               "tokens_per_s": speed}
+        n_memory = m["n_needs_memory"]
+        groups = [{"group_name": "story", "group": group, "n_samples": size, "acc_greedy": acc}
+                  for group, size, acc in (("starts before the question's segment", n_memory, m["acc_needs_memory"]),
+                                           ("in the question's segment", self.args.n_test - n_memory,
+                                            m["acc_in_segment"])) if size]
+        return TestResult({**m, "samples": self.args.n_test, "sample_tokens": self.length,
+                           "s_per_1k_tokens": 1000 / speed}, row, groups)
