@@ -376,7 +376,7 @@ def test_evaluation_extends_cache_and_carries_memory_over_the_split():
 # ---- one-line errors ------------------------------------------------------------------------
 
 def test_original_flags_that_would_do_nothing_warn_or_fail(capsys):
-    parser = lm_train.build_parser("wt103")
+    parser = cli.training_parser("wt103")
     with pytest.warns(UserWarning, match="--debug is ignored"):
         cli.check_args(parser.parse_args(["--debug"]), parser)
     with pytest.raises(SystemExit):  # the original looped forever; an empty validation would pass silently

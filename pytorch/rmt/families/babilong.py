@@ -42,7 +42,7 @@ from rmt import REPO_ROOT
 from rmt.config import BOOL, FULL_BPTT
 from rmt.errors import DataError, FlagError, UsageError
 from rmt.families.base import (BackboneFamily, BatchSampler, SampledFamily, add_sample_args, backward_in_chunks,
-                               check_sample_args, run_kind, truncation)
+                               check_sample_args, parameter_counts, run_kind, truncation)
 from rmt.families.hf_lm import add_causal_rmt_args, causal_rmt, check_causal_rmt_args
 from rmt.results import TestResult
 from rmt.tasks.babi import PLACES, STORY_LENGTH, TASKS, every_sentence, make_story
@@ -106,7 +106,6 @@ class BabiLong(BackboneFamily, SampledFamily):
 
     results_csv = REPO_ROOT / "experiments" / "results" / "babilong.csv"
     select_by = "acc"
-    tests_best = True
 
     def __init__(self, args, runtime):
         self.args, self.runtime = args, runtime
@@ -189,12 +188,10 @@ class BabiLong(BackboneFamily, SampledFamily):
 
     def describe(self, model) -> str:
         a = self.args
-        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return (f"{self.name}: {a.task} in samples of {self.length:,} tokens, segments of {a.tgt_len}, "
-                f"{a.num_mem_tokens} memory tokens; {sum(p.numel() for p in model.parameters()):,} parameters "
-                f"({trained:,} trained); backbone {a.backbone}")
+                f"{a.num_mem_tokens} memory tokens; {parameter_counts(model)}; backbone {a.backbone}")
 
-    # ---- the family protocol of rmt.training.trainer -----------------------------------------
+    # ---- the Family protocol (rmt.families.base) --------------------------------------------
 
     def train_batch(self, model, step: int) -> dict:
         args, runtime = self.args, self.runtime

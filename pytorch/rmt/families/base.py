@@ -187,6 +187,13 @@ def truncation(args) -> int | None:
     return None if args.mem_backprop_depth == FULL_BPTT else args.mem_backprop_depth
 
 
+def parameter_counts(model) -> str:
+    """"N parameters (M trained)" for a describe line; the count trained only where some are frozen."""
+    n = sum(p.numel() for p in model.parameters())
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return f"{n:,} parameters" + (f" ({trained:,} trained)" if trained != n else "")
+
+
 def run_kind(args) -> str:
     """The model kind of the flags, as the results rows name it (rmt, txl, rmt+txl, baseline, armt, ...);
     a run directory's default name is the family's data name, this kind and the time."""

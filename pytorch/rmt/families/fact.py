@@ -21,7 +21,7 @@ from rmt import REPO_ROOT
 from rmt.config import BOOL, FULL_BPTT, model_config
 from rmt.errors import CheckpointError, UsageError
 from rmt.families.base import (BatchSampler, SampledFamily, add_sample_args, backward_in_chunks, check_evaluation,
-                               check_sample_args, refuse_bptt_bp, run_kind, truncation)
+                               check_sample_args, parameter_counts, refuse_bptt_bp, run_kind, truncation)
 from rmt.model.recurrence import classify
 from rmt.results import TestResult
 from rmt.tasks.classification import FIRST_VALUE, fact_samples
@@ -61,7 +61,6 @@ class FactRecall(SampledFamily):
 
     results_csv = REPO_ROOT / "experiments" / "results" / "classification.csv"
     select_by = "acc"
-    tests_best = True
 
     task = NAME  # the prefix of the results rows' task name
 
@@ -100,7 +99,7 @@ class FactRecall(SampledFamily):
         a = self.args
         seen = "the last segment only" if a.last_segment_only else f"all {a.n_segments} segments"
         return (f"{self.name}: {a.n_segments} segments of {a.tgt_len}, the model sees {seen}; {a.n_values} classes "
-                f"(chance {1 / a.n_values:.3f}); {sum(p.numel() for p in model.parameters()):,} parameters")
+                f"(chance {1 / a.n_values:.3f}); {parameter_counts(model)}")
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, -self.args.tgt_len:] if self.args.last_segment_only else x

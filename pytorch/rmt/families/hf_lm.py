@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from rmt import REPO_ROOT
 from rmt.config import BOOL, FULL_BPTT
 from rmt.errors import DataError, UsageError
-from rmt.families.base import BackboneFamily, BatchSampler, SampledFamily, backward_in_chunks, run_kind, truncation
+from rmt.families.base import (BackboneFamily, BatchSampler, SampledFamily, backward_in_chunks, parameter_counts,
+                               run_kind, truncation)
 from rmt.lm.iterators import windows
 from rmt.results import TestResult
 from rmt.training.backbones import load_backbone, load_tokenizer, load_weights, refuse_txl_flags
@@ -129,8 +130,6 @@ class PretrainedLM(BackboneFamily, SampledFamily):
     """Windows of a text corpus read by RMT over a pretrained causal LM (see the module docstring)."""
 
     results_csv = REPO_ROOT / "experiments" / "results" / "hf.csv"
-    select_by = "loss"
-    tests_best = True
 
     def __init__(self, args, runtime):
         self.args, self.runtime = args, runtime
@@ -174,12 +173,10 @@ class PretrainedLM(BackboneFamily, SampledFamily):
 
     def describe(self, model) -> str:
         a = self.args
-        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return (f"{self.name}: windows of {a.n_segments} segments of {a.tgt_len} tokens, {a.num_mem_tokens} memory "
-                f"tokens; {sum(p.numel() for p in model.parameters()):,} parameters ({trained:,} trained); "
-                f"backbone {a.backbone}")
+                f"tokens; {parameter_counts(model)}; backbone {a.backbone}")
 
-    # ---- the family protocol of rmt.training.trainer -----------------------------------------
+    # ---- the Family protocol (rmt.families.base) --------------------------------------------
 
     def train_batch(self, model, step: int) -> dict:
         args, runtime = self.args, self.runtime

@@ -108,8 +108,6 @@ class TrainStream:
 class LanguageModelling(Family):
     """One corpus: its streams, the carried memory, validation and the test; a Family (rmt.families.base)."""
 
-    select_by = "loss"
-    tests_best = True
     results_csv = REPO_ROOT / "experiments" / "results" / "lm.csv"
 
     def __init__(self, args, runtime):

@@ -119,8 +119,7 @@ class Memorize(BackboneFamily, FactRecall):
         return {**super().config_extras(), "backbone": self.args.backbone}
 
     def describe(self, model) -> str:
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        return f"{super().describe(model)} ({trainable:,} trained); backbone {self.args.backbone}"
+        return f"{super().describe(model)}; backbone {self.args.backbone}"
 
     def _logits(self, model, x: torch.Tensor) -> torch.Tensor:
         return model(self._inputs(x)).logits

@@ -20,7 +20,7 @@ from rmt import REPO_ROOT
 from rmt.config import FULL_BPTT, model_config
 from rmt.errors import CheckpointError, DataError, UsageError
 from rmt.families.base import (BatchSampler, SampledFamily, add_sample_args, backward_in_chunks, check_evaluation,
-                               check_sample_args, refuse_bptt_bp, run_kind, truncation)
+                               check_sample_args, parameter_counts, refuse_bptt_bp, run_kind, truncation)
 from rmt.results import TestResult
 from rmt.tasks.generators import SampleSpaceTooSmall
 from rmt.tasks.registry import task_spec
@@ -188,7 +188,7 @@ class AlgorithmicTask(SampledFamily):
     def describe(self, model) -> str:
         return (f"{self.name}: {self.spec.sample_len} tokens = {self.n_segments} segments of {self.args.tgt_len}; "
                 f"answer {self.answer_size}; vocab {self.spec.vocab_size}; "
-                f"{sum(p.numel() for p in model.parameters()):,} parameters")
+                f"{parameter_counts(model)}")
 
     # ---- the Family protocol (rmt.families.base) --------------------------------------------
 
