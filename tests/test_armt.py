@@ -10,7 +10,7 @@ transformers = pytest.importorskip("transformers")
 from test_hf import gpt2, llama, memory_grad_of_segment, reference_greedy, tokens  # noqa: E402  (the RMT wrapper's)
 
 from rmt.hf import ARMTForCausalLM  # noqa: E402
-from rmt.hf.associative import AssociativeMemory, dpfp  # noqa: E402
+from rmt.model.associative import AssociativeMemory, dpfp  # noqa: E402
 from rmt.hf.modeling import decoder_layers  # noqa: E402
 
 

@@ -18,7 +18,7 @@ import warnings
 from rmt.atomic import atomic_write
 from rmt.errors import UsageError
 from rmt.model.ablation import ABLATIONS
-from rmt.model.config import ATTN_IMPLS, ModelConfig
+from rmt.model.config import ATTN_IMPLS, MEMORY_KINDS, ModelConfig
 from rmt.training.checkpoint import run_config
 
 # ---- command-line flags ----------------------------------------------------------------------
@@ -72,6 +72,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--causal", action=BOOL, default=True,
                    help="causal attention (default); --no-causal: the bidirectional encoder, memory at the start "
                         "only (with --no-mem_at_end), for classification")
+    g.add_argument("--memory", choices=MEMORY_KINDS, default="tokens",
+                   help="what carries memory between segments: the memory tokens (RMT) or a per-layer associative "
+                        "matrix written through them (ARMT, rmt.model.associative; needs --num_mem_tokens)")
+    g.add_argument("--d_mem", type=int, default=32,
+                   help="--memory associative: key width before the DPFP projection (keys of 6 x d_mem)")
     g.add_argument("--mem_init", choices=["distinct", "identical"], default="distinct",
                    help="initial memory rows: distinct N(0,1) rows, or the original's identical rows")
     g.add_argument("--attn_impl", choices=ATTN_IMPLS, default="eager",
@@ -268,6 +273,12 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
     check_paths(args, parser)
     if args.max_eval_steps == 0:  # the original looped forever here; a silent empty validation is no better
         parser.error("--max_eval_steps 0 would evaluate nothing: give a positive cap, or -1 for the whole split")
+    if args.memory == "associative":
+        if args.num_mem_tokens <= 0 or args.d_mem <= 0:
+            parser.error("--memory associative writes through memory tokens into keys of width --d_mem: give "
+                         f"positive --num_mem_tokens and --d_mem (got {args.num_mem_tokens} and {args.d_mem})")
+        if args.recompute_segments:
+            parser.error("--memory associative does not take --recompute_segments (not carried yet)")
     if args.batch_size % args.batch_chunk:
         parser.error(f"--batch_size {args.batch_size} is not divisible by --batch_chunk {args.batch_chunk}")
     if args.fp16:
@@ -305,7 +316,7 @@ def model_config(args: argparse.Namespace, n_token: int, cutoffs=(), tie_projs=(
         tgt_len=args.tgt_len, ext_len=args.ext_len, mem_len=args.mem_len, num_mem_tokens=args.num_mem_tokens,
         read_mem_from_cache=args.read_mem_from_cache, mem_at_end=args.mem_at_end, cutoffs=list(cutoffs),
         same_length=args.same_length, attn_type=args.attn_type, clamp_len=args.clamp_len, mem_init=args.mem_init,
-        attn_impl=args.attn_impl, causal=args.causal, n_classes=n_classes,
+        attn_impl=args.attn_impl, causal=args.causal, n_classes=n_classes, memory=args.memory, d_mem=args.d_mem,
     )
 
 

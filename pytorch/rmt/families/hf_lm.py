@@ -72,16 +72,11 @@ def check_args(args) -> None:
 
 def add_causal_rmt_args(g) -> None:
     """The flags of the families over a pretrained causal LM (hf_lm, babilong): how the backbone
-    is trained and spread over processes."""
+    is trained and spread over processes (--memory and --d_mem are the shared model flags)."""
     g.add_argument("--freeze_backbone", action=BOOL, default=False, help="train the memory only")
     g.add_argument("--lora", type=int, default=0, metavar="R",
                    help="train LoRA adapters of rank R on every linear layer of the backbone (peft) and the memory, "
                         "the backbone's own weights frozen (0: train them all)")
-    g.add_argument("--memory", choices=("tokens", "associative"), default="tokens",
-                   help="what carries memory between segments: memory tokens (RMT) or a per-layer associative "
-                        "matrix written through them (ARMT, rmt.hf.associative)")
-    g.add_argument("--d_mem", type=int, default=32,
-                   help="--memory associative: key width before the DPFP projection (keys of 6 x d_mem)")
     g.add_argument("--memory_norm", action=BOOL, default=False,
                    help="rescale the written memory to the token embeddings' norm (a pretrained decoder's last layer "
                         "is far larger than its inputs)")
@@ -95,13 +90,8 @@ def check_causal_rmt_args(args) -> None:
     refuse_txl_flags(args)
     if args.lora < 0:
         raise UsageError(f"--lora is a LoRA rank: positive, or 0 for none; got {args.lora}")
-    if args.memory == "associative":
-        if args.num_mem_tokens <= 0 or args.d_mem <= 0:
-            raise UsageError("--memory associative writes through memory tokens into keys of width --d_mem: give "
-                             f"positive --num_mem_tokens and --d_mem (got {args.num_mem_tokens} and {args.d_mem})")
-        if args.memory_norm or args.recompute_segments:
-            raise UsageError("--memory associative does not take --memory_norm (it writes no memory tokens) nor "
-                             "--recompute_segments (not carried yet)")
+    if args.memory == "associative" and args.memory_norm:  # the shared checks: rmt.config.check_args
+        raise UsageError("--memory associative does not take --memory_norm (it writes no memory tokens)")
     if args.lora and args.freeze_backbone:
         raise UsageError("--lora already freezes the backbone's own weights (it trains adapters and the memory); "
                          "--freeze_backbone trains the memory alone: give one")

@@ -5,22 +5,13 @@
     out = model(input_ids=ids, labels=ids)             # out.memory.assoc: per layer (A, z)
 
 The segment recurrence of RMTForCausalLM, with what crosses segments stored in a matrix per
-layer instead of in memory tokens. A segment is laid out [tokens T | memory M]: the M write
-slots are the same learned vectors in every segment (nothing is read through them). Around
-every decoder layer l, with phi = DPFP-3 (x' = [relu(x), relu(-x)], then the concatenation over
-j = 1..3 of x' * roll(x', j): d_key = 6 * d_mem):
-
-- read, into the layer's input h at every position (from the second segment on):
-      h <- h + A^T phi(W_q h) / (z . phi(W_q h) + 1e-5)
-- write, from the layer's outputs m_i at the M write slots, into A (d_key, d_model) and z (d_key):
-      k_i = phi(W_k m_i), v_i = W_v m_i, beta_i = sigmoid(W_beta m_i),
-      vbar_i = A^T k_i / (z . k_i + 1e-5)                       (what A holds for k_i; 0 at first)
-      A <- A + sum_i beta_i k_i (v_i - vbar_i)^T                (the delta rule)
-      z <- z + sum_i gamma_i k_i, gamma_i = clip(1 - z . k_i / |k_i|^2, 0, 1), not differentiated
-  All M writes of a segment use A and z as they were before it.
+layer (rmt.model.associative: the read into every position's layer input, the delta-rule write
+from the write slots' layer outputs) instead of in memory tokens. A segment is laid out
+[tokens T | memory M]: the M write slots are the same learned vectors in every segment (nothing
+is read through them).
 
 W_v starts at zero, so a fresh ARMT writes nothing and reads nothing: each segment is the bare
-backbone on its tokens. Shapes here: A (B, d_key, d_model), z (B, d_key), per layer; the state
+backbone on its tokens. Shapes: A (B, d_key, d_model), z (B, d_key), per layer; the state
 is `MemoryState(assoc=(A_0, z_0, A_1, z_1, ...))`, carried (and back-propagated through under
 BPTT) like RMT's memory. The backbone is not modified: the read and write run in forward hooks
 of its decoder layers, active only inside the wrapper's own calls, so the backbone saves, loads,
@@ -32,52 +23,11 @@ import contextlib
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rmt.hf.modeling import RMTForCausalLM, decoder_layers
+from rmt.model.associative import AssociativeMemory, read_all
 from rmt.model.recurrence import MemoryState
-
-EPS = 1e-5
-
-
-def dpfp(x: torch.Tensor, nu: int = 3) -> torch.Tensor:
-    """Deterministic parameter-free projection (Schlag et al., 2021): (..., d) -> (..., 2 * nu * d), >= 0."""
-    x = torch.cat([F.relu(x), F.relu(-x)], -1)
-    return torch.cat([x * x.roll(j, dims=-1) for j in range(1, nu + 1)], -1)
-
-
-class AssociativeMemory(nn.Module):
-    """One layer's projections and its read and write (module docstring)."""
-
-    def __init__(self, d_model: int, d_mem: int):
-        super().__init__()
-        self.q = nn.Linear(d_model, d_mem, bias=False)
-        self.k = nn.Linear(d_model, d_mem, bias=False)
-        self.v = nn.Linear(d_model, d_model, bias=False)
-        self.beta = nn.Linear(d_model, 1)
-        nn.init.zeros_(self.v.weight)  # a fresh memory stores zeros: the model starts as the backbone
-
-    def read(self, h: torch.Tensor, A: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """h (B, N, C) plus what A recalls for its queries."""
-        q = dpfp(self.q(h)).to(A.dtype)
-        return h + (torch.einsum("bnk,bkc->bnc", q, A) / (q @ z.unsqueeze(-1) + EPS)).to(h.dtype)
-
-    def write(self, m: torch.Tensor, A: torch.Tensor | None, z: torch.Tensor | None):
-        """The new (A, z) after the write slots' outputs m (B, M, C); A, z None: empty memory."""
-        k = dpfp(self.k(m)).float()
-        v = self.v(m).float()
-        beta = torch.sigmoid(self.beta(m)).float()
-        if A is None:
-            A = k.new_zeros(k.size(0), k.size(-1), m.size(-1))
-            z = k.new_zeros(k.size(0), k.size(-1))
-        zk = (k @ z.unsqueeze(-1)).squeeze(-1)  # (B, M)
-        stored = torch.einsum("bmk,bkc->bmc", k, A) / (zk.unsqueeze(-1) + EPS)
-        gamma = (1 - zk / (k * k).sum(-1).clamp(min=1e-12)).clamp(0, 1).detach()
-        A = A + torch.einsum("bmk,bmc->bkc", k, beta * (v - stored))
-        z = z + (gamma.unsqueeze(-1) * k).sum(1)
-        return A, z
-
 
 @dataclass
 class _Pass:
@@ -125,9 +75,7 @@ class AssociativeLayers(nn.Module):
     def active(self, assoc: tuple | None, write: slice | None):
         """Hooks on for one backbone call: read from `assoc` (None: nothing yet), write from the
         slots at `write`. Yields the _Pass whose `written` holds each layer's new (A, z)."""
-        n = len(self.memories)
-        read = [None] * n if assoc is None else [(assoc[2 * i], assoc[2 * i + 1]) for i in range(n)]
-        self._pass = _Pass(read, write)
+        self._pass = _Pass(read_all(self.memories, assoc), write)
         try:
             yield self._pass
         finally:

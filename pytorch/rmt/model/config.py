@@ -14,6 +14,7 @@ MEM_INITS = ("distinct", "identical")
 # eager: explicit scores; fused: scaled_dot_product_attention with one additive bias;
 # flex: FlexAttention, the position term as a score modification and the mask as a block mask.
 ATTN_IMPLS = ("eager", "fused", "flex")
+MEMORY_KINDS = ("tokens", "associative")  # what carries memory between segments (RMT, ARMT)
 
 
 @dataclass
@@ -46,6 +47,8 @@ class ModelConfig:
     attn_impl: str = "eager"  # one of ATTN_IMPLS; fused and flex apply to attn_type 0 and 4
     causal: bool = True  # False: the bidirectional encoder (memory at the start only, mem_at_end False)
     n_classes: int = 0  # > 0: a sequence-classification head over the final memory (or tokens)
+    memory: str = "tokens"  # "associative": per-layer matrices written through the write slots (ARMT)
+    d_mem: int = 32  # associative memory: key width before the DPFP projection (keys of 6 * d_mem)
 
     def __post_init__(self) -> None:
         if self.d_embed is None or self.d_embed <= 0:
@@ -111,6 +114,13 @@ class ModelConfig:
             self._validate_encoder()
         if self.mem_init not in MEM_INITS:
             raise ValueError(f"mem_init must be one of {MEM_INITS}, got {self.mem_init!r}")
+        if self.memory not in MEMORY_KINDS:
+            raise ValueError(f"memory must be one of {MEMORY_KINDS}, got {self.memory!r}")
+        if self.memory == "associative":
+            positive("d_mem")
+            if not (self.num_mem_tokens and self.mem_at_end and self.causal):
+                raise ValueError("associative memory is written through the write slots: it needs num_mem_tokens "
+                                 "> 0, mem_at_end and the causal model")
 
     def _validate_encoder(self) -> None:
         if self.mem_at_end and self.num_mem_tokens:

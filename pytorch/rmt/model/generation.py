@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from rmt.model.associative import read_all
 from rmt.model.recurrence import MemoryState
 
 
@@ -62,11 +63,14 @@ class Decoder:
                   for i in range(cfg.n_layer)]
         if cfg.attn_type == 2 and xl:
             prefix[0] = prefix[0] + self.pos_emb[:mlen]  # as run_layers adds it to the first layer's cache
+        # Associative memory: each layer's (A, z) that every input of this segment reads first.
+        self.reads = None if model.assoc is None else read_all(model.assoc, self.state.assoc)
         if m:
             # The read memory never sees the segment's tokens: any tokens give its states.
             placeholder = torch.zeros(self.batch, t, dtype=torch.long, device=device)
-            hids = model.run_layers(model.segment_input(placeholder, self.state.mem), xl, self.mask)
-            prefix = [torch.cat([p, h[:, :m]], dim=1) for p, h in zip(prefix, hids)]
+            mem = None if self.reads else self.state.mem  # associative: the learned slots every segment
+            hids = model.run_layers(model.segment_input(placeholder, mem), xl, self.mask, assoc=self.state.assoc)
+            prefix = [torch.cat([p, self._read(i, h[:, :m])], dim=1) for i, (p, h) in enumerate(zip(prefix, hids))]
         n_prefix = mlen + m
         # Rotary (attn_type 4): key j of [cache | segment] sits at position j, cached rotated.
         self.rope = model.rotary(torch.arange(k_full, device=device)) if cfg.attn_type == 4 else None
@@ -83,6 +87,11 @@ class Decoder:
             self.r_k = [layer.attn.r_net(self.pos_emb).view(k_full, cfg.n_head, cfg.d_head).permute(1, 2, 0)
                         .contiguous() for layer in model.layers]  # (H, D, K)
 
+    def _read(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """Layer i's input as the layer sees it: after its associative read, if it has one."""
+        before = self.reads[i] if self.reads else None
+        return h if before is None else self.model.assoc[i].read(h, *before)
+
     def _rope(self, start: int, stop: int):
         return None if self.rope is None else tuple(t[start:stop] for t in self.rope)
 
@@ -98,6 +107,7 @@ class Decoder:
             h = h + self.pos_emb[-self.mask.size(0) + query]
         mask = self.mask[query : query + 1, :n_keys]
         for i, layer in enumerate(model.layers):
+            h = self._read(i, h)
             q, k, v = layer.attn.project(h, self._rope(n_keys - 1, n_keys))
             self.keys[i][:, :, n_keys - 1], self.values[i][:, :, n_keys - 1] = k[:, 0], v[:, 0]
             r_k = self.r_k[i][..., -n_keys:] if cfg.attn_type == 0 else None

@@ -125,6 +125,9 @@ class Recomputed:
     """
 
     def __init__(self, model):
+        if getattr(model, "assoc", None) is not None:  # its state is not among the checkpointed inputs
+            raise ValueError("recomputed segments do not carry associative memory yet: train without "
+                             "--recompute_segments")
         self.model = model
 
     def __call__(self, x, y, state: MemoryState):
@@ -216,6 +219,9 @@ class _Encoding:
     """The model as run_segments calls it, returning hidden states instead of a loss."""
 
     def __init__(self, model):
+        if getattr(model, "assoc", None) is not None:  # its state is not among the checkpointed inputs
+            raise ValueError("recomputed segments do not carry associative memory yet: train without "
+                             "--recompute_segments")
         self.model = model
 
     def __call__(self, x, _y, state: MemoryState):

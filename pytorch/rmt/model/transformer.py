@@ -15,6 +15,7 @@ import functools
 import torch
 from torch import nn
 
+from rmt.model.associative import AssociativeMemory, read_all
 from rmt.model.config import ModelConfig
 from rmt.model import generation
 from rmt.model.adaptive import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
@@ -78,6 +79,26 @@ def flex_mask(*args, **kwargs) -> FlexMask:
     return FlexMask(build_attn_mask(*args, **kwargs))
 
 
+class _Associative:
+    """The layers of a model with associative memory, as run_layers calls them: each reads its
+    matrix into its input first and, when `written` is a list, appends the (A, z) its write
+    slots' outputs give. The layer inputs run_layers returns (and the XL cache keeps) are those
+    before the read."""
+
+    def __init__(self, model, assoc: tuple | None, written: list | None):
+        self.model, self.before, self.written = model, read_all(model.assoc, assoc), written
+
+    def __iter__(self):
+        m = self.model.config.num_mem_tokens
+        for layer, memory, before in zip(self.model.layers, self.model.assoc, self.before):
+            def call(core, *args, layer=layer, memory=memory, before=before, **kwargs):
+                out = layer(core if before is None else memory.read(core, *before), *args, **kwargs)
+                if self.written is not None:
+                    self.written.append(memory.write(out[:, -m:], *(before or (None, None))))
+                return out
+            yield call
+
+
 class MemTransformerLM(nn.Module):
     """Accepts the original constructor arguments (see `ModelConfig`)."""
 
@@ -119,6 +140,9 @@ class MemTransformerLM(nn.Module):
             self.mem_tokens = nn.Parameter(mem)  # (M, C)
         else:
             self.mem_tokens = None
+        # ARMT: a matrix memory per layer, read at every position, written from the write slots
+        self.assoc = nn.ModuleList(AssociativeMemory(d_model, cfg.d_mem) for _ in range(n_layer)) \
+            if cfg.memory == "associative" else None
 
     @classmethod
     def from_config(cls, cfg: ModelConfig | dict) -> "MemTransformerLM":
@@ -156,16 +180,21 @@ class MemTransformerLM(nn.Module):
         cfg = self.config
         state = MemoryState() if state is None else state
         m = cfg.num_mem_tokens
-        h = self.segment_input(x, state.mem)
+        associative = self.assoc is not None
+        h = self.segment_input(x, None if associative else state.mem)  # ARMT: learned slots every segment
         cache = state.xl if cfg.mem_len > 0 else None
         mlen = cache[0].size(1) if cache else 0
         mask = self.segment_mask(x.size(1), mlen, x.device, flex=not return_attention)
         maps = [] if return_attention else None
-        hids = self.run_layers(h, cache, mask, maps)
+        written = [] if associative else None
+        hids = self.run_layers(h, cache, mask, maps, state.assoc, written)
         core = self.drop(hids[-1])  # final dropout, also on the write outputs that become memory
 
         new_xl = self._update_cache(hids, cache, mlen, h.size(1)) if cfg.mem_len > 0 else None
-        if not m:
+        if associative:  # nothing carried in the slots: the layers' matrices are the memory
+            new_state = MemoryState(None, new_xl, tuple(t for pair in written for t in pair))
+            tokens = core[:, m:-m]
+        elif not m:
             tokens, new_state = core, MemoryState(None, new_xl)
         elif cfg.mem_at_end:
             # A compact copy: a view would keep the whole (B, Q, C) output alive as long as the state
@@ -204,9 +233,13 @@ class MemTransformerLM(nn.Module):
             pos_seq = pos_seq.clamp(min=-self.config.clamp_len, max=self.config.clamp_len)
         return self.pos_emb(pos_seq)
 
-    def run_layers(self, h: torch.Tensor, cache, mask, maps: list | None = None) -> list[torch.Tensor]:
+    def run_layers(self, h: torch.Tensor, cache, mask, maps: list | None = None, assoc: tuple | None = None,
+                   written: list | None = None) -> list[torch.Tensor]:
         """h (B, Q, C) -> the input of every layer and the last output, n_layer + 1 of (B, Q, C),
-        before the final dropout. maps: a list that receives each layer's attention probabilities."""
+        before the final dropout. maps: a list that receives each layer's attention probabilities.
+        Associative memory: every layer's input reads `assoc` (None: nothing written yet), and
+        `written` (a list) receives each layer's new (A, z) from its write slots' outputs."""
+        layers = self.layers if self.assoc is None else _Associative(self, assoc, written)
         mlen = cache[0].size(1) if cache else 0
         q_len = h.size(1)
         # (K, C); bidirectional relative attention also needs the Q - 1 negative distances
@@ -216,7 +249,7 @@ class MemTransformerLM(nn.Module):
             core = self.drop(h)  # dropout reaches the memory vectors too, as in the original
             pos_emb = self.drop(pos_emb)
             hids = [core]
-            for i, layer in enumerate(self.layers):
+            for i, layer in enumerate(layers):
                 core = layer(core, pos_emb, self.r_w_bias, self.r_r_bias, mask, cache[i] if cache else None,
                              probs=maps)
                 hids.append(core)
@@ -228,13 +261,13 @@ class MemTransformerLM(nn.Module):
             rope = self.rotary(torch.arange(mlen + q_len, device=h.device))
             core = self.drop(h)
             hids = [core]
-            for i, layer in enumerate(self.layers):
+            for i, layer in enumerate(layers):
                 core = layer(core, mask, cache[i] if cache else None, rope=rope, probs=maps)
                 hids.append(core)
             return hids
         core = self.drop(h + pos_emb[-q_len:])
         hids = [core]
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(layers):
             layer_cache = cache[i] if cache else None
             if layer_cache is not None and i == 0:
                 layer_cache = layer_cache + pos_emb[:mlen]  # the original added this in place
@@ -304,3 +337,5 @@ def init_weights(model: MemTransformerLM, init: str = "normal", init_std: float 
     if model.config.attn_type == 0:
         fill(model.r_w_bias)
         fill(model.r_r_bias)
+    for memory in model.assoc or ():
+        nn.init.zeros_(memory.v.weight)  # a fresh associative memory stores zeros (rmt.model.associative)
