@@ -1,6 +1,6 @@
-"""Associative memory in the Transformer-XL core (ModelConfig memory "associative", ARMT): what
-carries memory is a matrix per layer, read into every layer input and written from the write
-slots' layer outputs; a fresh one changes nothing; gradient reaches earlier segments through it;
+"""Associative memory in the Transformer-XL core (ModelConfig memory "associative", ARMT): the
+segment is [tokens | write memory] and what carries memory is a matrix per layer, read into every
+layer input and written from the write slots' layer outputs; a fresh one changes nothing; gradient reaches earlier segments through it;
 generation with the cache equals re-encoding; and the task driver trains, records and
 re-evaluates it (`--memory associative`)."""
 import subprocess
@@ -42,6 +42,19 @@ def test_a_fresh_associative_memory_stores_nothing_and_changes_nothing():
     torch.testing.assert_close(after, alone, rtol=0, atol=0)
 
 
+def test_the_segment_is_tokens_then_write_memory():
+    """Tokens see earlier tokens (and the cache), never the write memory; the write memory sees
+    the whole segment and itself, not the cache (as RMT's write memory without read_mem_from_cache)."""
+    model = make(**ARMT, mem_len=2)
+    blocked = model.segment_mask(3, 2, torch.device("cpu"), flex=False)  # keys: [cache 2 | 3 tokens | 2 write]
+    expected = torch.tensor([[0, 0, 0, 1, 1, 1, 1],
+                             [0, 0, 0, 0, 1, 1, 1],
+                             [0, 0, 0, 0, 0, 1, 1],
+                             [1, 1, 0, 0, 0, 0, 0],
+                             [1, 1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    assert torch.equal(blocked, expected)
+
+
 def test_each_layer_writes_from_its_write_slots_and_reads_at_every_position():
     model = live()
     m, x1, x2 = model.config.num_mem_tokens, tokens(seed=1), tokens(seed=2)
@@ -49,6 +62,7 @@ def test_each_layer_writes_from_its_write_slots_and_reads_at_every_position():
         _, state = model.encode(x1)
         # Layer 0 sees the segment's embedded input; its write slots' outputs give the first (A, z).
         h = model.drop(model.segment_input(x1, None))
+        assert h.shape[1] == 6 + m and model.read_slots == 0  # [tokens | write memory]
         pos = model.drop(model.positions(h.size(1), h.device, h.dtype))
         out = model.layers[0](h, pos, model.r_w_bias, model.r_r_bias, model.segment_mask(6, 0, h.device), None)
         A, z = AssociativeMemory.write(model.assoc[0], out[:, -m:], None, None)
@@ -93,6 +107,16 @@ def test_generation_with_the_cache_equals_re_encoding(kw):
         nll = score(model, seq, 6).nll
     torch.testing.assert_close(-fast_logp.gather(-1, seq[:, 1:, None])[..., 0], nll, rtol=0, atol=1e-5)
     assert fast.state.assoc is not None and len(fast.state.assoc) == 2 * model.config.n_layer
+
+
+@pytest.mark.parametrize("impl", ["fused", "flex"])
+def test_the_fused_and_flex_kernels_give_the_eager_segments(impl):
+    eager, other = live(mem_len=4), live(mem_len=4, attn_impl=impl)
+    other.load_state_dict(eager.state_dict())
+    xs = [tokens(seed=s) for s in (1, 2, 3)]
+    with torch.no_grad():
+        (a, _), (b, _) = (run_segments(model, xs, xs) for model in (eager, other))
+    torch.testing.assert_close(torch.stack(a), torch.stack(b), rtol=0, atol=1e-5)
 
 
 def test_what_associative_memory_refuses():

@@ -50,7 +50,7 @@ class Decoder:
 
     def _begin_segment(self) -> None:
         model, cfg = self.model, self.model.config
-        m, t = cfg.num_mem_tokens, self.segment_len
+        t = self.segment_len
         xl = self.state.xl if cfg.mem_len > 0 else None
         self.mlen = mlen = xl[0].size(1) if xl else 0
         self.n_fed, self.tokens = 0, []
@@ -65,13 +65,13 @@ class Decoder:
             prefix[0] = prefix[0] + self.pos_emb[:mlen]  # as run_layers adds it to the first layer's cache
         # Associative memory: each layer's (A, z) that every input of this segment reads first.
         self.reads = None if model.assoc is None else read_all(model.assoc, self.state.assoc)
-        if m:
+        r = model.read_slots
+        if r:
             # The read memory never sees the segment's tokens: any tokens give its states.
             placeholder = torch.zeros(self.batch, t, dtype=torch.long, device=device)
-            mem = None if self.reads else self.state.mem  # associative: the learned slots every segment
-            hids = model.run_layers(model.segment_input(placeholder, mem), xl, self.mask, assoc=self.state.assoc)
-            prefix = [torch.cat([p, self._read(i, h[:, :m])], dim=1) for i, (p, h) in enumerate(zip(prefix, hids))]
-        n_prefix = mlen + m
+            hids = model.run_layers(model.segment_input(placeholder, self.state.mem), xl, self.mask)
+            prefix = [torch.cat([p, h[:, :r]], dim=1) for p, h in zip(prefix, hids)]
+        n_prefix = mlen + r
         # Rotary (attn_type 4): key j of [cache | segment] sits at position j, cached rotated.
         self.rope = model.rotary(torch.arange(k_full, device=device)) if cfg.attn_type == 4 else None
         self.keys, self.values = [], []
@@ -99,8 +99,7 @@ class Decoder:
     def feed(self, token: torch.Tensor) -> torch.Tensor:
         """token (B,) -> log-probabilities (B, V) of the token after it."""
         model, cfg = self.model, self.model.config
-        m, p = cfg.num_mem_tokens, self.n_fed
-        query = m + p  # this token's row in the segment mask
+        query = model.read_slots + self.n_fed  # this token's row in the segment mask
         n_keys = self.mlen + query + 1
         h = model.word_emb(token.view(-1, 1))  # (B, 1, C)
         if cfg.attn_type == 2:

@@ -33,7 +33,8 @@ from rmt.model.recurrence import MemoryState
 
 
 @functools.lru_cache(maxsize=64)
-def _attn_mask(n_tokens, num_mem, mlen, mem_at_end, read_mem_from_cache, same_length, mem_len, causal, device):
+def _attn_mask(n_tokens, num_mem, mlen, mem_at_end, read_mem_from_cache, same_length, mem_len, causal, device,
+               read_slots=True):
     n_write = num_mem if mem_at_end else 0
     q_len = num_mem + n_tokens + n_write
     k_len = mlen + q_len
@@ -58,18 +59,23 @@ def _attn_mask(n_tokens, num_mem, mlen, mem_at_end, read_mem_from_cache, same_le
             mask[-m:, :mlen] = not read_mem_from_cache
         if not causal:  # the encoder: memory (at the start only) reads and writes the whole segment
             mask[:m, mlen + m :] = False
+        if not read_slots:  # [tokens | write memory] (associative memory): the same rules without the read rows
+            keep = torch.cat([torch.arange(mlen, device=device), torch.arange(mlen + m, k_len, device=device)])
+            mask = mask[m:][:, keep].contiguous()
     return mask
 
 
 def build_attn_mask(n_tokens, num_mem, mlen, *, mem_at_end, read_mem_from_cache, same_length=False, mem_len=0,
-                    causal=True, device=None) -> torch.Tensor:
+                    causal=True, device=None, read_slots=True) -> torch.Tensor:
     """Boolean (Q, K) mask, True = blocked. Causal: read tokens never see the segment; tokens
     never see the write memory; write tokens see everything in the segment. Bidirectional
     (causal False, memory at the start only): everything sees the segment and the memory, and
-    the memory sees the cache only with read_mem_from_cache. Built once per shape."""
+    the memory sees the cache only with read_mem_from_cache. read_slots False: the segment is
+    [tokens | write memory] (associative memory). Built once per shape."""
     # Cached per shape and device: no host-to-device copy per segment. Callers must not modify it.
     return _attn_mask(n_tokens, num_mem, mlen, bool(mem_at_end and num_mem), read_mem_from_cache, same_length,
-                      mem_len, causal, torch.device(device) if device is not None else torch.device("cpu"))
+                      mem_len, causal, torch.device(device) if device is not None else torch.device("cpu"),
+                      read_slots)
 
 
 @torch.compiler.disable  # a graph break per segment: compiled graphs get the mask as an input
@@ -181,7 +187,7 @@ class MemTransformerLM(nn.Module):
         state = MemoryState() if state is None else state
         m = cfg.num_mem_tokens
         associative = self.assoc is not None
-        h = self.segment_input(x, None if associative else state.mem)  # ARMT: learned slots every segment
+        h = self.segment_input(x, state.mem)
         cache = state.xl if cfg.mem_len > 0 else None
         mlen = cache[0].size(1) if cache else 0
         mask = self.segment_mask(x.size(1), mlen, x.device, flex=not return_attention)
@@ -193,7 +199,7 @@ class MemTransformerLM(nn.Module):
         new_xl = self._update_cache(hids, cache, mlen, h.size(1)) if cfg.mem_len > 0 else None
         if associative:  # nothing carried in the slots: the layers' matrices are the memory
             new_state = MemoryState(None, new_xl, tuple(t for pair in written for t in pair))
-            tokens = core[:, m:-m]
+            tokens = core[:, :-m]
         elif not m:
             tokens, new_state = core, MemoryState(None, new_xl)
         elif cfg.mem_at_end:
@@ -208,13 +214,21 @@ class MemTransformerLM(nn.Module):
     # ---- the pieces of a segment, shared by encode and incremental decoding (model.generation) ----
 
     def segment_input(self, x: torch.Tensor, mem: torch.Tensor | None) -> torch.Tensor:
-        """Embedded [read memory | tokens | write memory] (B, Q, C); the same memory in both slots."""
+        """Embedded [read memory | tokens | write memory] (B, Q, C); the same memory in both slots.
+        Associative memory: [tokens | write memory], the learned memory in every segment."""
         emb = self.word_emb(x)  # (B, T, C)
         m = self.config.num_mem_tokens
         if not m:
             return emb
+        if self.assoc is not None:
+            return torch.cat([emb, self.initial_memory(x.size(0)).to(emb.dtype)], dim=1)
         mem = (self.initial_memory(x.size(0)) if mem is None else mem).to(emb.dtype)
         return torch.cat([mem, emb, mem] if self.config.mem_at_end else [mem, emb], dim=1)
+
+    @property
+    def read_slots(self) -> int:
+        """How many memory positions precede the segment's tokens (none under associative memory)."""
+        return self.config.num_mem_tokens if self.assoc is None else 0
 
     def segment_mask(self, n_tokens: int, mlen: int, device, flex: bool = True):
         """The (Q, K) mask of a segment of n_tokens after mlen cached positions (a FlexMask for
@@ -223,7 +237,7 @@ class MemTransformerLM(nn.Module):
         masking = flex_mask if flex and cfg.attn_impl == "flex" and cfg.attn_type in (0, 4) else build_attn_mask
         return masking(n_tokens, cfg.num_mem_tokens, mlen, mem_at_end=cfg.mem_at_end,
                        read_mem_from_cache=cfg.read_mem_from_cache, same_length=cfg.same_length,
-                       mem_len=cfg.mem_len, causal=cfg.causal, device=device)
+                       mem_len=cfg.mem_len, causal=cfg.causal, device=device, read_slots=self.assoc is None)
 
     def positions(self, k_len: int, device, dtype, future: int = 0) -> torch.Tensor:
         """Sinusoids (K + future, C) for distances K-1 .. -future: memory tokens occupy positions
