@@ -277,8 +277,6 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         if args.num_mem_tokens <= 0 or args.d_mem <= 0:
             parser.error("--memory associative writes through memory tokens into keys of width --d_mem: give "
                          f"positive --num_mem_tokens and --d_mem (got {args.num_mem_tokens} and {args.d_mem})")
-        if args.recompute_segments:
-            parser.error("--memory associative does not take --recompute_segments (not carried yet)")
     if args.batch_size % args.batch_chunk:
         parser.error(f"--batch_size {args.batch_size} is not divisible by --batch_chunk {args.batch_chunk}")
     if args.fp16:

@@ -90,8 +90,9 @@ def check_causal_rmt_args(args) -> None:
     refuse_txl_flags(args)
     if args.lora < 0:
         raise UsageError(f"--lora is a LoRA rank: positive, or 0 for none; got {args.lora}")
-    if args.memory == "associative" and args.memory_norm:  # the shared checks: rmt.config.check_args
-        raise UsageError("--memory associative does not take --memory_norm (it writes no memory tokens)")
+    if args.memory == "associative" and (args.memory_norm or args.recompute_segments):  # shared: config.check_args
+        raise UsageError("--memory associative over a backbone does not take --memory_norm (it writes no memory "
+                         "tokens) nor --recompute_segments (not carried there yet)")
     if args.lora and args.freeze_backbone:
         raise UsageError("--lora already freezes the backbone's own weights (it trains adapters and the memory); "
                          "--freeze_backbone trains the memory alone: give one")

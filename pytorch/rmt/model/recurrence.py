@@ -125,24 +125,21 @@ class Recomputed:
     """
 
     def __init__(self, model):
-        if getattr(model, "assoc", None) is not None:  # its state is not among the checkpointed inputs
-            raise ValueError("recomputed segments do not carry associative memory yet: train without "
-                             "--recompute_segments")
         self.model = model
 
     def __call__(self, x, y, state: MemoryState):
-        def segment(mem, xl):
-            nll, new = self.model(x, y, MemoryState(mem, xl))
-            return nll, new.mem, new.xl
+        def segment(mem, xl, *assoc):  # associative memory's matrices as inputs of their own: differentiated
+            nll, new = self.model(x, y, MemoryState(mem, xl, assoc or None))
+            return (nll, new.mem, new.xl, *(new.assoc or ()))
 
         if not torch.is_grad_enabled():
             return self.model(x, y, state)
         mem = self.model.initial_memory(x.size(0)) if state.mem is None else state.mem
-        reentrant = mem is not None and mem.requires_grad
-        nll, mem, xl = checkpoint(segment, mem, state.xl, use_reentrant=reentrant)
+        reentrant = any(t is not None and t.requires_grad for t in (mem, *(state.assoc or ())))
+        nll, mem, xl, *assoc = checkpoint(segment, mem, state.xl, *(state.assoc or ()), use_reentrant=reentrant)
         if reentrant and xl is not None:  # the cache is never differentiated (the model detached
             xl = tuple(t.detach() for t in xl)  # it); reentrant outputs all look differentiable
-        return nll, MemoryState(mem, xl)
+        return nll, MemoryState(mem, xl, tuple(assoc) or None)
 
 
 def run_segments(model, xs, ys, state: MemoryState | None = None, depth: int | None = None,
