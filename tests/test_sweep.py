@@ -113,6 +113,15 @@ def test_depth_axis_and_rmt_txl_kind():
         ("20", "10", "0")
 
 
+def test_the_armt_kind_is_rmt_with_associative_memory():
+    s = sweep.expand({"name": "c", "script": "scripts/copy.sh", "kinds": ["rmt", "armt"], "tgt_len": [6],
+                      "memory": [6], "seeds": [1]})
+    rmt, armt = (r.argv for r in s.runs)
+    assert [r.name for r in s.runs] == ["sweep-c-rmt-t6-m6-s1", "sweep-c-armt-t6-m6-s1"]
+    assert armt[armt.index("--num_mem_tokens") + 1] == "6" and armt[armt.index("--memory") + 1] == "associative"
+    assert "--memory" not in rmt
+
+
 @pytest.mark.parametrize("entry, message", [
     ({"tgt_len": 8, "kinds": ["rmt+txl"], "memory": [4]}, "needs a positive integer 'cache'"),
     ({"tgt_len": 8, "kinds": ["rmt"], "memory": [4], "cache": 3}, "needs a positive integer 'cache'"),

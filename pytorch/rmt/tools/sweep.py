@@ -14,8 +14,9 @@ that CSV is skipped, so an interrupted sweep continues where it stopped when sta
     flags         optional list of fixed extra flags for every run (["--max_step", "3000"])
     results_csv   optional results CSV, relative to the repository root
                   (default experiments/results/synthetic.csv; --results overrides it)
-    kinds         baseline (no memory), txl (--mem_len MEM), rmt (--num_mem_tokens MEM) or rmt+txl
-                  (--num_mem_tokens MEM and a cache of --mem_len CACHE); kinds without a cache get
+    kinds         baseline (no memory), txl (--mem_len MEM), rmt (--num_mem_tokens MEM), rmt+txl
+                  (--num_mem_tokens MEM and a cache of --mem_len CACHE) or armt (--num_mem_tokens MEM
+                  --memory associative: associative memory); kinds without a cache get
                   --mem_len 0, so a script whose recipe has a cache (the LM base scripts) runs without it
     memory        optional default memory sizes, for tgt_len entries without their own
     tgt_len       list of segment lengths: an int, or {"tgt_len": 6, "memory": [6], "curriculum": [12],
@@ -56,8 +57,9 @@ from rmt.errors import exits_on_error
 from rmt.results import check_target, read_results
 
 DEFAULT_CSV = "experiments/results/synthetic.csv"
-MEMORY_FLAG = {"baseline": None, "txl": "--mem_len", "rmt": "--num_mem_tokens", "rmt+txl": "--num_mem_tokens"}
-TOKEN_KINDS = ("rmt", "rmt+txl")  # kinds with memory tokens: the ones a depth axis applies to
+MEMORY_FLAG = {"baseline": None, "txl": "--mem_len", "rmt": "--num_mem_tokens", "rmt+txl": "--num_mem_tokens",
+               "armt": "--num_mem_tokens"}
+TOKEN_KINDS = ("rmt", "rmt+txl", "armt")  # kinds with memory tokens: the ones a depth axis applies to
 GRID_KEYS = {"name", "script", "env", "flags", "results_csv", "kinds", "memory", "tgt_len", "seeds"}
 ENTRY_KEYS = {"tgt_len", "eval_tgt_len", "memory", "curriculum", "kinds", "flags", "depth", "cache"}
 # Set by the sweep for every run; a grid's fixed flags may not set them too.
@@ -210,6 +212,8 @@ def _run(name: str, entry: Entry, kind: str, mem: int, depth: int | None, seed: 
         flags += ["--curriculum", *map(str, entry.curriculum)]
     if MEMORY_FLAG[kind]:
         flags += [MEMORY_FLAG[kind], str(mem)]
+    if kind == "armt":  # written through its memory tokens into a matrix per layer
+        flags += ["--memory", "associative"]
     flags += ["--mem_len", str(cache)] if kind == "rmt+txl" else [] if kind == "txl" else ["--mem_len", "0"]
     if depth is not None:
         flags += ["--mem_backprop_depth", str(depth)]
