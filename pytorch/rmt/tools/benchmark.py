@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m rmt.tools.benchmark", description=__doc__.split("\n\n")[0])
     p.add_argument("mode", choices=["throughput", "bptt", "stream", "generation", "hf"])
     p.add_argument("--configs", nargs="+", default=["copy"], choices=sorted(CONFIGS))
-    p.add_argument("--kinds", nargs="+", default=["baseline", "txl", "rmt"], choices=["baseline", "txl", "rmt"])
+    p.add_argument("--kinds", nargs="+", default=["baseline", "txl", "rmt"], choices=["baseline", "txl", "rmt", "armt"],
+                   help="armt: RMT's memory tokens written into associative memory (ours only)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=20, help="timed steps (after as many warm-up steps as --warmup)")
     p.add_argument("--warmup", type=int, default=3)
@@ -136,7 +137,8 @@ def throughput_rows(args, config: str, kind: str, meta: dict, rates: tuple[float
     gflops, bf16_gflops = rates
     override = {"batch": args.batch} if args.batch else {}
     ours = [f"ours-{v}" for v in args.variants]
-    impls = ours + (["original"] if args.original else []) + (["peer"] if args.peer and kind == "rmt" else [])
+    impls = ours + (["original"] if args.original and kind != "armt" else []) + \
+        (["peer"] if args.peer and kind == "rmt" else [])
     cfg = CONFIGS[config] | override
     flops = train_flops_per_token(cfg, kind)
     specs = {impl: dict(config=config, kind=kind, impl=impl, device=args.device, steps=args.steps,

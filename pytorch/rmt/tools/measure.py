@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from rmt.model.config import ATTN_IMPLS
+from rmt.model.config import ATTN_IMPLS, ModelConfig
 from rmt.training.runtime import compile_model
 
 # Shapes of the paper's models. Memory size = the cache for txl, memory tokens for rmt.
@@ -62,7 +62,8 @@ def _ours(cfg, kind, device, variant):
     model = MemTransformerLM(cfg["n_token"], cfg["n_layer"], cfg["n_head"], cfg["d_model"], cfg["d_head"],
                              cfg["d_inner"], tgt_len=cfg["tgt_len"], cutoffs=cfg.get("cutoffs", []),
                              mem_len=cfg["mem"] if kind == "txl" else 0,
-                             num_mem_tokens=cfg["mem"] if kind == "rmt" else 0,
+                             num_mem_tokens=cfg["mem"] if kind in ("rmt", "armt") else 0,
+                             memory="associative" if kind == "armt" else "tokens",
                              attn_impl=opts["attn_impl"]).to(device)
     init_weights(model)
     run_model = compile_model(model) if opts["compile"] else model
@@ -313,15 +314,21 @@ def train_flops_per_token(cfg: dict, kind: str) -> float:
     """Model FLOPs of one training step per input token (forward + backward = 3x forward).
 
     Counted: every matrix product. Linear layers over all Q = T + 2M positions (memory tokens
-    cost like tokens), the relative-position projection over the K keys, the three attention
-    products (content, position, values: Q x K x H*D each), and the output softmax over T.
+    cost like tokens; ARMT: Q = T + M, write slots only), the relative-position projection over
+    the K keys, the three attention products (content, position, values: Q x K x H*D each), the
+    output softmax over T, and ARMT's associative read (W_q and A at every position, keys of
+    6 * d_mem, the default d_mem) and write (W_k, W_v and the two products with A at the M slots).
     Not counted: element-wise work, norms, the embedding lookup.
     """
     t, c, hd, n_layer = cfg["tgt_len"], cfg["d_model"], cfg["n_head"] * cfg["d_head"], cfg["n_layer"]
-    m = cfg["mem"] if kind == "rmt" else 0
-    q = t + 2 * m
+    m = cfg["mem"] if kind in ("rmt", "armt") else 0
+    q = t + (m if kind == "armt" else 2 * m)
     k = q + (cfg["mem"] if kind == "txl" else 0)
     per_layer = 2 * q * (3 * c * hd + hd * c + 2 * c * cfg["d_inner"]) + 2 * k * c * hd + 3 * 2 * q * k * hd
+    if kind == "armt":
+        d_mem = ModelConfig(n_token=1).d_mem  # the default, as the benchmark builds it
+        d_key = 6 * d_mem
+        per_layer += 2 * q * (c * d_mem + d_key * c) + 2 * m * (c * d_mem + c * c + 2 * d_key * c)
     softmax = 2 * t * c * cfg["n_token"]
     return 3 * (n_layer * per_layer + softmax) / t
 
