@@ -18,7 +18,7 @@ import warnings
 from rmt.atomic import atomic_write
 from rmt.errors import UsageError
 from rmt.model.ablation import ABLATIONS
-from rmt.model.config import ATTN_IMPLS, MEMORY_KINDS, ModelConfig
+from rmt.model.config import ATTN_IMPLS, MEMORY_KINDS, WRITE_INITS, ModelConfig
 from rmt.training.checkpoint import run_config
 
 # ---- command-line flags ----------------------------------------------------------------------
@@ -77,6 +77,16 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "matrix written through them (ARMT, rmt.model.associative; needs --num_mem_tokens)")
     g.add_argument("--d_mem", type=int, default=32,
                    help="--memory associative: key width before the DPFP projection (keys of 6 x d_mem)")
+    g.add_argument("--read_memory_emb", action=BOOL, default=False,
+                   help="add a learned vector per read slot to the memory it reads (a slot position embedding)")
+    g.add_argument("--write_mem_init", choices=WRITE_INITS, default="memory",
+                   help="what the write slots start from: the memory read (the original), the learned memory, or "
+                        "the learned memory plus the memory read (learned+detached: its gradient stopped there)")
+    g.add_argument("--enhanced_xl_recurrence", action=BOOL, default=False,
+                   help="each layer attends, on the cached positions, to its own output there instead of its input "
+                        "(ERNIE-Doc's enhanced recurrence; needs --mem_len)")
+    g.add_argument("--emb_gradient_frac", type=float, default=1.0,
+                   help="the token embeddings get this fraction of their gradient, their value unchanged (0 < F <= 1)")
     g.add_argument("--mem_init", choices=["distinct", "identical"], default="distinct",
                    help="initial memory rows: distinct N(0,1) rows, or the original's identical rows")
     g.add_argument("--attn_impl", choices=ATTN_IMPLS, default="eager",
@@ -315,6 +325,8 @@ def model_config(args: argparse.Namespace, n_token: int, cutoffs=(), tie_projs=(
         read_mem_from_cache=args.read_mem_from_cache, mem_at_end=args.mem_at_end, cutoffs=list(cutoffs),
         same_length=args.same_length, attn_type=args.attn_type, clamp_len=args.clamp_len, mem_init=args.mem_init,
         attn_impl=args.attn_impl, causal=args.causal, n_classes=n_classes, memory=args.memory, d_mem=args.d_mem,
+        read_memory_emb=args.read_memory_emb, write_mem_init=args.write_mem_init,
+        enhanced_xl_recurrence=args.enhanced_xl_recurrence, emb_gradient_frac=args.emb_gradient_frac,
     )
 
 

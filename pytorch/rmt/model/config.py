@@ -15,6 +15,9 @@ MEM_INITS = ("distinct", "identical")
 # flex: FlexAttention, the position term as a score modification and the mask as a block mask.
 ATTN_IMPLS = ("eager", "fused", "flex")
 MEMORY_KINDS = ("tokens", "associative")  # what carries memory between segments (RMT, ARMT)
+# What the write slots hold before the layers: the previous memory (the original), the learned
+# memory, or the learned memory plus the previous one (its gradient stopped or not).
+WRITE_INITS = ("memory", "learned", "learned+memory", "learned+detached")
 
 
 @dataclass
@@ -49,6 +52,10 @@ class ModelConfig:
     n_classes: int = 0  # > 0: a sequence-classification head over the final memory (or tokens)
     memory: str = "tokens"  # "associative": per-layer matrices written through the write slots (ARMT)
     d_mem: int = 32  # associative memory: key width before the DPFP projection (keys of 6 * d_mem)
+    read_memory_emb: bool = False  # a learned vector per read slot, added to the memory it reads
+    write_mem_init: str = "memory"  # one of WRITE_INITS
+    enhanced_xl_recurrence: bool = False  # layer l attends to its own output on the cached positions
+    emb_gradient_frac: float = 1.0  # the token embeddings get this fraction of their gradient
 
     def __post_init__(self) -> None:
         if self.d_embed is None or self.d_embed <= 0:
@@ -114,6 +121,7 @@ class ModelConfig:
             self._validate_encoder()
         if self.mem_init not in MEM_INITS:
             raise ValueError(f"mem_init must be one of {MEM_INITS}, got {self.mem_init!r}")
+        self._validate_memory_options()
         if self.memory not in MEMORY_KINDS:
             raise ValueError(f"memory must be one of {MEMORY_KINDS}, got {self.memory!r}")
         if self.memory == "associative":
@@ -121,6 +129,21 @@ class ModelConfig:
             if not (self.num_mem_tokens and self.mem_at_end and self.causal):
                 raise ValueError("associative memory is written through the write slots: it needs num_mem_tokens "
                                  "> 0, mem_at_end and the causal model")
+
+    def _validate_memory_options(self) -> None:
+        if self.write_mem_init not in WRITE_INITS:
+            raise ValueError(f"write_mem_init must be one of {WRITE_INITS}, got {self.write_mem_init!r}")
+        tokens = self.num_mem_tokens > 0 and self.memory == "tokens"
+        if self.read_memory_emb and not tokens:
+            raise ValueError("read_memory_emb is added to the memory tokens' read slots: it needs num_mem_tokens > 0 "
+                             "and memory 'tokens'")
+        if self.write_mem_init != "memory" and not (tokens and self.mem_at_end):
+            raise ValueError("write_mem_init sets what the write slots start from: it needs num_mem_tokens > 0, "
+                             "mem_at_end and memory 'tokens'")
+        if self.enhanced_xl_recurrence and not self.mem_len:
+            raise ValueError("enhanced_xl_recurrence changes what the XL cache gives each layer: it needs mem_len > 0")
+        if not 0.0 < self.emb_gradient_frac <= 1.0:
+            raise ValueError(f"emb_gradient_frac must be in (0, 1], got {self.emb_gradient_frac}")
 
     def _validate_encoder(self) -> None:
         if self.mem_at_end and self.num_mem_tokens:

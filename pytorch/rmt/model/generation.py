@@ -59,7 +59,7 @@ class Decoder:
         self.mask = model.segment_mask(t, mlen, device, flex=False)  # (Q, K) of a full segment
         k_full = self.mask.size(1)
         self.pos_emb = model.positions(k_full, device, dtype)
-        prefix = [xl[i] if xl else torch.zeros(self.batch, 0, cfg.d_model, device=device, dtype=dtype)
+        prefix = [model.layer_cache(xl, i) if xl else torch.zeros(self.batch, 0, cfg.d_model, device=device, dtype=dtype)
                   for i in range(cfg.n_layer)]
         if cfg.attn_type == 2 and xl:
             prefix[0] = prefix[0] + self.pos_emb[:mlen]  # as run_layers adds it to the first layer's cache

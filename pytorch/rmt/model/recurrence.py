@@ -128,13 +128,15 @@ class Recomputed:
         self.model = model
 
     def __call__(self, x, y, state: MemoryState):
+        first = state.mem is None  # the model tells a first segment by its memory None (write_mem_init)
+
         def segment(mem, xl, *assoc):  # associative memory's matrices as inputs of their own: differentiated
-            nll, new = self.model(x, y, MemoryState(mem, xl, assoc or None))
+            nll, new = self.model(x, y, MemoryState(None if first else mem, xl, assoc or None))
             return (nll, new.mem, new.xl, *(new.assoc or ()))
 
         if not torch.is_grad_enabled():
             return self.model(x, y, state)
-        mem = self.model.initial_memory(x.size(0)) if state.mem is None else state.mem
+        mem = self.model.initial_memory(x.size(0)) if first else state.mem
         reentrant = any(t is not None and t.requires_grad for t in (mem, *(state.assoc or ())))
         nll, mem, xl, *assoc = checkpoint(segment, mem, state.xl, *(state.assoc or ()), use_reentrant=reentrant)
         if reentrant and xl is not None:  # the cache is never differentiated (the model detached

@@ -146,6 +146,8 @@ class MemTransformerLM(nn.Module):
             self.mem_tokens = nn.Parameter(mem)  # (M, C)
         else:
             self.mem_tokens = None
+        if cfg.read_memory_emb:  # a learned vector per read slot (small, as the token embeddings)
+            self.read_mem_emb = nn.Parameter(torch.randn(cfg.num_mem_tokens, d_model) * 0.02)
         # ARMT: a matrix memory per layer, read at every position, written from the write slots
         self.assoc = nn.ModuleList(AssociativeMemory(d_model, cfg.d_mem) for _ in range(n_layer)) \
             if cfg.memory == "associative" else None
@@ -216,14 +218,36 @@ class MemTransformerLM(nn.Module):
     def segment_input(self, x: torch.Tensor, mem: torch.Tensor | None) -> torch.Tensor:
         """Embedded [read memory | tokens | write memory] (B, Q, C); the same memory in both slots.
         Associative memory: [tokens | write memory], the learned memory in every segment."""
+        cfg = self.config
         emb = self.word_emb(x)  # (B, T, C)
-        m = self.config.num_mem_tokens
+        if cfg.emb_gradient_frac < 1:  # the same value; a fraction of the gradient reaches the embeddings
+            emb = emb * cfg.emb_gradient_frac + emb.detach() * (1 - cfg.emb_gradient_frac)
+        m = cfg.num_mem_tokens
         if not m:
             return emb
+        learned = self.initial_memory(x.size(0)).to(emb.dtype)
         if self.assoc is not None:
-            return torch.cat([emb, self.initial_memory(x.size(0)).to(emb.dtype)], dim=1)
-        mem = (self.initial_memory(x.size(0)) if mem is None else mem).to(emb.dtype)
-        return torch.cat([mem, emb, mem] if self.config.mem_at_end else [mem, emb], dim=1)
+            return torch.cat([emb, learned], dim=1)
+        read = learned if mem is None else mem.to(emb.dtype)
+        if not cfg.mem_at_end:
+            return torch.cat([self._read_slots(read), emb], dim=1)
+        if cfg.write_mem_init == "memory":  # the original: the write slots start from the memory read
+            write = read
+        elif cfg.write_mem_init == "learned" or mem is None:
+            write = learned
+        else:  # the learned memory plus the previous one, its gradient stopped or not
+            write = learned + (read.detach() if cfg.write_mem_init == "learned+detached" else read)
+        return torch.cat([self._read_slots(read), emb, write], dim=1)
+
+    def _read_slots(self, mem: torch.Tensor) -> torch.Tensor:
+        return mem + self.read_mem_emb.to(mem.dtype) if self.config.read_memory_emb else mem
+
+    def layer_cache(self, cache, i: int):
+        """The cached positions layer i attends to: its input on them (Transformer-XL), or with
+        enhanced_xl_recurrence its own output on them (the next layer's input)."""
+        if not cache:
+            return None
+        return cache[i + 1] if self.config.enhanced_xl_recurrence else cache[i]
 
     @property
     def read_slots(self) -> int:
@@ -264,7 +288,7 @@ class MemTransformerLM(nn.Module):
             pos_emb = self.drop(pos_emb)
             hids = [core]
             for i, layer in enumerate(layers):
-                core = layer(core, pos_emb, self.r_w_bias, self.r_r_bias, mask, cache[i] if cache else None,
+                core = layer(core, pos_emb, self.r_w_bias, self.r_r_bias, mask, self.layer_cache(cache, i),
                              probs=maps)
                 hids.append(core)
             return hids
@@ -276,13 +300,13 @@ class MemTransformerLM(nn.Module):
             core = self.drop(h)
             hids = [core]
             for i, layer in enumerate(layers):
-                core = layer(core, mask, cache[i] if cache else None, rope=rope, probs=maps)
+                core = layer(core, mask, self.layer_cache(cache, i), rope=rope, probs=maps)
                 hids.append(core)
             return hids
         core = self.drop(h + pos_emb[-q_len:])
         hids = [core]
         for i, layer in enumerate(layers):
-            layer_cache = cache[i] if cache else None
+            layer_cache = self.layer_cache(cache, i)
             if layer_cache is not None and i == 0:
                 layer_cache = layer_cache + pos_emb[:mlen]  # the original added this in place
             core = layer(core, mask, layer_cache, probs=maps)
