@@ -436,6 +436,38 @@ def test_runs_of_the_original_replay_are_never_averaged_with_the_correct_one(tmp
     assert ("deeper BPTT better (M=10)", "rmt M=10, bpd 2, original replay vs rmt M=10, bpd 0") in claims
 
 
+def test_runs_with_memory_options_or_armt_are_never_matched_or_averaged_with_the_papers_models(tmp_path):
+    _write_runs(tmp_path)  # 3 seeds of copy RMT M=8 at 9 segments, the paper's row
+    for seed, cfg in ((1, {"read_memory_emb": True}), (2, {"read_memory_emb": True}),
+                      (3, {"write_mem_init": "learned", "read_memory_emb": False})):
+        append_result(tmp_path / "synthetic.csv", {
+            "run_id": f"copy-opt-{seed}", "scale": "cpu-preset", "device": "cpu", "task": "copy", "seed": seed,
+            "tgt_len": 8, "n_segments": 9, "num_mem_tokens": 8, "mem_len": 0, "mem_at_end": True, "split": "test",
+            "metric_name": "acc_greedy", "metric_value": 0.1, "acc_greedy": 0.1, "config_json": cfg})
+    ours, _ = compare.load_ours(tmp_path, "test")
+    pairs, only = compare.match(compare.load_paper(PAPER), ours)
+    rmt = _one(pairs[pairs["n"] > 0], task="copy", model_kind="rmt")
+    assert rmt["n"] == 3 and rmt["mean"] == pytest.approx(0.95)  # the default runs alone
+    text = compare.render(pairs, only, str(tmp_path), len(ours), 0)
+    assert "| copy, read_memory_emb | 8 | 9 | rmt |" in text and "0.10 ± 0.00 (n=2)" in text
+    assert "| copy, write_mem_init learned | 8 | 9 | rmt |" in text
+    _lm_rows(tmp_path)  # and on an LM corpus: their own group, outside the paper's orderings
+    for seed, kind, cfg in ((1, "rmt", {"enhanced_xl_recurrence": True}), (2, "armt", {"memory": "associative"})):
+        append_result(tmp_path / "lm.csv", {
+            "run_id": f"lm-opt-{seed}", "task": "books-char", "model_kind": kind, "seed": seed, "tgt_len": 128,
+            "eval_tgt_len": 128, "mem_len": 0, "num_mem_tokens": 10, "mem_backprop_depth": 2, "split": "test",
+            "metric_name": "bpc", "metric_value": 1.5, "bpc": 1.5, "scale": "cpu-preset", "device": "cpu",
+            "max_step": 2000, "config_json": cfg})
+    paper = compare.load_paper(PAPER)
+    ours, _ = compare.load_ours(tmp_path)
+    groups = lm_corpora.other_corpus_groups(paper, lm_corpora.other_corpus_rows(paper, compare.match(paper, ours)[1]))
+    deep = groups[(groups["model_kind"] == "rmt") & (groups["mem_backprop_depth"] == 2)]
+    assert deep.set_index("options")["mean"].to_dict() == pytest.approx({"": 2.05, "enhanced_xl_recurrence": 1.5})
+    assert "| rmt (enhanced_xl_recurrence) |" in lm_corpora.render_other_corpora(groups)
+    claims = {row[0]: row for row in lm_corpora.lm_orderings(groups)}  # 1.5 would win every claim it entered
+    assert "1.50" not in " ".join(" ".join(row) for row in claims.values())
+
+
 def test_orderings_say_when_a_gap_is_within_the_seed_spread():
     row = dict(task="c", tgt_len=128, scale="cpu-preset", device="cpu", metric="bpc", mem_len=0,
                mem_backprop_depth=0, paper=np.nan, n=3)

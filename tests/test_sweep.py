@@ -113,6 +113,19 @@ def test_depth_axis_and_rmt_txl_kind():
         ("20", "10", "0")
 
 
+def test_variants_are_an_axis_of_named_flag_sets():
+    s = sweep.expand({"name": "o", "script": "scripts/copy.sh", "kinds": ["rmt"], "tgt_len": [6], "memory": [6],
+                      "seeds": [1], "variants": {"emb": ["--read_memory_emb"], "frac": ["--emb_gradient_frac", "0.1"]}})
+    assert [r.name for r in s.runs] == ["sweep-o-rmt-t6-m6-emb-s1", "sweep-o-rmt-t6-m6-frac-s1"]
+    assert "--read_memory_emb" in s.runs[0].argv and "--read_memory_emb" not in s.runs[1].argv
+    assert s.runs[1].argv[s.runs[1].argv.index("--emb_gradient_frac") + 1] == "0.1"
+    for bad, message in (({"a/b": []}, "variant label"), ({"x": ["--seed", "3"]}, "which the sweep sets itself"),
+                         ([], "non-empty object")):
+        with pytest.raises(sweep.GridError, match=message):
+            sweep.expand({"script": "scripts/copy.sh", "kinds": ["rmt"], "tgt_len": [6], "memory": [6], "seeds": [1],
+                          "variants": bad})
+
+
 def test_the_armt_kind_is_rmt_with_associative_memory():
     s = sweep.expand({"name": "c", "script": "scripts/copy.sh", "kinds": ["rmt", "armt"], "tgt_len": [6],
                       "memory": [6], "seeds": [1]})

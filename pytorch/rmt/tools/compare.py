@@ -37,6 +37,7 @@ from rmt.tools.report import (
     memory_cell,
     normalise,
     num,
+    option_label,
     ours_cell,
     recipe,
     table,
@@ -131,8 +132,11 @@ def match(paper: pd.DataFrame, ours: pd.DataFrame) -> tuple[pd.DataFrame, pd.Dat
     records, used = [], set()
     if len(ours):  # each run's recipe, parsed once rather than once per paper row
         ours = ours.assign(recipe=[recipe(r) for r in ours.itertuples()])
+        # a run with a memory option of ours is another model than the paper's: "Ours only"
+        ours = ours.assign(_options=[option_label(c) for c in ours["config_json"]])
     for i, p in paper.iterrows():
-        m = ours[(ours["task_base"] == p["task"]) & (ours["model_kind"] == p["model_kind"])] if len(ours) else ours
+        m = ours[(ours["task_base"] == p["task"]) & (ours["model_kind"] == p["model_kind"])
+                 & (ours["_options"] == "")] if len(ours) else ours
         exact, resized = (m[~m["resized"]], m[m["resized"]]) if len(m) else (m, m)
         for col in ("mem_len", "num_mem_tokens", "mem_backprop_depth"):
             if len(exact) and pd.notna(p[col]):
@@ -237,14 +241,15 @@ RECIPE_FLAGS = {"freeze_backbone": "frozen backbone", "memory_norm": "memory_nor
 
 
 def init_label(config_json: object) -> str:
-    """', from <run>' for a run started from another run's weights, and ', <flag>' for each recipe
-    flag it set (RECIPE_FLAGS); '' for a run of the default recipe."""
+    """', from <run>' for a run started from another run's weights, ', <flag>' for each recipe
+    flag it set (RECIPE_FLAGS) and the memory options it set; '' for a run of the default recipe."""
     config = config_of(config_json)
     init = config.get("init_checkpoint")
     label = f", from {pathlib.PurePath(init).parent.name}" if init else ""
     lora = config.get("lora")
+    options = option_label(config_json)
     return (label + "".join(f", {name}" for flag, name in RECIPE_FLAGS.items() if config.get(flag) is True)
-            + (f", LoRA r={lora}" if isinstance(lora, int) and lora > 0 else ""))
+            + (f", LoRA r={lora}" if isinstance(lora, int) and lora > 0 else "") + (f", {options}" if options else ""))
 
 
 def group_section(results_dir: str | pathlib.Path) -> str:

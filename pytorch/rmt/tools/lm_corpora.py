@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from rmt.tools.report import SCALE_LABEL, config_of, memory_cell, num, ours_cell, table
+from rmt.tools.report import SCALE_LABEL, config_of, memory_cell, num, option_label, ours_cell, table
 
 PAPER_ANALOGUE = {"bpc": "enwik8", "ppl": "wt103"}
 LM_KEYS = ["task", "tgt_len", "model_kind", "mem_len", "num_mem_tokens", "mem_backprop_depth", "scale", "device"]
@@ -54,9 +54,10 @@ def other_corpus_groups(paper: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame
     rows = rows.assign(mem_backprop_depth=rows["mem_backprop_depth"].where(rows["num_mem_tokens"] > 0, 0))
     # which truncated-BPTT procedure trained a run (--lm_replay): runs of the two are never averaged
     rows = rows.assign(procedure=[config_of(c).get("lm_replay") or "correct" for c in rows["config_json"]])
+    rows = rows.assign(options=[option_label(c) for c in rows["config_json"]])  # memory options: never averaged
     records = []
-    for key, g in rows.dropna(subset=["_v"]).groupby(LM_KEYS + ["procedure", "metric"], sort=False):
-        r = pd.Series(dict(zip(LM_KEYS + ["procedure", "metric"], key)))
+    for key, g in rows.dropna(subset=["_v"]).groupby(LM_KEYS + ["procedure", "options", "metric"], sort=False):
+        r = pd.Series(dict(zip(LM_KEYS + ["procedure", "options", "metric"], key)))
         p = _paper_analogue(paper, r.metric, r)
         records.append({**r.to_dict(), "mean": g["_v"].mean(), "std": g["_v"].std(ddof=1) if len(g) > 1 else np.nan,
                         "n": len(g), "seeds": sorted(g["seed"].dropna().astype(int)),
@@ -96,8 +97,12 @@ def _verdict(gap: float, se: float, ties_hold: bool = False) -> str:
 def lm_orderings(groups: pd.DataFrame) -> list[list[str]]:
     """The paper's LM orderings, checked on one corpus/tgt_len/scale group of ours: rows of
     [claim, comparison, ours, paper, verdict at this scale]. Lower is better (bpc, ppl)."""
+    # The paper's claims are about its own models: ARMT and runs with memory options stay out.
+    paper_models = groups["model_kind"].isin(["baseline", "txl", "rmt", "rmt+txl"])
+    if "options" in groups:
+        paper_models &= groups["options"].fillna("") == ""
     by = {(r.model_kind, int(r.mem_len), int(r.num_mem_tokens), int(r.mem_backprop_depth),
-           r.get("procedure", "correct")): r for _, r in groups.iterrows()}
+           r.get("procedure", "correct")): r for _, r in groups[paper_models].iterrows()}
     pairs = []  # (claim, a, b, ties hold): the claim is "a below b"
     base = [r for k, r in by.items() if k[0] == "baseline"]
     for kind in ("txl", "rmt") if base else ():
@@ -151,7 +156,8 @@ def render_other_corpora(groups: pd.DataFrame) -> str:
     for _, r in groups.iterrows():
         bpd = str(int(r["mem_backprop_depth"])) if r["num_mem_tokens"] > 0 else "–"
         bpd += " (original replay)" if r.get("procedure") == "original" else ""
-        rows.append([r["task"], str(int(r["tgt_len"])), r["model_kind"],
+        options = r.get("options") or ""
+        rows.append([r["task"], str(int(r["tgt_len"])), r["model_kind"] + (f" ({options})" if options else ""),
                      memory_cell(r["model_kind"], r["mem_len"], r["num_mem_tokens"]), bpd, r["metric"],
                      ours_cell(r["mean"], r["std"], r["n"]), "—" if pd.isna(r["gain"]) else f"{r['gain']:+.4f}",
                      f"{r['paper_task']} tgt_len {int(r['paper_tgt_len'])}", num(r["paper"]),

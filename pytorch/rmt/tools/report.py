@@ -53,6 +53,19 @@ def values_of(rows: pd.DataFrame, col: str, metric: str) -> pd.Series:
     return rows[col].fillna(fallback) if col in rows else fallback
 
 
+# Model options beside the original's (rmt.model.config) and their defaults: a run that sets one is
+# another model than the paper's, never matched to its rows nor averaged with the default's.
+OPTION_DEFAULTS = {"read_memory_emb": False, "write_mem_init": "memory", "enhanced_xl_recurrence": False,
+                   "emb_gradient_frac": 1.0}
+
+
+def option_label(cell: object) -> str:
+    """The memory options a row's config_json sets, 'read_memory_emb, write_mem_init learned'; '' for none."""
+    cfg = config_of(cell)
+    set_ = [(k, cfg[k]) for k, default in OPTION_DEFAULTS.items() if k in cfg and cfg[k] != default]
+    return ", ".join(k if v is True else f"{k} {v}" for k, v in set_)
+
+
 def recipe(r) -> str:
     """How a run trained, for labels and grouping: ', N steps', then ', init std S' when its saved
     configuration used another init than the default, and ', curriculum 16→8' when it had one."""

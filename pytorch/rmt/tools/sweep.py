@@ -25,8 +25,10 @@ that CSV is skipped, so an interrupted sweep continues where it stopped when sta
                   kinds and memory to the grid's; depth is an axis of --mem_backprop_depth values for
                   the kinds with memory tokens; cache is rmt+txl's --mem_len)
     seeds         list of --seed values
+    variants      optional {"label": [flags...]}: an axis of named flag sets, each run once per label
+                  ("-<label>" in its name), e.g. {"read_emb": ["--read_memory_emb"]}
 
-Run names are sweep-<name>-<kind>-t<tgt_len>-m<mem>[-c<cache>][-d<depth>]-s<seed> (baseline: m0, once
+Run names are sweep-<name>-<kind>-t<tgt_len>-m<mem>[-c<cache>][-d<depth>][-<variant>]-s<seed> (baseline: m0, once
 per tgt_len; -c for rmt+txl, -d where the entry has a depth axis).
 Runs are ordered seed by seed, so a partly finished sweep already covers every configuration.
 `--shard I/N` takes every N-th run from run I, counted from 0 (0/2 and 1/2 split a grid in two):
@@ -60,7 +62,7 @@ DEFAULT_CSV = "experiments/results/synthetic.csv"
 MEMORY_FLAG = {"baseline": None, "txl": "--mem_len", "rmt": "--num_mem_tokens", "rmt+txl": "--num_mem_tokens",
                "armt": "--num_mem_tokens"}
 TOKEN_KINDS = ("rmt", "rmt+txl", "armt")  # kinds with memory tokens: the ones a depth axis applies to
-GRID_KEYS = {"name", "script", "env", "flags", "results_csv", "kinds", "memory", "tgt_len", "seeds"}
+GRID_KEYS = {"name", "script", "env", "flags", "results_csv", "kinds", "memory", "tgt_len", "seeds", "variants"}
 ENTRY_KEYS = {"tgt_len", "eval_tgt_len", "memory", "curriculum", "kinds", "flags", "depth", "cache"}
 # Set by the sweep for every run; a grid's fixed flags may not set them too.
 RESERVED = {"--tgt_len", "--eval_tgt_len", "--curriculum", "--mem_len", "--num_mem_tokens", "--seed",
@@ -156,10 +158,12 @@ def expand(grid: dict, default_name: str = "grid", results_csv: str | os.PathLik
         raise GridError(f"tgt_len must be a non-empty list, got {grid['tgt_len']!r}")
 
     entries = [_entry(e, f"tgt_len[{i}]", kinds, memory, fixed) for i, e in enumerate(grid["tgt_len"])]
-    runs = [_run(name, entry, kind, mem, depth, seed, fixed, script, csv)
+    variants = _variants(grid.get("variants"))
+    runs = [_run(name, entry, kind, mem, depth, seed, fixed, script, csv, variant)
             for seed in seeds for entry in entries for kind in entry.kinds
             for mem in ([0] if kind == "baseline" else entry.memory)  # baseline has no memory axis
-            for depth in (entry.depths if entry.depths is not None and kind in TOKEN_KINDS else [None])]
+            for depth in (entry.depths if entry.depths is not None and kind in TOKEN_KINDS else [None])
+            for variant in variants]
     names = [r.name for r in runs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -201,13 +205,27 @@ def _entry(e, where: str, kinds: list[str], memory: list[int] | None, fixed: lis
     return Entry(e, e_kinds, e_memory, curriculum, extra, depths, cache)
 
 
+def _variants(value) -> list[tuple[str, list[str]]]:
+    """The variants axis: [(label, flags)], or one unnamed variant without flags."""
+    if value is None:
+        return [("", [])]
+    if not isinstance(value, dict) or not value:
+        raise GridError(f"variants must be a non-empty object of label: [flags], got {value!r}")
+    for label in value:
+        if not PLAIN_NAME.match(label):
+            raise GridError(f"a variant label goes into run names: letters, digits, '.', '_' or '-', got {label!r}")
+    return [(label, _flags(flags, f"variants[{label!r}]")) for label, flags in value.items()]
+
+
 def _run(name: str, entry: Entry, kind: str, mem: int, depth: int | None, seed: int, fixed: list[str],
-         script: pathlib.Path, csv: pathlib.Path) -> Run:
+         script: pathlib.Path, csv: pathlib.Path, variant: tuple[str, list[str]] = ("", [])) -> Run:
     """One run of the grid: its name and the script command line."""
     t, cache = entry.spec["tgt_len"], entry.cache
+    label, variant_flags = variant
     run_name = (f"sweep-{name}-{kind}-t{t}-m{mem}" + (f"-c{cache}" if kind == "rmt+txl" else "")
-                + ("" if depth is None else f"-d{depth}") + f"-s{seed}")
-    flags = [*fixed, *entry.flags, "--tgt_len", str(t), "--eval_tgt_len", str(entry.spec.get("eval_tgt_len", t))]
+                + ("" if depth is None else f"-d{depth}") + (f"-{label}" if label else "") + f"-s{seed}")
+    flags = [*fixed, *entry.flags, *variant_flags, "--tgt_len", str(t),
+             "--eval_tgt_len", str(entry.spec.get("eval_tgt_len", t))]
     if entry.curriculum:
         flags += ["--curriculum", *map(str, entry.curriculum)]
     if MEMORY_FLAG[kind]:
