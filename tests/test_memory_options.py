@@ -1,6 +1,6 @@
 """Memory options beside the original's (ModelConfig; flags of the same names): a learned vector per
-read slot, what the write slots start from, ERNIE-Doc's enhanced recurrence of the XL cache, and
-a fraction of the embeddings' gradient. Off, the model is the original's (the parity files);
+read slot, what the write slots start from, ERNIE-Doc's enhanced recurrence of the XL cache, a
+fraction of the embeddings' gradient, and token shift. Off, the model is the original's (the parity files);
 on, each has its defining property, and generation with the cache still equals re-encoding."""
 import json
 import subprocess
@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import make, tokens
 from rmt.model.generation import Decoder, ReencodingDecoder
+from rmt.model.layers import token_shift
 from rmt.model.recurrence import run_segments
 from test_task_train import ENV, ROOT, TINY
 
@@ -73,12 +74,32 @@ def test_emb_gradient_frac_scales_the_embedding_gradient_and_keeps_the_value():
     torch.testing.assert_close(ff_frac, ff_full, rtol=1e-5, atol=1e-8)  # the rest of the model as before
 
 
+def test_token_shift_mixes_exactly_the_previous_tokens_half_channels():
+    h = torch.arange(2 * 7 * 4, dtype=torch.float).view(2, 7, 4)  # [2 read | 3 tokens | 2 write], 4 channels
+    out = token_shift(h, 2, 5)
+    torch.testing.assert_close(out[:, :2], h[:, :2])  # the memory rows stay
+    torch.testing.assert_close(out[:, 5:], h[:, 5:])
+    torch.testing.assert_close(out[:, 2:5, :2], h[:, 2:5, :2])  # first halves stay
+    torch.testing.assert_close(out[:, 3:5, 2:], h[:, 2:4, 2:])  # second halves from the token before
+    assert not out[:, 2, 2:].any()  # the segment's first token: zeros (nothing crosses segments)
+    shifted, plain = make(num_mem_tokens=2, token_shift=True), make(num_mem_tokens=2)
+    plain.load_state_dict(shifted.state_dict())  # no parameters of its own: the same weights fit both
+    with torch.no_grad():
+        (a, _), (b, _) = shifted.encode(tokens()), plain.encode(tokens())
+    assert not torch.allclose(a, b)
+
+
 OPTIONS = {"read_memory_emb": dict(read_memory_emb=True),
            "write learned+memory": dict(write_mem_init="learned+memory"),
            "enhanced recurrence": dict(mem_len=5, enhanced_xl_recurrence=True),
            "enhanced, rotary": dict(mem_len=4, enhanced_xl_recurrence=True, attn_type=4),
            "enhanced, absolute": dict(mem_len=4, enhanced_xl_recurrence=True, attn_type=2),
-           "emb_gradient_frac": dict(emb_gradient_frac=0.1)}
+           "emb_gradient_frac": dict(emb_gradient_frac=0.1),
+           "token shift": dict(token_shift=True, mem_len=3),
+           "token shift, rotary, pre_lnorm": dict(token_shift=True, attn_type=4, pre_lnorm=True),
+           "token shift, absolute": dict(token_shift=True, attn_type=2, mem_len=3),
+           "token shift, start-only memory": dict(token_shift=True, mem_at_end=False),
+           "token shift, ARMT": dict(token_shift=True, memory="associative", d_mem=4)}
 
 
 @pytest.mark.parametrize("kw", OPTIONS.values(), ids=OPTIONS.keys())
@@ -96,14 +117,15 @@ def test_the_options_refuse_what_they_cannot_change():
                         (dict(num_mem_tokens=2, write_mem_init="learned", mem_at_end=False), "needs num_mem_tokens"),
                         (dict(num_mem_tokens=2, write_mem_init="zeros"), "write_mem_init must be one of"),
                         (dict(enhanced_xl_recurrence=True), "needs mem_len > 0"),
-                        (dict(emb_gradient_frac=0.0), r"must be in \(0, 1\]")):
+                        (dict(emb_gradient_frac=0.0), r"must be in \(0, 1\]"),
+                        (dict(token_shift=True, d_model=15, d_head=5, n_head=3), "d_model must be even")):
         with pytest.raises(ValueError, match=message):
             make(**kw)
 
 
 def test_the_task_driver_trains_saves_and_re_evaluates_with_every_option_on(tmp_path):
     on = ["--read_memory_emb", "--write_mem_init", "learned+detached", "--mem_len", "3", "--enhanced_xl_recurrence",
-          "--emb_gradient_frac", "0.5"]
+          "--emb_gradient_frac", "0.5", "--token_shift"]
 
     def driver(*extra):
         return subprocess.run([sys.executable, "-m", "rmt.train", *TINY, *extra, "--work_dir", str(tmp_path / "runs"),
@@ -114,7 +136,7 @@ def test_the_task_driver_trains_saves_and_re_evaluates_with_every_option_on(tmp_
     assert run.returncode == 0, run.stderr[-2000:]
     saved = json.loads((tmp_path / "runs" / "on" / "config.json").read_text())["model"]
     assert (saved["read_memory_emb"], saved["write_mem_init"], saved["enhanced_xl_recurrence"],
-            saved["emb_gradient_frac"]) == (True, "learned+detached", True, 0.5)
+            saved["emb_gradient_frac"], saved["token_shift"]) == (True, "learned+detached", True, 0.5, True)
     best = tmp_path / "runs" / "on" / "checkpoint_best.pt"
     assert driver("--eval_only", "--eval_checkpoint", str(best), "--run_name", "ev").returncode == 0
     rows = pd.read_csv(tmp_path / "res.csv")

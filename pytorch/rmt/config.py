@@ -87,6 +87,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "(ERNIE-Doc's enhanced recurrence; needs --mem_len)")
     g.add_argument("--emb_gradient_frac", type=float, default=1.0,
                    help="the token embeddings get this fraction of their gradient, their value unchanged (0 < F <= 1)")
+    g.add_argument("--token_shift", action=BOOL, default=False,
+                   help="attention and the feed-forward network of every layer read half of each token's channels "
+                        "from the token before (within the segment; the memory rows are not shifted)")
     g.add_argument("--mem_init", choices=["distinct", "identical"], default="distinct",
                    help="initial memory rows: distinct N(0,1) rows, or the original's identical rows")
     g.add_argument("--attn_impl", choices=ATTN_IMPLS, default="eager",
@@ -327,6 +330,7 @@ def model_config(args: argparse.Namespace, n_token: int, cutoffs=(), tie_projs=(
         attn_impl=args.attn_impl, causal=args.causal, n_classes=n_classes, memory=args.memory, d_mem=args.d_mem,
         read_memory_emb=args.read_memory_emb, write_mem_init=args.write_mem_init,
         enhanced_xl_recurrence=args.enhanced_xl_recurrence, emb_gradient_frac=args.emb_gradient_frac,
+        token_shift=args.token_shift,
     )
 
 

@@ -56,6 +56,7 @@ class ModelConfig:
     write_mem_init: str = "memory"  # one of WRITE_INITS
     enhanced_xl_recurrence: bool = False  # layer l attends to its own output on the cached positions
     emb_gradient_frac: float = 1.0  # the token embeddings get this fraction of their gradient
+    token_shift: bool = False  # attention and FF read half their channels from the previous token
 
     def __post_init__(self) -> None:
         if self.d_embed is None or self.d_embed <= 0:
@@ -142,6 +143,8 @@ class ModelConfig:
                              "mem_at_end and memory 'tokens'")
         if self.enhanced_xl_recurrence and not self.mem_len:
             raise ValueError("enhanced_xl_recurrence changes what the XL cache gives each layer: it needs mem_len > 0")
+        if self.token_shift and self.d_model % 2:
+            raise ValueError(f"token_shift moves half the channels: d_model must be even, got {self.d_model}")
         if not 0.0 < self.emb_gradient_frac <= 1.0:
             raise ValueError(f"emb_gradient_frac must be in (0, 1], got {self.emb_gradient_frac}")
 

@@ -54,6 +54,7 @@ class Decoder:
         xl = self.state.xl if cfg.mem_len > 0 else None
         self.mlen = mlen = xl[0].size(1) if xl else 0
         self.n_fed, self.tokens = 0, []
+        self.previous = [[None, None] for _ in range(cfg.n_layer)]  # token shift: the last token's inputs
         device = model.word_emb.emb_layers[0].weight.device
         dtype = model.word_emb.emb_layers[0].weight.dtype
         self.mask = model.segment_mask(t, mlen, device, flex=False)  # (Q, K) of a full segment
@@ -92,6 +93,17 @@ class Decoder:
         before = self.reads[i] if self.reads else None
         return h if before is None else self.model.assoc[i].read(h, *before)
 
+    def _shift(self, i: int, j: int, h: torch.Tensor) -> torch.Tensor:
+        """Token shift (model.layers.token_shift) for one new token: what attention (j 0) or the
+        feed-forward network (j 1) of layer i reads, half its channels from the token before."""
+        if not self.model.config.token_shift:
+            return h
+        before, self.previous[i][j] = self.previous[i][j], h
+        if before is None:  # the segment's first token: zeros, as in the whole segment's pass
+            before = torch.zeros_like(h)
+        half = h.size(-1) // 2
+        return torch.cat([h[..., :half], before[..., half:]], dim=-1)
+
     def _rope(self, start: int, stop: int):
         return None if self.rope is None else tuple(t[start:stop] for t in self.rope)
 
@@ -107,12 +119,12 @@ class Decoder:
         mask = self.mask[query : query + 1, :n_keys]
         for i, layer in enumerate(model.layers):
             h = self._read(i, h)
-            q, k, v = layer.attn.project(h, self._rope(n_keys - 1, n_keys))
+            q, k, v = layer.attn.project(self._shift(i, 0, h), self._rope(n_keys - 1, n_keys))
             self.keys[i][:, :, n_keys - 1], self.values[i][:, :, n_keys - 1] = k[:, 0], v[:, 0]
             r_k = self.r_k[i][..., -n_keys:] if cfg.attn_type == 0 else None
             h = layer.attn.step(h, q, self.keys[i][:, :, :n_keys], self.values[i][:, :, :n_keys], mask, r_k,
                                 getattr(model, "r_w_bias", None), getattr(model, "r_r_bias", None))
-            h = layer.ff(h)
+            h = layer.ff(h, self._shift(i, 1, h))
         self.tokens.append(token.view(-1))
         self.n_fed += 1
         if self.n_fed == self.segment_len:

@@ -55,8 +55,10 @@ class PositionwiseFF(nn.Module):
         self.layer_norm = nn.LayerNorm(d_model)
         self.pre_lnorm = pre_lnorm
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        inp = self.layer_norm(x) if self.pre_lnorm else x
+    def forward(self, x: torch.Tensor, inp: torch.Tensor | None = None) -> torch.Tensor:
+        """inp: what the network reads instead of x (token shift); the residual is x."""
+        inp = x if inp is None else inp
+        inp = self.layer_norm(inp) if self.pre_lnorm else inp
         out = self.drop(self.fc2(self.drop(F.relu(self.fc1(inp)))))
         return x + out if self.pre_lnorm else self.layer_norm(x + out)
 
@@ -174,11 +176,13 @@ class RelPartialLearnableAttention(_Attention):
         self.qkv_net = nn.Linear(d_model, 3 * n_head * d_head, bias=False)
         self.r_net = nn.Linear(d_model, n_head * d_head, bias=False)
 
-    def forward(self, h, r, r_w_bias, r_r_bias, mask, cache=None, probs: list | None = None):
+    def forward(self, h, r, r_w_bias, r_r_bias, mask, cache=None, probs: list | None = None, inp=None):
         """h (B, Q, C); r (K, C) positional embeddings for distances K-1..0; mask (Q, K) True = blocked
-        (for impl "flex" its FlexMask). probs: collect the probabilities (eager path)."""
+        (for impl "flex" its FlexMask). probs: collect the probabilities (eager path). inp: what the
+        projections read instead of h (token shift); the residual is h."""
         q_len = h.size(1)
-        cat = h if cache is None else torch.cat([cache, h], dim=1)  # (B, K, C)
+        inp = h if inp is None else inp
+        cat = inp if cache is None else torch.cat([cache, inp], dim=1)  # (B, K, C)
         k_len = cat.size(1)
         q, k, v = self.project(cat)  # (B, K, H, D) each
         q = q[:, -q_len:]  # (B, Q, H, D)
@@ -218,9 +222,10 @@ class AbsoluteAttention(_Attention):
         self.q_net = nn.Linear(d_model, n_head * d_head, bias=False)
         self.kv_net = nn.Linear(d_model, 2 * n_head * d_head, bias=False)
 
-    def forward(self, h, mask, cache=None, probs: list | None = None):
-        cat = h if cache is None else torch.cat([cache, h], dim=1)  # (B, K, C)
-        q = self._query(h)
+    def forward(self, h, mask, cache=None, probs: list | None = None, inp=None):
+        inp = h if inp is None else inp  # what the projections read (token shift); the residual is h
+        cat = inp if cache is None else torch.cat([cache, inp], dim=1)  # (B, K, C)
+        q = self._query(inp)
         k, v = self._keys_values(cat)
         return self._attend(h, torch.einsum("bqhd,bkhd->bhqk", q, k), mask, v, probs)
 
@@ -250,10 +255,12 @@ class RotaryAttention(_Attention):
         super().__init__(n_head, d_model, d_head, dropout, dropatt, pre_lnorm, impl)
         self.qkv_net = nn.Linear(d_model, 3 * n_head * d_head, bias=False)
 
-    def forward(self, h, mask, cache=None, rope=None, probs: list | None = None):
-        """h (B, Q, C); rope: cos, sin (K, D/2) of the K key positions (the queries are the last Q)."""
+    def forward(self, h, mask, cache=None, rope=None, probs: list | None = None, inp=None):
+        """h (B, Q, C); rope: cos, sin (K, D/2) of the K key positions (the queries are the last Q).
+        inp: what the projections read instead of h (token shift); the residual is h."""
         q_len = h.size(1)
-        cat = h if cache is None else torch.cat([cache, h], dim=1)  # (B, K, C)
+        inp = h if inp is None else inp
+        cat = inp if cache is None else torch.cat([cache, inp], dim=1)  # (B, K, C)
         q, k, v = self.project(cat, rope)
         q = q[:, -q_len:]
         if self.impl == "fused" and probs is None:
@@ -285,5 +292,19 @@ class DecoderLayer(nn.Module):
         self.attn = attn
         self.ff = ff
 
-    def forward(self, h, *attn_args, **attn_kwargs):
-        return self.ff(self.attn(h, *attn_args, **attn_kwargs))
+    def forward(self, h, *attn_args, shift=None, **attn_kwargs):
+        """shift: token shift (rmt.model.layers.token_shift with the segment's token span), applied
+        to what attention and the feed-forward network read; the residuals stay unshifted."""
+        if shift is None:
+            return self.ff(self.attn(h, *attn_args, **attn_kwargs))
+        h = self.attn(h, *attn_args, inp=shift(h), **attn_kwargs)
+        return self.ff(h, shift(h))
+
+
+def token_shift(h: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """The tokens h[:, start:stop] with the second half of their channels taken from the token
+    before (zeros for the segment's first); the memory rows around them unchanged."""
+    half = h.size(-1) // 2
+    tokens = h[:, start:stop]
+    shifted = torch.cat([tokens[..., :half], F.pad(tokens[..., half:], (0, 0, 1, -1))], dim=-1)
+    return torch.cat([h[:, :start], shifted, h[:, stop:]], dim=1)

@@ -28,6 +28,7 @@ from rmt.model.layers import (
     RelPartialLearnableAttention,
     Rotary,
     RotaryAttention,
+    token_shift,
 )
 from rmt.model.recurrence import MemoryState
 
@@ -280,6 +281,10 @@ class MemTransformerLM(nn.Module):
         layers = self.layers if self.assoc is None else _Associative(self, assoc, written)
         mlen = cache[0].size(1) if cache else 0
         q_len = h.size(1)
+        shift = None
+        if self.config.token_shift:  # the tokens lie between the read slots and the write slots
+            n_write = self.config.num_mem_tokens if self.config.mem_at_end else 0
+            shift = functools.partial(token_shift, start=self.read_slots, stop=q_len - n_write)
         # (K, C); bidirectional relative attention also needs the Q - 1 negative distances
         future = q_len - 1 if self.config.attn_type == 0 and not self.config.causal else 0
         pos_emb = self.positions(mlen + q_len, h.device, h.dtype, future)
@@ -289,7 +294,7 @@ class MemTransformerLM(nn.Module):
             hids = [core]
             for i, layer in enumerate(layers):
                 core = layer(core, pos_emb, self.r_w_bias, self.r_r_bias, mask, self.layer_cache(cache, i),
-                             probs=maps)
+                             probs=maps, shift=shift)
                 hids.append(core)
             return hids
         if self.config.attn_type == 4:
@@ -300,7 +305,7 @@ class MemTransformerLM(nn.Module):
             core = self.drop(h)
             hids = [core]
             for i, layer in enumerate(layers):
-                core = layer(core, mask, self.layer_cache(cache, i), rope=rope, probs=maps)
+                core = layer(core, mask, self.layer_cache(cache, i), rope=rope, probs=maps, shift=shift)
                 hids.append(core)
             return hids
         core = self.drop(h + pos_emb[-q_len:])
@@ -309,7 +314,7 @@ class MemTransformerLM(nn.Module):
             layer_cache = self.layer_cache(cache, i)
             if layer_cache is not None and i == 0:
                 layer_cache = layer_cache + pos_emb[:mlen]  # the original added this in place
-            core = layer(core, mask, layer_cache, probs=maps)
+            core = layer(core, mask, layer_cache, probs=maps, shift=shift)
             hids.append(core)
         return hids
 
