@@ -436,7 +436,7 @@ def test_runs_of_the_original_replay_are_never_averaged_with_the_correct_one(tmp
     assert ("deeper BPTT better (M=10)", "rmt M=10, bpd 2, original replay vs rmt M=10, bpd 0") in claims
 
 
-def test_runs_with_memory_options_or_armt_are_never_matched_or_averaged_with_the_papers_models(tmp_path):
+def test_runs_with_memory_options_or_armt_are_never_matched_or_averaged_with_the_papers_models(tmp_path, monkeypatch):
     _write_runs(tmp_path)  # 3 seeds of copy RMT M=8 at 9 segments, the paper's row
     for seed, cfg in ((1, {"read_memory_emb": True}), (2, {"read_memory_emb": True}),
                       (3, {"write_mem_init": "learned", "read_memory_emb": False})):
@@ -451,6 +451,14 @@ def test_runs_with_memory_options_or_armt_are_never_matched_or_averaged_with_the
     text = compare.render(pairs, only, str(tmp_path), len(ours), 0)
     assert "| copy, read_memory_emb | 8 | 9 | rmt |" in text and "0.10 ± 0.00 (n=2)" in text
     assert "| copy, write_mem_init learned | 8 | 9 | rmt |" in text
+    seen = []  # the plots' curves are the paper's models: the option runs stay out of them
+
+    def record(plt, paper, ours, task):
+        seen.extend(ours["run_id"])
+        return plt.figure()
+    monkeypatch.setattr(plots, "_task_figure", record)
+    plots.make_plots(compare.load_paper(PAPER), ours, tmp_path / "plots")
+    assert "copy-rmt-1" in seen and not any(r.startswith("copy-opt") for r in seen)
     _lm_rows(tmp_path)  # and on an LM corpus: their own group, outside the paper's orderings
     for seed, kind, cfg in ((1, "rmt", {"enhanced_xl_recurrence": True}), (2, "armt", {"memory": "associative"})):
         append_result(tmp_path / "lm.csv", {

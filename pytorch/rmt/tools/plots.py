@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from rmt.tools.lm_corpora import other_corpus_groups, other_corpus_rows
-from rmt.tools.report import KIND_COLOR, SCALE_LABEL, config_of, normalise, recipe, values_of
+from rmt.tools.report import KIND_COLOR, SCALE_LABEL, config_of, normalise, option_label, recipe, values_of
 
 
 def _series(ax, df: pd.DataFrame, x: str, label: str, color: str, paper: bool) -> None:
@@ -53,6 +53,7 @@ def make_plots(paper: pd.DataFrame, ours: pd.DataFrame, out_dir: str | pathlib.P
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ours = normalise(ours)
+    ours = ours[[option_label(c) == "" for c in ours["config_json"]]]  # the curves are of the paper's models
     figures = [(f"synthetic_{task}.png", _task_figure(plt, paper, ours, task))
                for task in ("copy", "reverse", "retrieval")]
     figures += [(f"lm_{dataset}.png", _lm_figure(plt, paper, ours, dataset, metric))
