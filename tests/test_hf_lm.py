@@ -130,8 +130,23 @@ def test_resume_continues_bit_for_bit(backbone, tmp_path):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+def test_mem_lr_trains_the_memory_at_its_own_rate_and_resumes_bit_for_bit(backbone, tmp_path):
+    own = ["--no_results", "--mem_lr", "1e-2"]
+    assert train.main(flags(backbone, tmp_path, "--run_name", "straight", *own)) == 0
+    assert train.main(flags(backbone, tmp_path, "--run_name", "cut", *own, "--max_step", "3")) == 0
+    assert train.main(flags(backbone, tmp_path, *own, "--restart", "--restart_dir", str(tmp_path / "runs" / "cut"))) == 0
+    assert train.main(flags(backbone, tmp_path, "--run_name", "one_rate", "--no_results")) == 0
+    a, b, c = (load_file(tmp_path / "runs" / name / "checkpoint_last.pt") for name in ("straight", "cut", "one_rate"))
+    assert [(g["lr"], len(g["params"])) for g in a["optimizer"]["param_groups"]] == [(1e-3, 28), (1e-2, 1)]
+    assert b["optimizer"]["param_groups"] == a["optimizer"]["param_groups"]  # the resumed run kept both rates
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert (a["model"]["memory"] - c["model"]["memory"]).abs().max() > 1e-2  # Adam's steps, 10x as long
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--backbone", ""], "--backbone is required"),
+    (["--mem_lr", "0"], "--mem_lr is the memory's learning rate"),
+    (["--mem_lr", "1e-2", "--num_mem_tokens", "0"], "--mem_lr is the memory's learning rate"),
     (["--last_tokens", "24"], "--last_tokens must be 0"),
     (["--mem_len", "4"], "apply to the Transformer-XL models"),
     (["--tgt_len", "400"], "fewer than one window"),

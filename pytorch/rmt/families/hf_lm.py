@@ -80,6 +80,9 @@ def add_causal_rmt_args(g) -> None:
     g.add_argument("--memory_norm", action=BOOL, default=False,
                    help="rescale the written memory to the token embeddings' norm (a pretrained decoder's last layer "
                         "is far larger than its inputs)")
+    g.add_argument("--mem_lr", type=float, default=None,
+                   help="a learning rate of its own for the memory parameters (and an associative memory's "
+                        "projections), which start untrained beside a pretrained backbone (default: --lr)")
     g.add_argument("--fsdp", action=BOOL, default=False,
                    help="under torchrun: shard parameters, gradients and optimizer state over the processes (FSDP2, "
                         "one group per decoder layer), for a backbone too large for one device; without it the "
@@ -93,6 +96,9 @@ def check_causal_rmt_args(args) -> None:
     if args.memory == "associative" and (args.memory_norm or args.recompute_segments):  # shared: config.check_args
         raise UsageError("--memory associative over a backbone does not take --memory_norm (it writes no memory "
                          "tokens) nor --recompute_segments (not carried there yet)")
+    if args.mem_lr is not None and (args.mem_lr <= 0 or not (args.num_mem_tokens or args.memory == "associative")):
+        raise UsageError(f"--mem_lr is the memory's learning rate: positive, with memory tokens; got {args.mem_lr} "
+                         f"with --num_mem_tokens {args.num_mem_tokens}")
     if args.lora and args.freeze_backbone:
         raise UsageError("--lora already freezes the backbone's own weights (it trains adapters and the memory); "
                          "--freeze_backbone trains the memory alone: give one")

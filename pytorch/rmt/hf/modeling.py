@@ -175,6 +175,11 @@ class RecurrentWrapper(nn.Module):
     def head_parameters(self) -> list[nn.Parameter]:
         return []
 
+    def memory_parameters(self) -> dict[str, nn.Parameter]:
+        """The wrapper's own parameters, by name: the memory (and an associative memory's
+        projections), new where the backbone is pretrained (saved apart; --mem_lr trains them)."""
+        return {name: p for name, p in self.named_parameters() if not name.startswith("backbone.")}
+
     def initial_memory(self, batch: int) -> torch.Tensor | None:
         if self.memory is None:
             return None
@@ -230,8 +235,7 @@ class RecurrentWrapper(nn.Module):
         path = pathlib.Path(path)
         if save_backbone:
             self.backbone.save_pretrained(path / (ADAPTER_DIR if _is_peft(self.backbone) else BACKBONE_DIR))
-        tensors = {name: p.detach().cpu().contiguous() for name, p in self.named_parameters()
-                   if not name.startswith("backbone.")}  # the memory (and an associative memory's projections)
+        tensors = {name: p.detach().cpu().contiguous() for name, p in self.memory_parameters().items()}
         atomic_write(path / MEMORY_FILE, lambda f: f.write(save(tensors)))
         text = json.dumps(self.config.to_dict(), indent=2) + "\n"
         atomic_write(path / CONFIG_FILE, lambda f: f.write(text), text=True, encoding="utf-8")

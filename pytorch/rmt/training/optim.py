@@ -15,6 +15,19 @@ import math
 import torch
 
 
+def parameter_groups(model, args) -> list[dict]:
+    """One group at --lr, or with --mem_lr (the families over a pretrained backbone) a second for
+    the wrapper's new parameters (model.memory_parameters()): they start from scratch where the
+    backbone's weights are already trained, and at a backbone's fine-tuning rate barely move.
+    lr_scale keeps the second group's ratio to --lr under every schedule."""
+    params = list(model.parameters())
+    if getattr(args, "mem_lr", None) is None:
+        return [{"params": params}]
+    own = {id(p) for p in model.memory_parameters().values()}
+    return [{"params": [p for p in params if id(p) not in own]},
+            {"params": [p for p in params if id(p) in own], "lr_scale": args.mem_lr / args.lr}]
+
+
 def build_optimizer(params, args) -> torch.optim.Optimizer:
     if args.optim == "adam":
         return torch.optim.Adam(params, lr=args.lr)
@@ -59,7 +72,7 @@ class LRSchedule:
     def step(self, step: int) -> float:
         lr = self.lr_at(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
     def observe(self, val_loss: float) -> None:

@@ -28,7 +28,7 @@ from rmt.errors import CheckpointError, RunError
 from rmt.lm.evaluation import metric_name
 from rmt.training import sharding
 from rmt.training.checkpoint import first_line, load_file, save_atomic
-from rmt.training.optim import LRSchedule, build_optimizer
+from rmt.training.optim import LRSchedule, build_optimizer, parameter_groups
 from rmt.training.runtime import compile_model, rng_state, set_rng_state
 
 LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
@@ -56,7 +56,7 @@ class Trainer:
         self.raw_model = model  # unwrapped, uncompiled: what is saved and evaluated
         self.sharded = sharding.is_sharded(model)  # FSDP2 (--fsdp): state gathered to save, scattered to load
         self.model = compile_model(model) if args.compile else model
-        self.optimizer = build_optimizer(model.parameters(), args)
+        self.optimizer = build_optimizer(parameter_groups(model, args), args)
         self.schedule = LRSchedule(self.optimizer, args)
         self.args, self.runtime, self.logger, self.run_dir = args, runtime, logger, run_dir
         self.select_by = select_by  # "loss" (lower is better) or a metric name (higher is better)
@@ -112,7 +112,7 @@ class Trainer:
             family.load_state_dict(ckpt["extra"])
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
             raise CheckpointError(f"{path} does not fit this run ({type(e).__name__}: {first_line(e)}); restart "
-                             "with the flags it was trained with (model sizes, --optim, task)")
+                             "with the flags it was trained with (model sizes, --optim, --mem_lr, task)")
 
     def load_best(self) -> None:
         """The best validated weights into the model (kept as is when none was saved): rank 0's,
