@@ -393,6 +393,7 @@ def test_associative_memory_trains_resumes_exactly_and_evaluates_at_other_length
     rows = pd.read_csv(tmp_path / "res" / "babilong.csv")
     assert list(rows.model_kind) == ["armt"] * 3
     assert list(rows.task) == ["babilong-qa1-3x32", "babilong-qa1-6x32", "babilong-qa1-3x32-mem_reset"]
+    assert set(babilong_points(rows).series) == {"straight (ARMT, 2 memory)", "straight (ARMT, 2 memory), memory reset"}
 
 
 def test_accuracy_is_split_by_whether_the_story_starts_before_the_questions_segment(backbone, tmp_path):

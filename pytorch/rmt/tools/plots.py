@@ -123,8 +123,9 @@ def babilong_points(rows: pd.DataFrame) -> pd.DataFrame:
         else:
             run = pathlib.PurePath(str(cfg.get("eval_checkpoint") or "")).parent.name if cfg.get("eval_only") \
                 else r.run_id
+            memory = "ARMT" if cfg.get("memory") == "associative" else "RMT"
             kind = "last segment only" if cfg.get("last_segment_only") else \
-                f"RMT, {cfg.get('num_mem_tokens')} memory" if cfg.get("num_mem_tokens") else "no memory"
+                f"{memory}, {cfg.get('num_mem_tokens')} memory" if cfg.get("num_mem_tokens") else "no memory"
             series = f"{run} ({kind})" + (f", memory {ablation}" if ablation != "none" else "")
         points.append({"qa": cfg.get("task"), "series": series, "tokens": int(cfg["sample_tokens"]),
                        "acc": float(r.metric_value), "samples": cfg.get("n_test"),
