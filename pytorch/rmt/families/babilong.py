@@ -11,8 +11,9 @@ by RMT over a pretrained causal LM: a family of `rmt.train` (the samples: rmt.ta
 
 A sample (BabiLong.sample) is haystack sentences from the text of --haystack (train.txt for the
 training samples, valid.txt and test.txt for the others: disjoint text), the story's sentences
-inserted in order at seeded sentence boundaries, then " Question: <q> Answer:" and the answer
-word. Its length in the backbone's tokens is exact: --sample_length (k = 1024, M = 1024^2; 0 for
+inserted in order at seeded sentence boundaries (with --story_in_earlier_segments, only in the
+segments before the question's, so that every answer needs memory), then " Question: <q> Answer:"
+and the answer word. Its length in the backbone's tokens is exact: --sample_length (k = 1024, M = 1024^2; 0 for
 the story alone), by default n_segments * tgt_len, the answer included; the haystack is cut to
 fit and read cyclically when the split's text is shorter. Samples are built on the fly from
 (task, length, split, --data_seed, index): nothing is stored, so a 1M-token sample never is.
@@ -69,6 +70,9 @@ def add_args(p) -> None:
     g.add_argument("--sample_length", default=None,
                    help="tokens per sample, answer included (4k, 64k, 1M; 0: the story alone); default "
                         "n_segments x tgt_len")
+    g.add_argument("--story_in_earlier_segments", action=BOOL, default=False,
+                   help="every story sentence in a segment before the question's, so that every answer needs "
+                        "memory (default: anywhere in the sample, as BABILong places them)")
     g.add_argument("--last_segment_only", action=BOOL, default=False,
                    help="the baseline: the model sees the sample's last segment alone")
     g.add_argument("--zero_shot", action=BOOL, default=False,
@@ -97,6 +101,9 @@ def check_args(args) -> None:
                          "--eval_checkpoint")
     if args.zero_shot and args.fsdp:
         raise UsageError("--zero_shot runs the bare backbone in one process: drop --fsdp")
+    if args.story_in_earlier_segments and args.sample_tokens <= args.tgt_len:
+        raise UsageError("--story_in_earlier_segments needs samples of more than one segment (--n_segments 2 or a "
+                         "longer --sample_length)")
     if args.last_segment_only and args.zero_shot:
         raise UsageError("--last_segment_only and --zero_shot are two different baselines: give one")
 
@@ -115,7 +122,8 @@ class BabiLong(BackboneFamily, SampledFamily):
         self.n_segments = 1 if args.last_segment_only or args.zero_shot else segments  # zero-shot: one pass
         span = f"{segments}x{t}" if self.length == segments * t else length_label(self.length)
         how = "-last" if args.last_segment_only else "-zeroshot" if args.zero_shot else ""
-        self.name = f"{NAME}-{args.task}-{span}{how}"
+        where = "-earlier" if args.story_in_earlier_segments else ""  # another test: every answer needs memory
+        self.name = f"{NAME}-{args.task}-{span}{where}{how}"
         self.run_prefix = f"{self.name}-{run_kind(args)}"
         self.depth = truncation(args)
 
@@ -140,6 +148,10 @@ class BabiLong(BackboneFamily, SampledFamily):
             raise FlagError(f"samples of {self.length} tokens cannot hold every {a.task} story (up to "
                              f"{longest} tokens with the question and answer): give a longer --sample_length or "
                              "more segments")
+        room = question_segment(self.length - self.longest_answer(), a.tgt_len)
+        if a.story_in_earlier_segments and room < longest:
+            raise FlagError(f"--story_in_earlier_segments: the segments before the question's hold {room} tokens, "
+                             f"too few for every {a.task} story (up to {longest}): give longer samples")
         log(f"{NAME}: {a.task} stories in the text of {a.haystack} (train/valid/test.txt), samples of "
             f"{self.length:,} tokens of the tokenizer of {a.backbone}")
 
@@ -148,7 +160,10 @@ class BabiLong(BackboneFamily, SampledFamily):
         facts, questions = every_sentence(self.args.task)
         longest = lambda texts: max(len(self.encode(t)) for t in texts)  # noqa: E731
         return (STORY_LENGTH[self.args.task][1] * longest([" " + f for f in facts])
-                + longest([QUESTION.format(q) for q in questions]) + longest([ANSWER.format(p) for p in PLACES]))
+                + longest([QUESTION.format(q) for q in questions]) + self.longest_answer())
+
+    def longest_answer(self) -> int:
+        return max(len(self.encode(ANSWER.format(p))) for p in PLACES)
 
     def encode(self, text: str) -> np.ndarray:
         return np.array(self.tokenizer(text, add_special_tokens=False).input_ids, dtype=np.int64)
@@ -161,8 +176,9 @@ class BabiLong(BackboneFamily, SampledFamily):
         story = make_story(a.task, rng)
         facts = [self.encode(" " + f) for f in story.facts]
         answer = self.encode(ANSWER.format(story.answer))
+        end_before = question_segment(self.length - len(answer), a.tgt_len) if a.story_in_earlier_segments else None
         ids, first = assemble(facts, self.encode(QUESTION.format(story.question)), answer, self.haystacks[split],
-                              self.length, rng)
+                              self.length, rng, end_before)
         return ids, len(ids) - len(answer), story.answer, first
 
     def batch(self, split: str, indices) -> tuple[torch.Tensor, torch.Tensor, list[str], list[bool]]:

@@ -64,15 +64,22 @@ class Haystack:
 
 
 def assemble(facts: list[np.ndarray], question: np.ndarray, answer: np.ndarray, haystack: Haystack, length: int,
-             rng: np.random.Generator) -> tuple[np.ndarray, int]:
+             rng: np.random.Generator, end_before: int | None = None) -> tuple[np.ndarray, int]:
     """Haystack with the facts inserted in order at sentence boundaries, the question, the answer:
-    exactly `length` tokens (0: the story alone); and where the first fact starts."""
+    exactly `length` tokens (0: the story alone); and where the first fact starts. With end_before,
+    the last fact ends at or before that token (the boundaries drawn from those that leave room)."""
     story = sum(len(f) for f in facts) + len(question) + len(answer)
     if length and length < story:
         raise ValueError(f"a sample of {length} tokens cannot hold its story ({story} tokens with the question and "
                          "answer): give a longer --sample_length or more segments")
     pieces = haystack.take(length - story, rng) if length else []
-    where = np.sort(rng.integers(0, len(pieces) + 1, size=len(facts)))  # a fact goes before pieces[where]
+    boundaries = len(pieces) + 1
+    if end_before is not None:
+        told = sum(len(f) for f in facts)
+        boundaries = int(np.searchsorted(np.cumsum([0] + [len(p) for p in pieces]), end_before - told, side="right"))
+        if not boundaries:
+            raise ValueError(f"the story ({told} tokens) cannot end before token {end_before}: give longer samples")
+    where = np.sort(rng.integers(0, boundaries, size=len(facts)))  # a fact goes before pieces[where]
     out, j = [], 0
     first = sum(len(p) for p in pieces[: where[0]]) if len(facts) else 0
     for i in range(len(pieces) + 1):

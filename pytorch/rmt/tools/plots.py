@@ -126,7 +126,8 @@ def babilong_points(rows: pd.DataFrame) -> pd.DataFrame:
             memory = "ARMT" if cfg.get("memory") == "associative" else "RMT"
             kind = "last segment only" if cfg.get("last_segment_only") else \
                 f"{memory}, {cfg.get('num_mem_tokens')} memory" if cfg.get("num_mem_tokens") else "no memory"
-            series = f"{run} ({kind})" + (f", memory {ablation}" if ablation != "none" else "")
+            where = ", story in earlier segments" if cfg.get("story_in_earlier_segments") else ""
+            series = f"{run} ({kind}{where})" + (f", memory {ablation}" if ablation != "none" else "")
         points.append({"qa": cfg.get("task"), "series": series, "tokens": int(cfg["sample_tokens"]),
                        "acc": float(r.metric_value), "samples": cfg.get("n_test"),
                        "trained": np.nan if cfg.get("eval_only") else int(cfg["sample_tokens"])})
