@@ -105,6 +105,23 @@ def test_facts_go_in_order_between_haystack_sentences_and_the_length_is_exact():
         assemble(facts, question, answer, hay, 8, np.random.default_rng(0))
 
 
+def test_facts_can_be_kept_before_a_token():
+    """end_before (--story_in_earlier_segments): the last fact ends by that token, the facts stay
+    whole and in order, the length stays exact; a story that cannot end there is refused."""
+    hay = Haystack([np.full(n, 100 + i) for i, n in enumerate((3, 5, 2, 7, 4))])
+    facts = [np.array([1, 1]), np.array([2]), np.array([3, 3, 3])]
+    question, answer = np.array([8, 8]), np.array([9])
+    for seed in range(30):
+        ids, first = assemble(facts, question, answer, hay, 40, np.random.default_rng(seed), end_before=14)
+        story = [i for i, t in enumerate(ids[:-3]) if t < 100]
+        assert len(ids) == 40 and [ids[i] for i in story] == [1, 1, 2, 3, 3, 3] and story[-1] < 14
+    ends = {max(i for i, t in enumerate(assemble(facts, question, answer, hay, 40, np.random.default_rng(seed))[0][:-3])
+                if t < 100) for seed in range(30)}
+    assert max(ends) >= 14  # without end_before the story reaches further
+    with pytest.raises(ValueError, match="cannot end before token 5"):
+        assemble(facts, question, answer, hay, 40, np.random.default_rng(0), end_before=5)
+
+
 def test_haystack_sentences_skip_headings():
     text = " = Title = \n\n The river is long . It flows north .\n = = Part = = \n A third one !\n"
     assert haystack_sentences(text) == ["The river is long .", "It flows north .", "A third one !"]
@@ -362,6 +379,8 @@ def test_a_curriculum_stage_starts_from_the_shorter_stage(backbone, tmp_path):
     (["--sample_length", "two"], "--sample_length: a sample length is a number"),
     (["--backbone", "smollm2-nonexistent/x"], "--backbone smollm2-nonexistent/x"),
     (["--zero_shot"], "--zero_shot evaluates the bare backbone"),
+    (["--story_in_earlier_segments", "--n_segments", "1"], "--story_in_earlier_segments needs samples of more"),
+    (["--story_in_earlier_segments"], "the segments before the question's hold 64 tokens, too few for every"),
     (["--lora", "-1"], "--lora is a LoRA rank"),
     (["--fsdp"], "--fsdp shards over the processes of torchrun"),
     (["--lora", "4", "--freeze_backbone"], "--lora already freezes the backbone's own weights"),
@@ -394,6 +413,29 @@ def test_associative_memory_trains_resumes_exactly_and_evaluates_at_other_length
     assert list(rows.model_kind) == ["armt"] * 3
     assert list(rows.task) == ["babilong-qa1-3x32", "babilong-qa1-6x32", "babilong-qa1-3x32-mem_reset"]
     assert set(babilong_points(rows).series) == {"straight (ARMT, 2 memory)", "straight (ARMT, 2 memory), memory reset"}
+
+
+def test_the_story_can_be_kept_out_of_the_questions_segment(backbone, tmp_path):
+    """--story_in_earlier_segments: every story sentence in a segment before the question's (so
+    every answer needs memory), in every split; the task's name says so."""
+    fam = family(backbone, tmp_path, "--story_in_earlier_segments", "--n_segments", "4")
+    assert fam.name == "babilong-qa1-4x32-earlier"
+    anywhere = family(backbone, tmp_path, "--n_segments", "4")
+    for split in ("train", "valid", "test"):
+        ids, labels, answers, earlier = fam.batch(split, range(12))
+        assert all(earlier)
+        for row, answer in zip(ids, answers):
+            tail = fam.tokenizer.decode(row[96:]).split("Question")[0]
+            assert not any(person in tail for person in babi.PEOPLE)
+            assert fam.tokenizer.decode(row[-1:]).strip() == answer
+    tails = [anywhere.tokenizer.decode(anywhere.sample("test", i)[0][96:]).split("Question")[0] for i in range(12)]
+    assert any(any(person in tail for person in babi.PEOPLE) for tail in tails)
+    assert train.main(flags(backbone, tmp_path, "--story_in_earlier_segments", "--n_segments", "4", "--run_name", "e",
+                            "--max_step", "2")) == 0
+    assert json.loads((tmp_path / "runs" / "e" / "test.json").read_text())["test"]["n_needs_memory"] == 4
+    rows = pd.read_csv(tmp_path / "res" / "babilong.csv")
+    assert list(rows.task) == ["babilong-qa1-4x32-earlier"]
+    assert list(babilong_points(rows).series) == ["e (RMT, 2 memory, story in earlier segments)"]
 
 
 def test_accuracy_is_split_by_whether_the_story_starts_before_the_questions_segment(backbone, tmp_path):

@@ -189,6 +189,35 @@ def test_memory_norm_rescales_what_is_written_and_generation_follows_it(tmp_path
     assert RMTForCausalLM.from_pretrained(tmp_path).config.memory_norm
 
 
+def test_memory_residual_starts_as_the_learned_memory_and_learns_a_projection_of_what_is_written(tmp_path):
+    """--memory_residual: each segment reads memory + P(written), P zero at the start (so a fresh
+    model reads its learned memory every segment), trained by the gradient, saved and loaded, and
+    generation follows it; an encoder or a wrapper without memory tokens refuses it."""
+    model = rmt(llama, 3, 8, memory_residual=True)
+    ids = tokens(2, 19)
+    out = model(ids)
+    torch.testing.assert_close(out.memory.mem, model.memory.expand(2, -1, -1))
+    with torch.no_grad():
+        reset = model(ids, read_memory=lambda state: MemoryState(None))  # every segment reads the learned memory
+    torch.testing.assert_close(out.logits, reset.logits)
+    out.logits[:, 8:].sum().backward()  # the loss of segments 2 and 3 reaches the projection
+    assert model.memory_proj.weight.grad.abs().sum() > 0
+    assert "memory_proj.weight" in model.memory_parameters()  # --mem_lr trains it, save_pretrained writes it
+    with torch.no_grad():
+        model.memory_proj.weight.normal_(0, 0.05)
+        moved = model(ids)
+    assert not torch.allclose(moved.logits[:, 8:], out.logits[:, 8:]) and torch.equal(moved.logits[:, :8], out.logits[:, :8])
+    gen = model.generate(ids[:, :5], max_new_tokens=14, eos_token_id=None)
+    assert torch.equal(gen[:, 5:], reference_greedy(model, ids[:, :5], 14))
+    model.save_pretrained(tmp_path)
+    again = RMTForCausalLM.from_pretrained(tmp_path)
+    assert again.config.memory_residual and torch.equal(again.memory_proj.weight, model.memory_proj.weight)
+    with pytest.raises(ValueError, match="memory_residual maps a decoder's written memory tokens"):
+        rmt(llama, 0, 8, memory_residual=True)
+    with pytest.raises(ValueError, match="memory_residual maps a decoder's written memory tokens"):
+        RMTForSequenceClassification(bert(), 2, 8, memory_residual=True)
+
+
 def test_generation_continues_each_row_after_its_last_real_token():
     model = rmt(llama, 3, 8)
     ids = tokens(2, 11)

@@ -11,12 +11,13 @@ by RMT over a pretrained causal LM: a family of `rmt.train` (the samples: rmt.ta
 
 A sample (BabiLong.sample) is haystack sentences from the text of --haystack (train.txt for the
 training samples, valid.txt and test.txt for the others: disjoint text), the story's sentences
-inserted in order at seeded sentence boundaries (with --story_in_earlier_segments, only in the
-segments before the question's, so that every answer needs memory), then " Question: <q> Answer:"
-and the answer word. Its length in the backbone's tokens is exact: --sample_length (k = 1024, M = 1024^2; 0 for
-the story alone), by default n_segments * tgt_len, the answer included; the haystack is cut to
-fit and read cyclically when the split's text is shorter. Samples are built on the fly from
-(task, length, split, --data_seed, index): nothing is stored, so a 1M-token sample never is.
+inserted in order at seeded sentence boundaries (with --story_in_earlier_segments only in the
+segments before the question's, so that every answer needs memory), then " Question: <q>
+Answer:" and the answer word. Its length in the backbone's tokens is exact: --sample_length
+(k = 1024, M = 1024^2; 0 for the story alone), by default n_segments * tgt_len, the answer
+included; the haystack is cut to fit and read cyclically when the split's text is shorter.
+Samples are built on the fly from (task, length, split, --data_seed, index): nothing is stored,
+so a 1M-token sample never is.
 
 Training: the loss covers the answer tokens only. Evaluation (--eval_batch_size samples at a
 time): the sample up to "Answer:" is read segment by segment, memory only and no logits, until the

@@ -80,6 +80,9 @@ def add_causal_rmt_args(g) -> None:
     g.add_argument("--memory_norm", action=BOOL, default=False,
                    help="rescale the written memory to the token embeddings' norm (a pretrained decoder's last layer "
                         "is far larger than its inputs)")
+    g.add_argument("--memory_residual", action=BOOL, default=False,
+                   help="each segment reads the learned memory plus a learned projection of the written memory, zero "
+                        "at the start (so a fresh model reads its learned memory every segment)")
     g.add_argument("--mem_lr", type=float, default=None,
                    help="a learning rate of its own for the memory parameters (and an associative memory's "
                         "projections), which start untrained beside a pretrained backbone (default: --lr)")
@@ -93,9 +96,11 @@ def check_causal_rmt_args(args) -> None:
     refuse_txl_flags(args)
     if args.lora < 0:
         raise UsageError(f"--lora is a LoRA rank: positive, or 0 for none; got {args.lora}")
-    if args.memory == "associative" and (args.memory_norm or args.recompute_segments):  # shared: config.check_args
-        raise UsageError("--memory associative over a backbone does not take --memory_norm (it writes no memory "
-                         "tokens) nor --recompute_segments (not carried there yet)")
+    if args.memory == "associative" and (args.memory_norm or args.memory_residual or args.recompute_segments):
+        raise UsageError("--memory associative over a backbone does not take --memory_norm or --memory_residual (it "
+                         "writes no memory tokens) nor --recompute_segments (not carried there yet)")
+    if args.memory_residual and not args.num_mem_tokens:
+        raise UsageError("--memory_residual maps the written memory tokens: give --num_mem_tokens > 0")
     if args.mem_lr is not None and (args.mem_lr <= 0 or not (args.num_mem_tokens or args.memory == "associative")):
         raise UsageError(f"--mem_lr is the memory's learning rate: positive, with memory tokens; got {args.mem_lr} "
                          f"with --num_mem_tokens {args.num_mem_tokens}")
@@ -119,7 +124,8 @@ def causal_rmt(args, depth: int | None, checkpoint_state: dict | None = None):
                                 d_mem=args.d_mem)
     else:
         model = RMTForCausalLM(base, args.num_mem_tokens, args.tgt_len, depth, args.recompute_segments,
-                               args.freeze_backbone, memory_norm=args.memory_norm)
+                               args.freeze_backbone, memory_norm=args.memory_norm,
+                               memory_residual=args.memory_residual)
     return load_weights(model, checkpoint_state, args.backbone)
 
 

@@ -98,8 +98,8 @@ class ARMTForCausalLM(RMTForCausalLM):
                              f"be positive, got num_mem_tokens {num_mem_tokens}, d_mem {d_mem}")
         if recompute:
             raise ValueError("recompute does not carry associative memory yet: train without it")
-        if kwargs.pop("memory_norm", False):
-            raise ValueError("memory_norm rescales written memory tokens; associative memory writes none")
+        if kwargs.pop("memory_norm", False) or kwargs.pop("memory_residual", False):
+            raise ValueError("memory_norm and memory_residual map written memory tokens; associative memory writes none")
         super().__init__(backbone, num_mem_tokens, segment_size, bptt_depth, recompute, freeze_backbone, **kwargs)
         self.config.memory, self.config.d_mem = "associative", d_mem
         self.assoc = AssociativeLayers(decoder_layers(backbone), self.config.d_model, d_mem)

@@ -68,6 +68,7 @@ class RMTConfig:
     mem_len: int = 0  # no Transformer-XL cache here; the result rows' schema has the column
     read_mem_from_cache: bool = False
     memory_norm: bool = False  # decoders: written memory rescaled to the token embeddings' norm
+    memory_residual: bool = False  # decoders: read = the learned memory + a projection (from zero) of the written
     memory: str = "tokens"  # "tokens" (RMT) or "associative" (ARMT, rmt.hf.associative)
     d_mem: int = 0  # associative memory: the key width before DPFP (d_key = 6 * d_mem)
 
@@ -147,7 +148,7 @@ class RecurrentWrapper(nn.Module):
 
     def __init__(self, backbone: nn.Module, num_mem_tokens: int, segment_size: int, bptt_depth: int | None = None,
                  recompute: bool = False, freeze_backbone: bool = False, cls_token_id: int | None = None,
-                 sep_token_id: int | None = None, memory_norm: bool = False):
+                 sep_token_id: int | None = None, memory_norm: bool = False, memory_residual: bool = False):
         super().__init__()
         if num_mem_tokens < 0 or segment_size <= 0:
             raise ValueError(f"need num_mem_tokens >= 0 and segment_size > 0, got {num_mem_tokens} and {segment_size}")
@@ -157,11 +158,18 @@ class RecurrentWrapper(nn.Module):
         cfg = backbone.config
         self.config = RMTConfig(self.kind, num_mem_tokens, segment_size, bptt_depth, recompute, cls_token_id,
                                 sep_token_id, str(getattr(cfg, "_name_or_path", "") or ""), **_sizes(cfg),
-                                memory_norm=memory_norm)
+                                memory_norm=memory_norm, memory_residual=memory_residual)
         weight = backbone.get_input_embeddings().weight
         # Memory starts like token embeddings (same scale), distinct rows so the slots can differ.
         self.memory = nn.Parameter(torch.randn(num_mem_tokens, weight.size(1)) * weight.detach().float().std()) \
             if num_mem_tokens else None
+        if memory_residual and not (num_mem_tokens and self.config.causal):
+            raise ValueError("memory_residual maps a decoder's written memory tokens: it needs num_mem_tokens > 0 and "
+                             "a causal LM")
+        # Zero at the start: every segment then reads the learned memory itself (see RMTForCausalLM.written).
+        self.memory_proj = nn.Linear(weight.size(1), weight.size(1), bias=False) if memory_residual else None
+        if self.memory_proj is not None:
+            nn.init.zeros_(self.memory_proj.weight)
         if freeze_backbone:
             self.freeze_backbone()
 
@@ -266,7 +274,8 @@ class RecurrentWrapper(nn.Module):
             backbone = PeftModel.from_pretrained(backbone, path / ADAPTER_DIR)
         model = cls(backbone, cfg["num_mem_tokens"], cfg["segment_size"], cfg["bptt_depth"], cfg["recompute"],
                     cls_token_id=cfg["cls_token_id"], sep_token_id=cfg["sep_token_id"],
-                    memory_norm=cfg.get("memory_norm", False), **cls.saved_options(cfg))
+                    memory_norm=cfg.get("memory_norm", False), memory_residual=cfg.get("memory_residual", False),
+                    **cls.saved_options(cfg))
         model.config.backbone = cfg["backbone"]
         own = load_file(path / MEMORY_FILE)
         missing = {n for n, _ in model.named_parameters() if not n.startswith("backbone.")} - set(own)
@@ -306,11 +315,17 @@ class RMTForCausalLM(RecurrentWrapper):
         themselves; with memory_norm each slot is rescaled to the mean norm of the token
         embeddings. (A pretrained decoder's last layer, after its final norm, is far larger than
         its inputs: about 13x for SmolLM2-135M, so the next segment reads unscaled memory as
-        inputs unlike any it was trained on.)"""
-        if not self.config.memory_norm:
-            return states
-        scale = self.backbone.get_input_embeddings().weight.detach().norm(dim=-1).mean()
-        return states * (scale / states.norm(dim=-1, keepdim=True).clamp(min=1e-6)).to(states.dtype)
+        inputs unlike any it was trained on.) With memory_residual the next segment reads the
+        learned memory plus a learned projection of the states, zero at the start: a pretrained
+        decoder attends to the learned memory (it serves as an attention sink) and gives next to
+        no attention to its own last-layer states placed there, so the gradient that would teach
+        it to read them is next to none; through the projection it flows where attention already is."""
+        if self.config.memory_norm:
+            scale = self.backbone.get_input_embeddings().weight.detach().norm(dim=-1).mean()
+            states = states * (scale / states.norm(dim=-1, keepdim=True).clamp(min=1e-6)).to(states.dtype)
+        if self.memory_proj is not None:
+            states = self.initial_memory(states.size(0)) + self.memory_proj(states).to(states.dtype)
+        return states
 
     @torch.no_grad()
     def read(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

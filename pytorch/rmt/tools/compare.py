@@ -237,7 +237,8 @@ def render(pairs: pd.DataFrame, only: pd.DataFrame, results_dir: str, n_ours: in
 
 
 # Flags that make a run another recipe without changing the row's key columns: labelled in its task cell.
-RECIPE_FLAGS = {"freeze_backbone": "frozen backbone", "memory_norm": "memory_norm"}
+RECIPE_FLAGS = {"freeze_backbone": "frozen backbone", "memory_norm": "memory_norm",
+                "memory_residual": "memory_residual"}
 
 
 def init_label(config_json: object) -> str:

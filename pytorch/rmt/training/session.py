@@ -65,9 +65,13 @@ def check_fits(cfg, args, runtime) -> None:
 
 
 def init_weights_from(model, path: str, device) -> None:
-    """--init_checkpoint: another run's weights into this model (same shapes), nothing else."""
+    """--init_checkpoint: another run's weights into this model (same shapes), nothing else. A
+    stage may add --memory_residual: its projection, missing from the earlier stage, starts at zero."""
     try:
-        model.load_state_dict(load_file(path, device)["model"])
+        missing, unexpected = model.load_state_dict(load_file(path, device)["model"], strict=False)
+        missing = [k for k in missing if not k.startswith("memory_proj.")]
+        if missing or unexpected:
+            raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     except (CheckpointError, KeyError, RuntimeError) as e:
         raise CheckpointError(f"--init_checkpoint {path} does not fit this model ({first_line(e)}); "
                          "give a checkpoint of a run with the same model flags") from None
