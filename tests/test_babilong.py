@@ -20,7 +20,7 @@ from rmt import config, train  # noqa: E402
 from rmt.tasks import babi  # noqa: E402
 from rmt.families.babilong import BabiLong  # noqa: E402
 from rmt.tasks.babilong import Haystack, assemble, haystack_sentences, parse_length  # noqa: E402
-from rmt.tools import compare  # noqa: E402
+from rmt.tools import compare, memory_attention  # noqa: E402
 from rmt.tools.compare import babilong_section  # noqa: E402
 from rmt.tools.plots import babilong_points  # noqa: E402
 from rmt.training.checkpoint import load_file  # noqa: E402
@@ -371,6 +371,16 @@ def test_a_curriculum_stage_starts_from_the_shorter_stage(backbone, tmp_path):
     assert train.main(["--dataset", "babilong", "--eval_only", "--eval_checkpoint",  # a stage evaluates as any run
                        str(tmp_path / "runs" / "two-seg" / "checkpoint_last.pt"), "--work_dir", str(tmp_path / "runs"),
                        "--n_segments", "4", "--no_results"]) == 0
+    # a stage may add --memory_residual: the earlier weights, the new projection from zero
+    assert train.main(flags(backbone, tmp_path, "--run_name", "residual", "--n_segments", "2", "--tgt_len", "96",
+                            "--init_checkpoint", str(best), "--memory_residual", "--max_step", "1",
+                            "--no_results")) == 0
+    residual = load_file(tmp_path / "runs" / "residual" / "checkpoint_last.pt")["model"]
+    assert "memory_proj.weight" in residual and set(residual) - set(start) == {"memory_proj.weight"}
+    with pytest.raises(SystemExit, match="does not fit this model"):  # anything else missing is refused
+        train.main(flags(backbone, tmp_path, "--run_name", "back", "--n_segments", "2", "--tgt_len", "96",
+                         "--init_checkpoint", str(tmp_path / "runs" / "residual" / "checkpoint_last.pt"),
+                         "--no_results"))
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -384,6 +394,8 @@ def test_a_curriculum_stage_starts_from_the_shorter_stage(backbone, tmp_path):
     (["--lora", "-1"], "--lora is a LoRA rank"),
     (["--fsdp"], "--fsdp shards over the processes of torchrun"),
     (["--lora", "4", "--freeze_backbone"], "--lora already freezes the backbone's own weights"),
+    (["--memory_residual", "--num_mem_tokens", "0"], "--memory_residual maps the written memory tokens"),
+    (["--memory_residual", "--memory", "associative"], "does not take --memory_norm or --memory_residual"),
 ])
 def test_bad_flags_are_one_line_errors(backbone, tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as e:
@@ -436,6 +448,23 @@ def test_the_story_can_be_kept_out_of_the_questions_segment(backbone, tmp_path):
     rows = pd.read_csv(tmp_path / "res" / "babilong.csv")
     assert list(rows.task) == ["babilong-qa1-4x32-earlier"]
     assert list(babilong_points(rows).series) == ["e (RMT, 2 memory, story in earlier segments)"]
+
+
+def test_memory_attention_splits_the_questions_attention_between_memory_and_tokens(backbone, tmp_path, capsys):
+    """rmt.tools.memory_attention: per layer, the question's last token's attention on the read
+    slots and on its segment's tokens, which sum to 1 (it never sees the write slots), at the
+    checkpoint's own length or another; a checkpoint of another family is refused."""
+    assert train.main(flags(backbone, tmp_path, "--run_name", "m", "--max_step", "1", "--no_results")) == 0
+    best = tmp_path / "runs" / "m" / "checkpoint_best.pt"
+    for extra in ([], ["--n_segments", "4", "--story_in_earlier_segments"]):
+        assert memory_attention.main(["--checkpoint", str(best), "--samples", "3", *extra]) == 0
+        table = pd.read_csv(tmp_path / "runs" / "m" / "memory_attention.csv")
+        assert list(table.layer) == [0, 1]
+        np.testing.assert_allclose(table.read_memory + table.tokens, 1.0, atol=2e-4)  # 4 decimals each
+        assert (table.read_memory > 0).all() and (table.largest_slot <= table.read_memory + 1e-4).all()
+    assert "babilong-qa1-4x32-earlier, 3 test samples" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not a checkpoint of a babilong run"):
+        memory_attention.main(["--checkpoint", str(tmp_path / "nowhere" / "checkpoint_best.pt")])
 
 
 def test_accuracy_is_split_by_whether_the_story_starts_before_the_questions_segment(backbone, tmp_path):

@@ -304,11 +304,15 @@ class RMTForCausalLM(RecurrentWrapper):
             out = self.call_backbone(tokens, x.mask, **backbone_kwargs)
             return out.logits, MemoryState()
         mem = self.initial_memory(b) if state.mem is None else state.mem
-        slots = x.mask.new_ones(b, m)
-        out = self.call_backbone(torch.cat([mem, tokens, mem], 1), torch.cat([slots, x.mask, slots], 1),
-                                 **backbone_kwargs)
+        out = self.call_backbone(*self.laid_out(tokens, x.mask, mem), **backbone_kwargs)
         written = self.keep_if_empty(self.written(out.hidden_states[-1][:, m + t:]), mem, x.mask)
         return out.logits[:, m : m + t], MemoryState(written)
+
+    @staticmethod
+    def laid_out(tokens: torch.Tensor, mask: torch.Tensor, mem: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A segment's backbone input: embeddings [read memory | tokens | write memory] and which are present."""
+        slots = mask.new_ones(mask.size(0), mem.size(1))
+        return torch.cat([mem, tokens, mem], 1), torch.cat([slots, mask, slots], 1)
 
     def written(self, states: torch.Tensor) -> torch.Tensor:
         """The memory the write slots' last-layer states become. As in the paper, the states
