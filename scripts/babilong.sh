@@ -8,6 +8,7 @@
 #   bash scripts/babilong.sh eval --eval_checkpoint runs/<run>/checkpoint_best.pt --n_segments 16
 #   bash scripts/babilong.sh eval --eval_checkpoint runs/<run>/checkpoint_best.pt --sample_length 64k --n_test 50
 #   bash scripts/babilong.sh eval --eval_checkpoint runs/<run>/checkpoint_best.pt --memory_ablation reset
+#   bash scripts/babilong.sh train --n_segments 2 --story_in_earlier_segments   # every answer needs memory
 #   bash scripts/babilong.sh train --last_segment_only                   # baseline: the last segment alone
 #   bash scripts/babilong.sh train --num_mem_tokens 0                    # baseline: fine-tuned without memory
 #   bash scripts/babilong.sh train --eval_only --zero_shot --num_mem_tokens 0   # the bare model, whole sample
