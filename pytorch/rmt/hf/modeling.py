@@ -145,6 +145,9 @@ class RecurrentWrapper(nn.Module):
 
     kind = ""
     auto_class = ""
+    # Parameters a curriculum stage may add to an earlier stage's weights (--init_checkpoint):
+    # they start as built, and nothing else may be missing.
+    added_by_a_stage = ("memory_proj.",)
 
     def __init__(self, backbone: nn.Module, num_mem_tokens: int, segment_size: int, bptt_depth: int | None = None,
                  recompute: bool = False, freeze_backbone: bool = False, cls_token_id: int | None = None,
@@ -159,13 +162,13 @@ class RecurrentWrapper(nn.Module):
         self.config = RMTConfig(self.kind, num_mem_tokens, segment_size, bptt_depth, recompute, cls_token_id,
                                 sep_token_id, str(getattr(cfg, "_name_or_path", "") or ""), **_sizes(cfg),
                                 memory_norm=memory_norm, memory_residual=memory_residual)
+        if memory_residual and not (num_mem_tokens and self.config.causal):
+            raise ValueError("memory_residual maps a decoder's written memory tokens: it needs num_mem_tokens > 0 and "
+                             "a causal LM")
         weight = backbone.get_input_embeddings().weight
         # Memory starts like token embeddings (same scale), distinct rows so the slots can differ.
         self.memory = nn.Parameter(torch.randn(num_mem_tokens, weight.size(1)) * weight.detach().float().std()) \
             if num_mem_tokens else None
-        if memory_residual and not (num_mem_tokens and self.config.causal):
-            raise ValueError("memory_residual maps a decoder's written memory tokens: it needs num_mem_tokens > 0 and "
-                             "a causal LM")
         # Zero at the start: every segment then reads the learned memory itself (see RMTForCausalLM.written).
         self.memory_proj = nn.Linear(weight.size(1), weight.size(1), bias=False) if memory_residual else None
         if self.memory_proj is not None:

@@ -45,8 +45,8 @@ def memory_attention(model, family, n_samples: int) -> pd.DataFrame:
     model.backbone.set_attn_implementation("eager")  # the fused kernels return no attention
     totals = None
     for i in range(n_samples):
-        ids, labels, _, _ = family.batch("test", [i])
-        start = int((labels[0] != -100).int().argmax())
+        sample, start, _, _ = family.sample("test", i)
+        ids = torch.from_numpy(sample)[None]
         cut = question_segment(start, t)
         state = model.read(ids[:, :cut]) if cut else None
         mem = model.initial_memory(1) if state is None else state.mem

@@ -65,11 +65,11 @@ def check_fits(cfg, args, runtime) -> None:
 
 
 def init_weights_from(model, path: str, device) -> None:
-    """--init_checkpoint: another run's weights into this model (same shapes), nothing else. A
-    stage may add --memory_residual: its projection, missing from the earlier stage, starts at zero."""
+    """--init_checkpoint: another run's weights into this model (same shapes), nothing else; the
+    parameters the model says a stage may add (`added_by_a_stage`) start as built."""
     try:
         missing, unexpected = model.load_state_dict(load_file(path, device)["model"], strict=False)
-        missing = [k for k in missing if not k.startswith("memory_proj.")]
+        missing = [k for k in missing if not k.startswith(getattr(model, "added_by_a_stage", ()))]
         if missing or unexpected:
             raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     except (CheckpointError, KeyError, RuntimeError) as e:
