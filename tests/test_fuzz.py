@@ -43,7 +43,7 @@ bad_flags = st.one_of(
     st.tuples(st.sampled_from(["--n_layer", "--n_head", "--d_model", "--d_head", "--d_inner"]), non_positive),
     st.tuples(st.sampled_from(["--dropout", "--dropatt"]), st.one_of(st.floats(min_value=1.0, max_value=1e9),
                                                                      st.floats(max_value=-1e-9, min_value=-1e9))),
-    st.tuples(st.sampled_from(["--num_mem_tokens", "--mem_len"]), negative),
+    st.tuples(st.sampled_from(["--num_mem_tokens", "--mem_len", "--reset_memory_every"]), negative),
     st.tuples(st.just("--device"), st.text(min_size=1, max_size=8).filter(lambda s: s not in ("auto", "cpu", "cuda")
                                                                                and not s.startswith(("cuda:", "-")))),
     st.tuples(st.just("--run_name"), st.sampled_from(["..", ".", "../x", "a/b", "../../etc", ".hidden", "/abs"])),

@@ -247,12 +247,14 @@ def test_eval_without_flags_uses_the_training_segmentation(wt_dir, tmp_path, cap
 
 # ---- exact resume, signals ------------------------------------------------------------------
 
-def test_resume_after_hard_kill_is_bit_identical(wt_dir, tmp_path):
+@pytest.mark.parametrize("reset", [[], ["--reset_memory_every", "4"]])
+def test_resume_after_hard_kill_is_bit_identical(wt_dir, tmp_path, reset):
     # dropout, RMT memory, XL cache, BPTT history and varlen segments all must come back exactly;
-    # 8 rows of ~16 tokens make an epoch of ~23 steps, so the memory reset at the epoch start is crossed.
+    # 8 rows of ~16 tokens make an epoch of ~23 steps, so the memory reset at the epoch start is crossed
+    # (and with resets every 4 segments, the kill at step 15 falls 3 segments after one).
     extra = ["--dataset", "wt2", "--max_step", "30", "--eval_interval", "15", "--dropout", "0.1", "--dropatt", "0.1",
              "--num_mem_tokens", "2", "--mem_len", "8", "--mem_backprop_depth", "1", "--varlen", "--batch_size", "8",
-             "--tgt_len", "16"]
+             "--tgt_len", "16", *reset]
     lm_train.main(train_args(wt_dir, tmp_path, "straight", *extra))
     killed = run([sys.executable, "-m", "rmt.train", *train_args(wt_dir, tmp_path, "resumed", *extra)],
                  env={**ENV, "RMT_KILL_AFTER_STEP": "15"}, check=False)
@@ -373,7 +375,33 @@ def test_evaluation_extends_cache_and_carries_memory_over_the_split():
     assert lm_metrics(total / n_tokens, "enwik8").keys() == {"loss", "bpc"}
 
 
-# ---- one-line errors ------------------------------------------------------------------------
+def test_evaluation_can_start_the_memory_afresh_every_n_segments():
+    torch.manual_seed(0)
+    model = MemTransformerLM(n_token=20, n_layer=2, n_head=2, d_model=16, d_head=8, d_inner=32, num_mem_tokens=2,
+                             mem_len=6, tgt_len=4, memory="associative", d_mem=4)
+    torch.nn.init.normal_(model.assoc[0].v.weight)  # written values that are not zero: memory matters
+    batches = [(torch.randint(20, (3, 4)), torch.randint(20, (3, 4))) for _ in range(7)]
+    chunks = [nll_sum(model, batches[i:i + 3])[0] for i in (0, 3, 6)]  # three passes, each from a fresh memory
+    assert nll_sum(model, batches, reset_every=3)[0] == pytest.approx(sum(chunks), rel=1e-12)
+    assert nll_sum(model, batches)[0] != pytest.approx(sum(chunks), rel=1e-6)  # carried: another loss
+
+
+def test_training_starts_the_memory_afresh_every_n_segments_and_at_each_epoch(wt_dir, monkeypatch):
+    from rmt.families.registry import build_family
+    from rmt.training.runtime import Runtime
+    args, _ = cli.parse_training_args(train_args(wt_dir, "unused", "r", "--dataset", "wt2", "--num_mem_tokens", "2",
+                                                 "--batch_size", "8", "--tgt_len", "16", "--reset_memory_every", "5"))
+    family = build_family(args, Runtime("cpu"))
+    family.load_data(lambda *a: None)
+    model = MemTransformerLM.from_config(family.model_config())
+    fresh_at = []
+    for step in range(30):  # an epoch of 8 rows of 3,000 / 8 tokens is 24 segments of 16
+        reset = family.carried.reset
+        monkeypatch.setattr(family.carried, "reset", lambda: (fresh_at.append(step), reset()))
+        family.train_batch(model, step)
+        monkeypatch.undo()
+    assert fresh_at == [0, 5, 10, 15, 20, 24, 29]  # every 5, and counted again from the epoch's start
+    assert args.reset_memory_every == 5
 
 def test_original_flags_that_would_do_nothing_warn_or_fail(capsys):
     parser = cli.training_parser("wt103")

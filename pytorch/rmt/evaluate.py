@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory_ablation", choices=ABLATIONS, default="none",
                    help="replace the memory each segment reads by the initial memory (reset) or by another "
                         "row's (shuffle); see rmt.model.ablation")
+    p.add_argument("--reset_memory_every", type=int, default=None, metavar="N",
+                   help="start the memory afresh every N segments (default: as the run trained; 0: never)")
     p.add_argument("--by_position", action="store_true",
                    help="also print the loss by position in the segment (where memory or a cache helps)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -158,12 +160,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size <= 0:
         parser.error(f"--batch_size must be positive, got {args.batch_size}")
+    if args.reset_memory_every is not None and args.reset_memory_every < 0:
+        parser.error(f"--reset_memory_every must be 0 (never) or a number of segments, got {args.reset_memory_every}")
     runtime = Runtime(args.device, args.amp, args.cuda)
     model, cfg, train_args, overridden = load_for_eval(args, parser, runtime)
     checkpoint, dataset = pathlib.Path(args.checkpoint), args.dataset
     data = args.data or (train_args.get("data") if train_args.get("dataset") == dataset else None) \
         or default_data_dir(dataset)
     batch_size = args.batch_size or int(train_args.get("eval_batch_size") or 10)
+    trained_reset = int(train_args.get("reset_memory_every") or 0)
+    if args.reset_memory_every is None:
+        args.reset_memory_every = trained_reset
+    overridden = overridden or args.reset_memory_every != trained_reset
     csv = args.results_csv or REPO_ROOT / "experiments" / "results" / "lm.csv"
     if not args.no_results:
         try:
@@ -177,7 +185,8 @@ def main(argv=None) -> int:
                          f"{len(corpus.vocab)}; pass the --dataset/--data it was trained on")
     print(f"{checkpoint}: {name} ({data}) | protocol {args.protocol} | tgt_len {cfg.tgt_len} | mem_len {cfg.mem_len} "
           f"| num_mem_tokens {cfg.num_mem_tokens} | clamp_len {cfg.clamp_len} | same_length {cfg.same_length} | "
-          f"batch {batch_size} | memory ablation {args.memory_ablation} | {runtime.describe()}", flush=True)
+          f"batch {batch_size} | memory reset every {args.reset_memory_every or 'never'} | "
+          f"memory ablation {args.memory_ablation} | {runtime.describe()}", flush=True)
     if args.memory_ablation != "none":
         model = MemoryAblation(model, args.memory_ablation)
     # The row describes the trained run plus how it was evaluated; compare lets a re-evaluation under
@@ -202,7 +211,8 @@ def evaluate_one(args, model, cfg, corpus, split: str, batch_size: int, runtime,
     unit = metric_name(args.dataset)
     t0 = time.time()
     try:
-        m = evaluate_split(model, corpus, split, batch_size, cfg.tgt_len, cfg.ext_len, args.max_eval_steps, runtime)
+        m = evaluate_split(model, corpus, split, batch_size, cfg.tgt_len, cfg.ext_len, args.max_eval_steps, runtime,
+                           reset_every=args.reset_memory_every)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     elapsed = time.time() - t0

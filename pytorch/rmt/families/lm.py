@@ -1,7 +1,9 @@
 """The language-modelling family of `rmt.train`: a corpus read as B contiguous streams.
 
 The memory tokens and the XL cache are carried along the streams from step to step (detached)
-and reset at the start of every epoch, as the original did. The loss is the mean NLL per token.
+and reset at the start of every epoch, as the original did (--reset_memory_every N: also every N
+segments, in training and in evaluation, so the state never spans more than N segments). The loss
+is the mean NLL per token.
 --mem_backprop_depth 0 (the default) detaches memory at every step: reading is trained, writing
 is not. D > 0 is real truncated BPTT: every step re-runs the last D segments from the memory D
 segments back (the original LM script meant to; its line re-ran from the current memory), so the
@@ -42,6 +44,10 @@ def add_args(p) -> None:
                    help="how --mem_backprop_depth D re-runs the last D segments: correct (from the memory D segments "
                         "back: truncated BPTT) or original (from the current memory, as the original train.py did, "
                         "which trained the paper's depth > 0 rows)")
+    g.add_argument("--reset_memory_every", type=int, default=0, metavar="N",
+                   help="start the memory (memory tokens, associative matrices, XL cache) afresh every N segments "
+                        "of each stream, in training and evaluation, as if the corpus were samples of N segments; "
+                        "0 (default): carried along the whole stream, reset only at an epoch's start")
 
 
 def check_args(args) -> None:
@@ -53,6 +59,8 @@ def check_args(args) -> None:
     if args.lm_replay == "original" and args.mem_backprop_depth <= 0:
         raise UsageError("--lm_replay original changes only how --mem_backprop_depth D > 0 re-runs past segments; "
                          f"with depth {args.mem_backprop_depth} nothing is re-run")
+    if args.reset_memory_every < 0:
+        raise UsageError(f"--reset_memory_every must be 0 (never) or a number of segments, got {args.reset_memory_every}")
     if args.eval_only:
         raise UsageError("--eval_only is for the algorithmic tasks; evaluate a language model with "
                          "python3 -m rmt.evaluate --checkpoint runs/<run>/checkpoint_best.pt")
@@ -138,6 +146,7 @@ class LanguageModelling(Family):
             raise FlagError(f"--varlen needs an ordered corpus, not {args.dataset}")
         self.stream = TrainStream(train_it, args.varlen, args.seed)
         self.carried = StreamState(args.mem_backprop_depth)
+        self.segments_carried = 0  # segments the carried memory has seen since it was last started afresh
         per_rank = args.batch_size // runtime.world
         self.rows = slice(runtime.rank * per_rank, (runtime.rank + 1) * per_rank)
 
@@ -166,8 +175,10 @@ class LanguageModelling(Family):
     def train_batch(self, model, step: int) -> dict:
         args, runtime = self.args, self.runtime
         x, y, new_epoch = self.stream.next()
-        if new_epoch:
+        if new_epoch or (args.reset_memory_every and self.segments_carried == args.reset_memory_every):
             self.carried.reset()
+            self.segments_carried = 0
+        self.segments_carried += 1
         x, y = x.to(runtime.device), y.to(runtime.device)
         step_model = Recomputed(model) if args.recompute_segments else model
         loss = stream_step(step_model, self.carried, x, y, args.batch_chunk, args.bptt_bp,
@@ -185,7 +196,7 @@ class LanguageModelling(Family):
         try:
             with eval_lengths(model, args.tgt_len, args.eval_tgt_len):
                 m = evaluate_split(model, self.corpus, split, args.eval_batch_size, args.eval_tgt_len, args.ext_len,
-                                   limit, self.runtime, shard)
+                                   limit, self.runtime, shard, args.reset_memory_every)
         except ValueError as e:  # e.g. an lm1b split with no full batch
             raise DataError(f"{e}")
         return {k: v for k, v in m.items() if k not in ("tokens", "segments", "by_position")}
@@ -196,11 +207,13 @@ class LanguageModelling(Family):
     def state_dict(self) -> dict:
         """Called on every rank: the carried rows of all ranks are gathered."""
         return {"stream": self.stream.state_dict(),
-                "carry": self.carried.state_dict(self.runtime.all_gather_rows)}
+                "carry": self.carried.state_dict(self.runtime.all_gather_rows),
+                "segments_carried": self.segments_carried}
 
     def load_state_dict(self, d: dict) -> None:
         self.stream.load_state_dict(d["stream"])
         self.carried.load_state_dict(d["carry"], self.rows, self.runtime.device)
+        self.segments_carried = d.get("segments_carried", 0)  # checkpoints from before --reset_memory_every
 
     def resumed(self) -> str:
         note = f" (epoch {self.stream.epoch})"

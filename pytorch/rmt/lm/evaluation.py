@@ -3,7 +3,8 @@ adaptive-softmax settings, and THE evaluation loop.
 
 Evaluation follows the original `evaluate`: a fresh pass over the split from
 position 0 in B parallel rows of `tgt_len` tokens; memory starts from the learned initial
-memory once and is carried (with the XL cache) across the whole split, never reset. The loss
+memory once and is carried (with the XL cache) across the whole split, never reset (unless the
+run was trained with --reset_memory_every N: then afresh every N segments, as it trained). The loss
 is the token-weighted mean NLL in nats; ppl = exp(loss), and for the byte/character corpora
 (enwik8, text8) bpc = loss / ln 2, bits per character.
 """
@@ -94,8 +95,10 @@ def eval_lengths(model, tgt_len: int, eval_tgt_len: int):
 
 
 @torch.no_grad()
-def nll_sum(model, batches, max_steps: int = -1, autocast=contextlib.nullcontext) -> tuple[float, int, int, list]:
-    """Summed NLL (nats) and token count over `batches` (x, y), memory carried throughout.
+def nll_sum(model, batches, max_steps: int = -1, autocast=contextlib.nullcontext,
+            reset_every: int = 0) -> tuple[float, int, int, list]:
+    """Summed NLL (nats) and token count over `batches` (x, y), memory carried throughout, or
+    started afresh every `reset_every` segments when that is positive (as the run trained).
 
     Returns (nll sum, tokens, segments, mean NLL by position in the segment); max_steps >= 0
     caps the number of batches. The last list shows where in a segment the loss is: with too
@@ -109,6 +112,8 @@ def nll_sum(model, batches, max_steps: int = -1, autocast=contextlib.nullcontext
     for i, (x, y) in enumerate(batches):
         if 0 <= max_steps <= i:
             break
+        if reset_every > 0 and i % reset_every == 0:
+            state = MemoryState()
         with autocast():
             nll, state = model(x, y, state)
         per_pos = nll.double().sum(0)
@@ -125,7 +130,7 @@ def nll_sum(model, batches, max_steps: int = -1, autocast=contextlib.nullcontext
 
 
 def evaluate_split(model, corpus: Corpus, split: str, batch_size: int, tgt_len: int, ext_len: int = 0,
-                   max_steps: int = -1, runtime=None, shard: bool = False) -> dict:
+                   max_steps: int = -1, runtime=None, shard: bool = False, reset_every: int = 0) -> dict:
     """Evaluate one split of `corpus`: {"loss", "ppl" | "bpc", "tokens", "segments", "by_position"}
     (by_position: mean NLL in nats at each position of a segment, on this process's rows).
 
@@ -138,7 +143,7 @@ def evaluate_split(model, corpus: Corpus, split: str, batch_size: int, tgt_len: 
     it = corpus.get_iterator(split, batch_size, tgt_len, ext_len, rank=rank, world_size=world)
     batches = ((x.to(device), y.to(device)) for x, y in it)
     autocast = runtime.autocast if runtime is not None else contextlib.nullcontext
-    total, n_tokens, n_segments, by_position = nll_sum(model, batches, max_steps, autocast)
+    total, n_tokens, n_segments, by_position = nll_sum(model, batches, max_steps, autocast, reset_every)
     if shard:  # means over ranks: their ratio is the token-weighted mean of all rows
         sums = runtime.all_reduce_mean(torch.tensor([total, n_tokens], dtype=torch.float64, device=device))
         total, n_tokens = float(sums[0]) * world, int(round(float(sums[1]) * world))
