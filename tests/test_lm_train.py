@@ -7,6 +7,7 @@ Every run uses one CPU thread (OMP_NUM_THREADS=1): tiny models gain nothing from
 bit-for-bit comparisons between a subprocess and this process need the same reduction order.
 """
 import json
+import math
 import os
 import pathlib
 import random
@@ -402,6 +403,35 @@ def test_training_starts_the_memory_afresh_every_n_segments_and_at_each_epoch(wt
         monkeypatch.undo()
     assert fresh_at == [0, 5, 10, 15, 20, 24, 29]  # every 5, and counted again from the epoch's start
     assert args.reset_memory_every == 5
+
+def test_memory_drift_reports_the_loss_and_state_size_along_the_stream(enwik8_dir, tmp_path):
+    from rmt.lm.evaluation import load_corpus
+    from rmt.tools import memory_drift
+    from rmt.training.checkpoint import load_model
+    lm_train.main(train_args(enwik8_dir, tmp_path, "armt", "--dataset", "enwik8", "--num_mem_tokens", "2",
+                             "--memory", "associative", "--d_mem", "4", "--max_step", "6", "--eval_interval", "6",
+                             "--mem_backprop_depth", "1", "--lr", "0.05", "--warmup_step", "0"))  # writes trained
+    ckpt = tmp_path / "armt" / "checkpoint_last.pt"
+    assert memory_drift.main(["--checkpoint", str(ckpt), "--segments", "8", "--block", "4", "--out",
+                              str(tmp_path / "fresh.csv")]) == 0
+    fresh = pd.read_csv(tmp_path / "fresh.csv")
+    assert list(fresh.columns) == ["segments", "bpc", "A0", "z0", "A1", "z1"] and list(fresh["segments"]) == [4, 8]
+    model = load_model(ckpt)[0]
+    it = load_corpus(enwik8_dir, "enwik8").get_iterator("train", 4, 8)
+    batches = [b for _, b in zip(range(8), it)]
+    first = nll_sum(model, batches[:4])  # the first block: what evaluation's loop gives over it
+    assert fresh["bpc"][0] == pytest.approx(first[0] / first[1] / math.log(2), abs=1e-4)
+    assert memory_drift.main(["--checkpoint", str(ckpt), "--segments", "8", "--block", "4", "--start", "training",
+                              "--out", str(tmp_path / "carried.csv")]) == 0
+    carried = pd.read_csv(tmp_path / "carried.csv")
+    assert carried["bpc"][0] != pytest.approx(fresh["bpc"][0], abs=1e-4)  # the state training left is another start
+    for argv, message in ((["--start", "training", "--batch_size", "3"], "leave out --batch_size"),
+                          (["--block", "0"], "--block must be positive")):
+        with pytest.raises(SystemExit, match=message):
+            memory_drift.main(["--checkpoint", str(ckpt), *argv])
+
+
+# ---- one-line errors ------------------------------------------------------------------------
 
 def test_original_flags_that_would_do_nothing_warn_or_fail(capsys):
     parser = cli.training_parser("wt103")

@@ -460,7 +460,8 @@ def test_runs_with_memory_options_or_armt_are_never_matched_or_averaged_with_the
     plots.make_plots(compare.load_paper(PAPER), ours, tmp_path / "plots")
     assert "copy-rmt-1" in seen and not any(r.startswith("copy-opt") for r in seen)
     _lm_rows(tmp_path)  # and on an LM corpus: their own group, outside the paper's orderings
-    for seed, kind, cfg in ((1, "rmt", {"enhanced_xl_recurrence": True}), (2, "armt", {"memory": "associative"})):
+    for seed, kind, cfg in ((1, "rmt", {"enhanced_xl_recurrence": True}), (2, "armt", {"memory": "associative"}),
+                            (3, "rmt", {"reset_memory_every": 32})):
         append_result(tmp_path / "lm.csv", {
             "run_id": f"lm-opt-{seed}", "task": "books-char", "model_kind": kind, "seed": seed, "tgt_len": 128,
             "eval_tgt_len": 128, "mem_len": 0, "num_mem_tokens": 10, "mem_backprop_depth": 2, "split": "test",
@@ -470,8 +471,10 @@ def test_runs_with_memory_options_or_armt_are_never_matched_or_averaged_with_the
     ours, _ = compare.load_ours(tmp_path)
     groups = lm_corpora.other_corpus_groups(paper, lm_corpora.other_corpus_rows(paper, compare.match(paper, ours)[1]))
     deep = groups[(groups["model_kind"] == "rmt") & (groups["mem_backprop_depth"] == 2)]
-    assert deep.set_index("options")["mean"].to_dict() == pytest.approx({"": 2.05, "enhanced_xl_recurrence": 1.5})
+    assert deep.set_index("options")["mean"].to_dict() == pytest.approx(
+        {"": 2.05, "enhanced_xl_recurrence": 1.5, "reset_memory_every 32": 1.5})
     assert "| rmt (enhanced_xl_recurrence) |" in lm_corpora.render_other_corpora(groups)
+    assert "| rmt (reset_memory_every 32) |" in lm_corpora.render_other_corpora(groups)
     claims = {row[0]: row for row in lm_corpora.lm_orderings(groups)}  # 1.5 would win every claim it entered
     assert "1.50" not in " ".join(" ".join(row) for row in claims.values())
 

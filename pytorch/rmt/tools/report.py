@@ -53,10 +53,11 @@ def values_of(rows: pd.DataFrame, col: str, metric: str) -> pd.Series:
     return rows[col].fillna(fallback) if col in rows else fallback
 
 
-# Model options beside the original's (rmt.model.config) and their defaults: a run that sets one is
-# another model than the paper's, never matched to its rows nor averaged with the default's.
+# Model options beside the original's (rmt.model.config), and the LM stream's memory resets, with
+# their defaults: a run that sets one is another model or procedure than the paper's, never matched
+# to its rows nor averaged with the default's.
 OPTION_DEFAULTS = {"read_memory_emb": False, "write_mem_init": "memory", "enhanced_xl_recurrence": False,
-                   "emb_gradient_frac": 1.0, "token_shift": False}
+                   "emb_gradient_frac": 1.0, "token_shift": False, "reset_memory_every": 0}
 
 
 def option_label(cell: object) -> str:
