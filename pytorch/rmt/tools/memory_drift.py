@@ -28,7 +28,7 @@ from rmt.errors import UsageError, exits_on_error
 from rmt.lm.corpus import DATASETS
 from rmt.lm.evaluation import load_corpus, metric_name
 from rmt.model.recurrence import MemoryState
-from rmt.training.checkpoint import load_file, load_model, run_config
+from rmt.training.checkpoint import load_model, run_config
 
 
 def build_parser() -> argparse.ArgumentParser:
