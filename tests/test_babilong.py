@@ -278,6 +278,18 @@ def test_babilong_trains_tests_and_evaluates_at_other_lengths(backbone, tmp_path
     assert (tmp_path / "plots" / "babilong_qa1.png").stat().st_size > 0
 
 
+def test_samples_of_other_data_seeds_are_pooled_and_a_repeat_replaces_its_row():
+    def row(acc, n, data_seed, date):
+        cfg = {"task": "qa1", "sample_tokens": 1048576, "n_test": n, "data_seed": data_seed, "eval_only": True,
+               "eval_checkpoint": "runs/s2/checkpoint_best.pt", "num_mem_tokens": 8}
+        return {"run_id": "s2-eval", "date": date, "task": "babilong-qa1-8192x128", "split": "test",
+                "metric_name": "exact_match", "metric_value": acc, "config_json": json.dumps(cfg)}
+    rows = pd.DataFrame([row(0.0, 1, 0, "d1"), row(1.0, 1, 1, "d2"), row(0.5, 2, 2, "d3"), row(1.0, 2, 2, "d4")])
+    point = babilong_points(rows).iloc[0]  # seeds 0 and 1 once each, seed 2 measured twice: its last counts
+    assert (point.series, point.samples, point.acc) == ("s2 (RMT, 8 memory)", 4, pytest.approx(3 / 4))
+    assert "| `s2 (RMT, 8 memory)` | — | 0.75 (4) |" in babilong_section(rows)
+
+
 def test_resume_continues_bit_for_bit(backbone, tmp_path):
     assert train.main(flags(backbone, tmp_path, "--run_name", "straight", "--no_results")) == 0
     assert train.main(flags(backbone, tmp_path, "--run_name", "cut", "--no_results", "--max_step", "2")) == 0

@@ -130,10 +130,15 @@ def babilong_points(rows: pd.DataFrame) -> pd.DataFrame:
             series = f"{run} ({kind}{where})" + (f", memory {ablation}" if ablation != "none" else "")
         points.append({"qa": cfg.get("task"), "series": series, "tokens": int(cfg["sample_tokens"]),
                        "acc": float(r.metric_value), "samples": cfg.get("n_test"),
+                       "data_seed": cfg.get("data_seed", 0),
                        "trained": np.nan if cfg.get("eval_only") else int(cfg["sample_tokens"])})
     if not points:
         return pd.DataFrame()
-    df = pd.DataFrame(points).drop_duplicates(["series", "tokens"], keep="last")
+    # a re-measurement replaces the row it repeats; samples of other data seeds are pooled with it
+    df = pd.DataFrame(points).drop_duplicates(["series", "tokens", "data_seed"], keep="last")
+    df = df.assign(correct=df["acc"] * df["samples"]).groupby(["qa", "series", "tokens"], as_index=False, sort=False) \
+        .agg(correct=("correct", "sum"), samples=("samples", "sum"), trained=("trained", "first"))
+    df = df.assign(acc=df["correct"] / df["samples"]).drop(columns="correct")
     base = df["series"].str.replace(r", memory \w+$", "", regex=True)
     trained = df.dropna(subset=["trained"]).set_index("series")["trained"]
     return df.assign(trained=base.map(trained)).sort_values(["qa", "series", "tokens"]).reset_index(drop=True)
