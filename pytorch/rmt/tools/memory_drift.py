@@ -100,7 +100,7 @@ def main(argv=None) -> int:
         batch_size = rows
     corpus = load_corpus(run["data"], run["dataset"])
     it = corpus.get_iterator(args.split, batch_size, model.config.tgt_len, model.config.ext_len)
-    batches = (b for i, b in zip(range(args.segments), it))
+    batches = (b for _, b in zip(range(args.segments), it))
     table = pd.DataFrame(drift(model, batches, state, args.block, args.reset_memory_every))
     unit = metric_name(run["dataset"])
     if len(table) and unit == "bpc":
