@@ -34,7 +34,7 @@ from rmt.config import BOOL
 from rmt.errors import exits_on_error
 from rmt.families.registry import OWN_EVALUATION
 from rmt.lm.corpus import DATASETS
-from rmt.lm.evaluation import corpus_name, default_data_dir, evaluate_split, load_corpus, metric_name
+from rmt.lm.evaluation import corpus_name, default_data_dir, evaluate_split, load_corpus, metric_name, reset_interval
 from rmt.model.ablation import ABLATIONS, MemoryAblation, task_suffix
 from rmt.model.config import ModelConfig
 from rmt.results import append_result, check_target, result_row
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory_ablation", choices=ABLATIONS, default="none",
                    help="replace the memory each segment reads by the initial memory (reset) or by another "
                         "row's (shuffle); see rmt.model.ablation")
-    p.add_argument("--reset_memory_every", type=int, default=None, metavar="N",
+    p.add_argument("--reset_memory_every", type=reset_interval, default=None, metavar="N",
                    help="start the memory afresh every N segments (default: as the run trained; 0: never)")
     p.add_argument("--by_position", action="store_true",
                    help="also print the loss by position in the segment (where memory or a cache helps)")
@@ -160,8 +160,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size <= 0:
         parser.error(f"--batch_size must be positive, got {args.batch_size}")
-    if args.reset_memory_every is not None and args.reset_memory_every < 0:
-        parser.error(f"--reset_memory_every must be 0 (never) or a number of segments, got {args.reset_memory_every}")
     runtime = Runtime(args.device, args.amp, args.cuda)
     model, cfg, train_args, overridden = load_for_eval(args, parser, runtime)
     checkpoint, dataset = pathlib.Path(args.checkpoint), args.dataset

@@ -28,6 +28,7 @@ from rmt.lm.evaluation import (
     evaluate_split,
     load_corpus,
     metric_name,
+    reset_interval,
 )
 from rmt.model.recurrence import REPLAYS, Recomputed, StreamState, stream_step
 from rmt.results import TestResult
@@ -44,7 +45,7 @@ def add_args(p) -> None:
                    help="how --mem_backprop_depth D re-runs the last D segments: correct (from the memory D segments "
                         "back: truncated BPTT) or original (from the current memory, as the original train.py did, "
                         "which trained the paper's depth > 0 rows)")
-    g.add_argument("--reset_memory_every", type=int, default=0, metavar="N",
+    g.add_argument("--reset_memory_every", type=reset_interval, default=0, metavar="N",
                    help="start the memory (memory tokens, associative matrices, XL cache) afresh every N segments "
                         "of each stream, in training and evaluation, as if the corpus were samples of N segments; "
                         "0 (default): carried along the whole stream, reset only at an epoch's start")
@@ -59,8 +60,6 @@ def check_args(args) -> None:
     if args.lm_replay == "original" and args.mem_backprop_depth <= 0:
         raise UsageError("--lm_replay original changes only how --mem_backprop_depth D > 0 re-runs past segments; "
                          f"with depth {args.mem_backprop_depth} nothing is re-run")
-    if args.reset_memory_every < 0:
-        raise UsageError(f"--reset_memory_every must be 0 (never) or a number of segments, got {args.reset_memory_every}")
     if args.eval_only:
         raise UsageError("--eval_only is for the algorithmic tasks; evaluate a language model with "
                          "python3 -m rmt.evaluate --checkpoint runs/<run>/checkpoint_best.pt")

@@ -26,7 +26,7 @@ import torch
 from rmt.atomic import atomic_write
 from rmt.errors import UsageError, exits_on_error
 from rmt.lm.corpus import DATASETS
-from rmt.lm.evaluation import load_corpus, metric_name
+from rmt.lm.evaluation import load_corpus, metric_name, reset_interval
 from rmt.model.recurrence import MemoryState
 from rmt.training.checkpoint import load_model, run_config
 
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", choices=["fresh", "training"], default="fresh",
                    help="fresh: the initial memory; training: the state the run carried when it saved")
     p.add_argument("--batch_size", type=int, default=None, help="rows (default and with --start training: the run's)")
-    p.add_argument("--reset_memory_every", type=int, default=0, metavar="N",
+    p.add_argument("--reset_memory_every", type=reset_interval, default=0, metavar="N",
                    help="start the memory afresh every N segments (0: never)")
     p.add_argument("--out", default=None, help="the CSV (default: <run dir>/memory_drift.csv)")
     return p
@@ -78,8 +78,6 @@ def main(argv=None) -> int:
     for flag in ("segments", "block"):
         if getattr(args, flag) <= 0:
             raise UsageError(f"--{flag} must be positive, got {getattr(args, flag)}")
-    if args.reset_memory_every < 0:
-        raise UsageError(f"--reset_memory_every must be 0 (never) or a number of segments, got {args.reset_memory_every}")
     checkpoint = pathlib.Path(args.checkpoint)
     run = run_config(checkpoint).get("args", {})
     if "data" not in run or run.get("dataset") not in DATASETS:
