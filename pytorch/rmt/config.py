@@ -43,6 +43,14 @@ def backprop_depth(text: str) -> int:
     return value
 
 
+def reset_interval(text: str) -> int:
+    """The argparse type of --reset_memory_every (every parser that takes it): 0 (never) or a number of segments."""
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (never) or a number of segments, got {n}")
+    return n
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--n_layer", type=int, default=12, help="number of layers")

@@ -30,11 +30,11 @@ import sys
 import time
 
 from rmt import REPO_ROOT, config
-from rmt.config import BOOL
+from rmt.config import BOOL, reset_interval
 from rmt.errors import exits_on_error
 from rmt.families.registry import OWN_EVALUATION
 from rmt.lm.corpus import DATASETS
-from rmt.lm.evaluation import corpus_name, default_data_dir, evaluate_split, load_corpus, metric_name, reset_interval
+from rmt.lm.evaluation import corpus_name, default_data_dir, evaluate_split, load_corpus, metric_name
 from rmt.model.ablation import ABLATIONS, MemoryAblation, task_suffix
 from rmt.model.config import ModelConfig
 from rmt.results import append_result, check_target, result_row

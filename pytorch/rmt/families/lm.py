@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from rmt import REPO_ROOT
-from rmt.config import FULL_BPTT, model_config
+from rmt.config import FULL_BPTT, model_config, reset_interval
 from rmt.errors import DataError, FlagError, UsageError
 from rmt.families.base import Family, run_kind
 from rmt.lm.evaluation import (
@@ -28,7 +28,6 @@ from rmt.lm.evaluation import (
     evaluate_split,
     load_corpus,
     metric_name,
-    reset_interval,
 )
 from rmt.model.recurrence import REPLAYS, Recomputed, StreamState, stream_step
 from rmt.results import TestResult

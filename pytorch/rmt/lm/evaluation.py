@@ -10,7 +10,6 @@ is the token-weighted mean NLL in nats; ppl = exp(loss), and for the byte/charac
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import pathlib
@@ -29,14 +28,6 @@ BPC_DATASETS = ("enwik8", "text8")
 # Adaptive input/softmax cluster boundaries (TXL): (cutoffs, tie the tail projections?)
 ADAPTIVE = {"wt103": ([20000, 40000, 200000], True), "wt2": ([20000, 40000, 200000], True),
             "lm1b": ([60000, 100000, 640000], False)}
-
-
-def reset_interval(text: str) -> int:
-    """The argparse type of --reset_memory_every (every parser that takes it): 0 (never) or a number of segments."""
-    n = int(text)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (never) or a number of segments, got {n}")
-    return n
 
 
 def default_data_dir(dataset: str) -> pathlib.Path:

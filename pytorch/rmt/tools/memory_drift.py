@@ -24,9 +24,10 @@ import pandas as pd
 import torch
 
 from rmt.atomic import atomic_write
+from rmt.config import reset_interval
 from rmt.errors import UsageError, exits_on_error
 from rmt.lm.corpus import DATASETS
-from rmt.lm.evaluation import load_corpus, metric_name, reset_interval
+from rmt.lm.evaluation import load_corpus, metric_name
 from rmt.model.recurrence import MemoryState
 from rmt.training.checkpoint import load_model, run_config
 
