@@ -115,3 +115,4 @@ def test_a_task_evaluation_runs_teacher_forced_and_greedy_through_the_ablation(t
                        "--results_csv", str(tmp_path / "res.csv")]) == 0
     rows = pd.read_csv(tmp_path / "res.csv")
     assert rows.task.iloc[1] == rows.task.iloc[0] + "-mem_shuffle" and rows.acc_greedy.notna().all()
+    assert (tmp_path / "runs" / "c-eval" / "test.json").exists()  # beside the run, not in the working directory

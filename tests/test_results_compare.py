@@ -378,6 +378,26 @@ def test_group_section_shows_each_runs_accuracy_by_queried_pair(tmp_path):
     assert len(compare.load_ours(tmp_path)[0]) == 2  # group rows never count as results rows
 
 
+def test_group_rows_of_other_data_seeds_pool_and_a_remeasurement_replaces(tmp_path):
+    """One evaluation directory scores 1M-token samples in separate commands (--data_seed 0, 1): the
+    table shows their samples together; the same data seed measured again replaces the first."""
+    for date, data_seed, right in (("2026-01-01T00:00:00", 0, 0.0), ("2026-01-02T00:00:00", 1, 1.0),
+                                   ("2026-01-03T00:00:00", 1, 1.0), ("2026-01-04T00:00:00", 0, 1.0)):
+        row = {"run_id": "s2-eval", "date": date, "task": "babilong-qa1-8192x128", "model_kind": "rmt", "seed": 7,
+               "n_segments": 8192, "split": "test"}
+        append_result(tmp_path / "babilong.csv", {**row, "num_mem_tokens": 8,
+                                                  "config_json": json.dumps({"data_seed": data_seed})})
+        append_result(groups_csv(tmp_path / "babilong.csv"), {
+            **row, "group_name": "story", "group": "starts before", "n_samples": 1, "acc_greedy": right}, GROUP_COLUMNS)
+    line = next(x for x in compare.group_section(tmp_path).splitlines() if "`s2-eval`" in x)
+    assert line == "| 8192 | rmt | M=8 | 7 | `s2-eval` | 1.000 | 2 |"  # seed 0 re-measured right, seed 1 once
+    (tmp_path / "babilong.csv").write_text("\n".join((tmp_path / "babilong.csv").read_text().splitlines()[:3]) + "\n")
+    (groups_csv(tmp_path / "babilong.csv")).write_text(
+        "\n".join(groups_csv(tmp_path / "babilong.csv").read_text().splitlines()[:3]) + "\n")
+    line = next(x for x in compare.group_section(tmp_path).splitlines() if "`s2-eval`" in x)
+    assert line == "| 8192 | rmt | M=8 | 7 | `s2-eval` | 0.500 | 2 |"  # one wrong, one right
+
+
 def _lm_rows(path, task="books-char", metric="bpc", scale="cpu-preset"):
     """Three seeds of five configurations on a corpus of our own (lower is better)."""
     means = {("baseline", 0, 0, 0): 2.10, ("txl", 10, 0, 0): 2.07, ("rmt", 0, 10, 0): 2.09,

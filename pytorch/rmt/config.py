@@ -147,7 +147,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--log-interval", "--log_interval", dest="log_interval", type=int, default=200)
     g.add_argument("--eval-interval", "--eval_interval", dest="eval_interval", type=int, default=4000)
     g.add_argument("--max_eval_steps", type=int, default=-1, help="cap on evaluation batches (-1: all)")
-    g.add_argument("--work_dir", default="runs", help="runs go to WORK_DIR/<name>")
+    g.add_argument("--work_dir", default="runs",
+                   help="runs go to WORK_DIR/<name> (an evaluation: beside the evaluated run by default)")
     g.add_argument("--run_name", default=None, help="run directory name (default: dataset-kind-time)")
     g.add_argument("--restart", action="store_true", help="resume from --restart_dir")
     g.add_argument("--restart_dir", default="", help="run directory to resume (its last checkpoint)")
@@ -247,10 +248,14 @@ def inherit_trained_flags(parser: argparse.ArgumentParser, argv, args: argparse.
     if not isinstance(run_flags, dict):
         return args
     known = {a.dest for a in parser._actions}
-    parser.set_defaults(**{k: v for k, v in run_flags.items() if k in known and k not in INVOCATION_FLAGS})
+    parser.set_defaults(**{k: v for k, v in run_flags.items() if k in known and k not in INVOCATION_FLAGS},
+                        work_dir=None)
     args = parser.parse_args(argv)
+    run_dir = pathlib.Path(args.eval_checkpoint).parent
+    if args.work_dir is None:  # beside the evaluated run, wherever the command was started
+        args.work_dir = str(run_dir.parent)
     if args.run_name is None:
-        args.run_name = f"{pathlib.Path(args.eval_checkpoint).parent.name}-eval"
+        args.run_name = f"{run_dir.name}-eval"
     args.trained_flags = str(pathlib.Path(args.eval_checkpoint).parent / "config.json")
     return args
 

@@ -261,9 +261,23 @@ def group_section(results_dir: str | pathlib.Path) -> str:
     frames = [pd.read_csv(f) for f in files if f.stat().st_size > 0]
     if not frames:
         return ""
-    # an evaluation directory (<run>-eval) holds rows of several tasks: one per task and group
-    g = pd.concat(frames, ignore_index=True).drop_duplicates(["run_id", "task", "split", "group"], keep="last")
-    runs = normalise(read_results(results_dir)).drop_duplicates("run_id", keep="last").set_index("run_id")
+    results = normalise(read_results(results_dir))
+    # a group row's data seed is its results row's (same run, task, split and time): an evaluation
+    # directory (<run>-eval) holds rows of several tasks and data seeds. A re-measurement replaces
+    # the row it repeats; the samples of other data seeds are pooled with it.
+    seed_of = {(r.run_id, r.task, r.split, r.date): config_of(r.config_json).get("data_seed", 0)
+               for r in results.itertuples()}
+    g = pd.concat(frames, ignore_index=True)
+    g["data_seed"] = [seed_of.get(k, 0) for k in zip(g["run_id"], g["task"], g["split"], g["date"])]
+    g = g.drop_duplicates(["run_id", "task", "split", "data_seed", "group"], keep="last")
+    for metric in ("acc_tf", "acc_greedy"):
+        g[metric] = g[metric] * g["n_samples"]
+    g = g.groupby(["run_id", "task", "split", "group"], as_index=False, sort=False).agg(
+        {**{c: "first" for c in g.columns if c not in ("run_id", "task", "split", "group")},
+         "n_samples": "sum", "acc_tf": lambda c: c.sum(min_count=1), "acc_greedy": lambda c: c.sum(min_count=1)})
+    for metric in ("acc_tf", "acc_greedy"):
+        g[metric] = g[metric] / g["n_samples"]
+    runs = results.drop_duplicates("run_id", keep="last").set_index("run_id")
     out = []
     for (task, name), t in g.groupby(["task", "group_name"], sort=True):
         groups = sorted(t["group"].unique())
