@@ -252,6 +252,7 @@ def inherit_trained_flags(parser: argparse.ArgumentParser, argv, args: argparse.
                         work_dir=None)
     args = parser.parse_args(argv)
     run_dir = pathlib.Path(args.eval_checkpoint).parent
+    run_dir = run_dir if run_dir.name else run_dir.resolve()  # started inside the run directory
     if args.work_dir is None:  # beside the evaluated run, wherever the command was started
         args.work_dir = str(run_dir.parent)
     if args.run_name is None:
