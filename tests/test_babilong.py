@@ -19,7 +19,7 @@ transformers = pytest.importorskip("transformers")
 from rmt import config, train  # noqa: E402
 from rmt.tasks import babi  # noqa: E402
 from rmt.families.babilong import BabiLong  # noqa: E402
-from rmt.tasks.babilong import Haystack, assemble, haystack_sentences, parse_length  # noqa: E402
+from rmt.tasks.babilong import ANSWER, Haystack, assemble, haystack_sentences, parse_length  # noqa: E402
 from rmt.tools import compare, memory_attention  # noqa: E402
 from rmt.tools.compare import babilong_section  # noqa: E402
 from rmt.tools.plots import babilong_points  # noqa: E402
@@ -197,6 +197,21 @@ def test_samples_are_exact_deterministic_and_their_splits_draw_on_their_own_text
     assert text.rstrip().endswith("Answer :") and "Where is" in text
 
 
+def test_the_question_ends_at_the_same_place_whatever_the_answers_length(backbone, tmp_path, monkeypatch):
+    """A two-token answer ("hallway" here, as in SmolLM2's tokenizer) must not move the question one
+    token earlier: the model would tell that answer apart by the question's position alone."""
+    plain = BabiLong.encode
+    monkeypatch.setattr(BabiLong, "encode", lambda self, text: np.concatenate([plain(self, text), plain(self, text)])
+                        if text == ANSWER.format("hallway") else plain(self, text))
+    fam = family(backbone, tmp_path)
+    ids, labels, answers, _ = fam.batch("test", range(40))
+    assert fam.answer_room == 2 and "hallway" in answers and len(set(answers)) >= 4 and ids.size(1) == 96
+    assert set((labels != -100).int().argmax(1).tolist()) == {94}  # where every answer starts
+    for row, answer in enumerate(answers):
+        assert int((labels[row] != -100).sum()) == (2 if answer == "hallway" else 1)  # the padding is no target
+        assert fam.tokenizer.decode(ids[row, :94]).rstrip().endswith("Answer :")
+
+
 def test_the_loss_covers_the_answer_tokens_only(backbone, tmp_path):
     fam = family(backbone, tmp_path)
     ids, labels, answers, _ = fam.batch("train", [0, 1])
@@ -226,7 +241,7 @@ def test_reading_a_prefix_then_answering_equals_one_pass(backbone, tmp_path):
     model = fam.build_model().eval()
     ids, labels, _, _ = fam.batch("test", [1])
     start = int((labels[0] != -100).nonzero()[0])
-    loss, (new,) = fam.answer_rows(model, ids, [start])
+    loss, (new,) = fam.answer_rows(model, ids, labels, [start])
     with torch.no_grad():
         whole = model(ids, labels=labels).loss.item() * (ids.size(1) - start)
         ref, seq = [], ids[:, :start]

@@ -17,7 +17,10 @@ Answer:" and the answer word. Its length in the backbone's tokens is exact: --sa
 (k = 1024, M = 1024^2; 0 for the story alone), by default n_segments * tgt_len, the answer
 included; the haystack is cut to fit and read cyclically when the split's text is shorter.
 Samples are built on the fly from (task, length, split, --data_seed, index): nothing is stored,
-so a 1M-token sample never is.
+so a 1M-token sample never is. Every sample's question ends at the same place (its length less
+the longest answer's tokens); a shorter answer is followed by padding that no loss covers. (Were
+the answer to end the sample, a two-token answer would move the question one token earlier, and
+the model could tell it apart by the question's position alone.)
 
 Training: the loss covers the answer tokens only. Evaluation (--eval_batch_size samples at a
 time): the sample up to "Answer:" is read segment by segment, memory only and no logits, until the
@@ -144,12 +147,15 @@ class BabiLong(BackboneFamily, SampledFamily):
             ids = self.tokenizer([" " + s for s in sentences], add_special_tokens=False).input_ids
             self.haystacks[split] = Haystack([np.array(s, dtype=np.int64) for s in ids if s])
         self.sampler = BatchSampler(a.n_train, a.batch_size, a.seed)
+        self.answer_room = self.longest_answer()
+        tok = self.tokenizer
+        self.pad_id = next((i for i in (tok.pad_token_id, tok.eos_token_id) if i is not None), 0)
         longest = self.longest_story()
         if self.length and self.length < longest:  # refused before a run directory exists
             raise FlagError(f"samples of {self.length} tokens cannot hold every {a.task} story (up to "
                              f"{longest} tokens with the question and answer): give a longer --sample_length or "
                              "more segments")
-        room = question_segment(self.length - self.longest_answer(), a.tgt_len)
+        room = question_segment(self.length - self.answer_room, a.tgt_len)
         if a.story_in_earlier_segments and room < longest:
             raise FlagError(f"--story_in_earlier_segments: the segments before the question's hold {room} tokens, "
                              f"too few for every {a.task} story (up to {longest}): give longer samples")
@@ -171,16 +177,19 @@ class BabiLong(BackboneFamily, SampledFamily):
 
     def sample(self, split: str, index: int) -> tuple[np.ndarray, int, str, int]:
         """(token ids, where the answer starts, the answer word, where the story starts) of sample
-        `index` of `split`."""
+        `index` of `split`. The answer starts at the same place in every sample of a length: the
+        answer's tokens, then padding up to the longest answer's."""
         a = self.args
         rng = np.random.default_rng([a.data_seed, SPLITS.index(split), TASKS.index(a.task), self.length, index])
         story = make_story(a.task, rng)
         facts = [self.encode(" " + f) for f in story.facts]
         answer = self.encode(ANSWER.format(story.answer))
-        end_before = question_segment(self.length - len(answer), a.tgt_len) if a.story_in_earlier_segments else None
+        answer = np.concatenate([answer, np.full(self.answer_room - len(answer), self.pad_id, dtype=np.int64)])
+        end_before = question_segment(self.length - self.answer_room, a.tgt_len) if a.story_in_earlier_segments \
+            else None
         ids, first = assemble(facts, self.encode(QUESTION.format(story.question)), answer, self.haystacks[split],
                               self.length, rng, end_before)
-        return ids, len(ids) - len(answer), story.answer, first
+        return ids, len(ids) - self.answer_room, story.answer, first
 
     def batch(self, split: str, indices) -> tuple[torch.Tensor, torch.Tensor, list[str], list[bool]]:
         """Samples of equal length stacked: ids (B, L), labels (-100 but on the answer), answers, and
@@ -188,8 +197,9 @@ class BabiLong(BackboneFamily, SampledFamily):
         samples = [self.sample(split, int(i)) for i in indices]
         ids = torch.from_numpy(np.stack([s[0] for s in samples]))
         labels = torch.full_like(ids, -100)
-        for row, (_, start, _, _) in enumerate(samples):
-            labels[row, start:] = ids[row, start:]
+        for row, (_, start, answer, _) in enumerate(samples):
+            end = start + len(self.encode(ANSWER.format(answer)))  # the padding after it is no target
+            labels[row, start:end] = ids[row, start:end]
         t = self.args.tgt_len
         earlier = [story < question_segment(start, t) for _, start, _, story in samples]
         if self.args.last_segment_only:
@@ -217,9 +227,11 @@ class BabiLong(BackboneFamily, SampledFamily):
         total = backward_in_chunks(runtime, args.batch_chunk, lambda x, y: model(x, labels=y).loss, ids, labels)
         return {"loss": total, "tokens": ids.numel()}
 
-    def answer_rows(self, model, ids: torch.Tensor, starts: list[int]) -> tuple[float, list[list[int]]]:
-        """Samples (B, L) whose questions end in the same segment, answers from starts[b] on: the
-        answers' teacher-forced NLL summed over their tokens, and each row's greedy answer tokens."""
+    def answer_rows(self, model, ids: torch.Tensor, labels: torch.Tensor,
+                    starts: list[int]) -> tuple[float, list[list[int]]]:
+        """Samples (B, L) whose questions end in the same segment, answers from starts[b] on (their
+        tokens labelled in labels): the answers' teacher-forced NLL summed over their tokens, and
+        each row's greedy answer tokens."""
         if self.args.zero_shot:
             return math.nan, [self._zero_shot(model.backbone, ids[b : b + 1], s) for b, s in enumerate(starts)]
         t = self.args.tgt_len
@@ -229,14 +241,11 @@ class BabiLong(BackboneFamily, SampledFamily):
         prompt_mask = torch.arange(width, device=ids.device) < torch.tensor(starts, device=ids.device)[:, None] - cut
         with self.runtime.autocast():
             state = model.read(ids[:, :cut], read_memory=ablate) if cut else None
-            labels = torch.full_like(ids[:, cut:], -100)
-            for b, start in enumerate(starts):
-                labels[b, start - cut:] = ids[b, start:]
-            out = model(ids[:, cut:], labels=labels, memory=state)
+            out = model(ids[:, cut:], labels=labels[:, cut:], memory=state)
             new = model.generate(ids[:, cut : cut + width], attention_mask=prompt_mask.long(),
                                  memory=ablate(state) if ablate else state, max_new_tokens=self.args.answer_tokens,
                                  eos_token_id=None)[:, width:]
-        return out.loss.item() * sum(ids.size(1) - s for s in starts), new.tolist()
+        return out.loss.item() * int((labels != -100).sum()), new.tolist()
 
     def _zero_shot(self, backbone, ids: torch.Tensor, start: int) -> list[int]:
         """The bare backbone, the sample's text up to the question in its chat template (when it has one)."""
@@ -282,10 +291,12 @@ class BabiLong(BackboneFamily, SampledFamily):
                 groups.setdefault(question_segment(start, t), []).append(b)
                 count[earlier[b]] += 1
             for rows in groups.values():
-                loss, new = self.answer_rows(model, ids[rows].to(self.runtime.device), [starts[b] for b in rows])
+                device = self.runtime.device
+                loss, new = self.answer_rows(model, ids[rows].to(device), labels[rows].to(device),
+                                             [starts[b] for b in rows])
                 for tokens, b in zip(new, rows):
                     right[earlier[b]] += self.first_word(tokens) == answers[b]
-                nll, n_tokens = nll + loss, n_tokens + sum(ids.size(1) - starts[b] for b in rows)
+                nll, n_tokens = nll + loss, n_tokens + int((labels[rows] != -100).sum())
         share = lambda k: right[k] / count[k] if count[k] else math.nan  # noqa: E731
         return {"loss": nll / n_tokens, "acc": (right[True] + right[False]) / n, "acc_needs_memory": share(True),
                 "acc_in_segment": share(False), "n_needs_memory": count[True]}
