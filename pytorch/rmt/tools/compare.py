@@ -39,6 +39,7 @@ from rmt.tools.report import (
     num,
     option_label,
     ours_cell,
+    pool_data_seeds,
     recipe,
     table,
     values_of,
@@ -269,14 +270,7 @@ def group_section(results_dir: str | pathlib.Path) -> str:
                for r in results.itertuples()}
     g = pd.concat(frames, ignore_index=True)
     g["data_seed"] = [seed_of.get(k, 0) for k in zip(g["run_id"], g["task"], g["split"], g["date"])]
-    g = g.drop_duplicates(["run_id", "task", "split", "data_seed", "group"], keep="last")
-    for metric in ("acc_tf", "acc_greedy"):
-        g[metric] = g[metric] * g["n_samples"]
-    g = g.groupby(["run_id", "task", "split", "group"], as_index=False, sort=False).agg(
-        {**{c: "first" for c in g.columns if c not in ("run_id", "task", "split", "group")},
-         "n_samples": "sum", "acc_tf": lambda c: c.sum(min_count=1), "acc_greedy": lambda c: c.sum(min_count=1)})
-    for metric in ("acc_tf", "acc_greedy"):
-        g[metric] = g[metric] / g["n_samples"]
+    g = pool_data_seeds(g, ["run_id", "task", "split", "group"], "n_samples", ["acc_tf", "acc_greedy"])
     runs = results.drop_duplicates("run_id", keep="last").set_index("run_id")
     out = []
     for (task, name), t in g.groupby(["task", "group_name"], sort=True):

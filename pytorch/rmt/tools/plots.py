@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 
 from rmt.tools.lm_corpora import other_corpus_groups, other_corpus_rows
-from rmt.tools.report import KIND_COLOR, SCALE_LABEL, config_of, normalise, option_label, recipe, values_of
+from rmt.tools.report import (KIND_COLOR, SCALE_LABEL, config_of, normalise, option_label, pool_data_seeds, recipe,
+                              values_of)
 
 
 def _series(ax, df: pd.DataFrame, x: str, label: str, color: str, paper: bool) -> None:
@@ -134,11 +135,7 @@ def babilong_points(rows: pd.DataFrame) -> pd.DataFrame:
                        "trained": np.nan if cfg.get("eval_only") else int(cfg["sample_tokens"])})
     if not points:
         return pd.DataFrame()
-    # a re-measurement replaces the row it repeats; samples of other data seeds are pooled with it
-    df = pd.DataFrame(points).drop_duplicates(["series", "tokens", "data_seed"], keep="last")
-    df = df.assign(correct=df["acc"] * df["samples"]).groupby(["qa", "series", "tokens"], as_index=False, sort=False) \
-        .agg(correct=("correct", "sum"), samples=("samples", "sum"), trained=("trained", "first"))
-    df = df.assign(acc=df["correct"] / df["samples"]).drop(columns="correct")
+    df = pool_data_seeds(pd.DataFrame(points), ["qa", "series", "tokens"], "samples", ["acc"])
     base = df["series"].str.replace(r", memory \w+$", "", regex=True)
     trained = df.dropna(subset=["trained"]).set_index("series")["trained"]
     return df.assign(trained=base.map(trained)).sort_values(["qa", "series", "tokens"]).reset_index(drop=True)

@@ -60,6 +60,16 @@ OPTION_DEFAULTS = {"read_memory_emb": False, "write_mem_init": "memory", "enhanc
                    "emb_gradient_frac": 1.0, "token_shift": False, "reset_memory_every": 0}
 
 
+def pool_data_seeds(df: pd.DataFrame, keys: list[str], n: str, rates: list[str]) -> pd.DataFrame:
+    """One row per `keys` from rows measured on several data seeds (column data_seed): a repeat of
+    a seed replaces the row it repeats, the samples (`n`) of the other seeds add up, and each rate
+    is weighted by them. The other columns keep their first value."""
+    df = df.drop_duplicates([*keys, "data_seed"], keep="last").drop(columns="data_seed")
+    grouped = df.assign(**{r: df[r] * df[n] for r in rates}).groupby(keys, sort=False)
+    sums = grouped[[n, *rates]].sum(min_count=1)
+    out = grouped.first().assign(**{n: sums[n], **{r: sums[r] / sums[n] for r in rates}})
+    return out.reset_index()
+
 def option_label(cell: object) -> str:
     """The memory options a row's config_json sets, 'read_memory_emb, write_mem_init learned'; '' for none."""
     cfg = config_of(cell)
