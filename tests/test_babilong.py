@@ -20,7 +20,7 @@ from rmt import config, train  # noqa: E402
 from rmt.tasks import babi  # noqa: E402
 from rmt.families.babilong import BabiLong  # noqa: E402
 from rmt.tasks.babilong import ANSWER, Haystack, assemble, haystack_sentences, parse_length  # noqa: E402
-from rmt.tools import compare, memory_attention  # noqa: E402
+from rmt.tools import compare, memory_attention, memory_probe  # noqa: E402
 from rmt.tools.compare import babilong_section  # noqa: E402
 from rmt.tools.plots import babilong_points  # noqa: E402
 from rmt.training.checkpoint import load_file  # noqa: E402
@@ -69,6 +69,18 @@ def test_every_answer_follows_from_the_story(task):
         story = babi.make_story(task, rng)
         assert interpret(story.facts, story.question) == story.answer
         assert story.answer in babi.PLACES and len(story.facts) >= babi.STORY_LENGTH[task][0]
+
+
+@pytest.mark.parametrize("task", babi.TASKS)
+def test_whereabouts_are_each_persons_last_place(task):
+    """babi.whereabouts, read off the sentences, agrees with the interpreter's answer to "Where is X?"
+    for everyone who moved, and names nobody who did not."""
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        story = babi.make_story(task, rng)
+        where = babi.whereabouts(story.facts)
+        assert set(where) == {m[1] for f in story.facts if (m := MOVE.match(f))}
+        assert all(interpret(story.facts, f"Where is {p}?") == place for p, place in where.items())
 
 
 def test_the_tasks_need_their_supporting_facts():
@@ -492,6 +504,54 @@ def test_memory_attention_splits_the_questions_attention_between_memory_and_toke
     assert "babilong-qa1-4x32-earlier, 3 test samples" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="not a checkpoint of a babilong run"):
         memory_attention.main(["--checkpoint", str(tmp_path / "nowhere" / "checkpoint_best.pt")])
+
+
+def test_a_probe_finds_labels_written_linearly_and_not_in_noise():
+    """memory_probe.probe: features that hold the label along one direction give a perfect test
+    score; features that hold nothing score about chance (1/6 here)."""
+    rng = np.random.default_rng(0)
+    y_train, y_test = rng.integers(0, 6, 300), rng.integers(0, 6, 200)
+    code = rng.normal(size=(6, 40))
+    noisy = lambda y: code[y] + 0.3 * rng.normal(size=(len(y), 40))  # noqa: E731
+    acc, _ = memory_probe.probe(noisy(y_train), y_train, noisy(y_test), y_test, 6)
+    assert acc == 1.0
+    acc, _ = memory_probe.probe(rng.normal(size=(300, 40)), y_train, rng.normal(size=(200, 40)), y_test, 6)
+    assert acc < 0.3
+
+
+def test_memory_probe_reads_the_memory_each_question_reads(backbone, tmp_path, capsys):
+    """rmt.tools.memory_probe: the features of a batch are the memory each sample's question
+    segment reads alone; one row per person with the test stories that move them; a checkpoint
+    of another family is refused."""
+    assert train.main(flags(backbone, tmp_path, "--run_name", "p", "--max_step", "1", "--no_results")) == 0
+    best = tmp_path / "runs" / "p" / "checkpoint_best.pt"
+    extra = ["--n_segments", "4"]
+    model, family = memory_attention.load_qa_model(best, 12, [*extra, "--story_in_earlier_segments"])
+    x, where = memory_probe.written_memory(model, family, "test", 5, batch=3)
+    x = x["read"]
+    for i in (0, 4):
+        ids, start, _, _ = family.sample("test", i)
+        alone = model.read(torch.from_numpy(ids[None, : (start - 1) // 32 * 32])).mem.flatten(1).double().numpy()
+        np.testing.assert_allclose(x[i], alone[0], atol=1e-5)
+        assert where[i] == babi.whereabouts(family.story("test", i)[0].facts)
+    by_layer, _ = memory_probe.written_memory(model, family, "test", 5, batch=2, layers=[0, 2])  # 2: the last
+    np.testing.assert_allclose(by_layer["layer 2"], x, atol=1e-5)  # without --memory_norm the state is what the last layer wrote
+    assert memory_probe.main(["--checkpoint", str(best), "--samples", "60", "--test_samples", "12", *extra]) == 0
+    table = pd.read_csv(tmp_path / "runs" / "p" / "memory_probe.csv")
+    moved = [babi.whereabouts(family.story("test", i)[0].facts) for i in range(12)]
+    assert len(table) and set(table.person) <= set(babi.PEOPLE)
+    assert all(n == sum(p in w for w in moved) for p, n in zip(table.person, table.test))
+    assert table.probe.between(0, 1).all() and table.most_common_place.between(0, 1).all()
+    assert (table.features == "read").all()
+    assert "babilong-qa1-4x32-earlier: where each person is" in capsys.readouterr().out
+    assert memory_probe.main(["--checkpoint", str(best), "--samples", "60", "--test_samples", "12", "--layers", "0",
+                              "2", *extra]) == 0
+    by_layer = pd.read_csv(tmp_path / "runs" / "p" / "memory_probe.csv")
+    assert sorted(set(by_layer.features)) == ["layer 0", "layer 2"] and len(by_layer) == 2 * len(table)
+    with pytest.raises(SystemExit, match="--layers must be 0 to 2"):
+        memory_probe.main(["--checkpoint", str(best), "--layers", "1", "3", *extra])
+    with pytest.raises(SystemExit, match="not a checkpoint of a babilong run"):
+        memory_probe.main(["--checkpoint", str(tmp_path / "nowhere" / "checkpoint_best.pt")])
 
 
 def test_accuracy_is_split_by_whether_the_story_starts_before_the_questions_segment(backbone, tmp_path):

@@ -50,7 +50,7 @@ from rmt.families.base import (BackboneFamily, BatchSampler, SampledFamily, add_
                                check_sample_args, parameter_counts, run_kind, truncation)
 from rmt.families.hf_lm import add_causal_rmt_args, causal_rmt, check_causal_rmt_args
 from rmt.results import TestResult
-from rmt.tasks.babi import PLACES, STORY_LENGTH, TASKS, every_sentence, make_story
+from rmt.tasks.babi import PLACES, STORY_LENGTH, TASKS, Story, every_sentence, make_story
 from rmt.tasks.babilong import ANSWER, QUESTION, Haystack, assemble, haystack_sentences, length_label, parse_length
 from rmt.tasks.babilong import question_segment
 from rmt.training.backbones import load_tokenizer
@@ -175,13 +175,18 @@ class BabiLong(BackboneFamily, SampledFamily):
     def encode(self, text: str) -> np.ndarray:
         return np.array(self.tokenizer(text, add_special_tokens=False).input_ids, dtype=np.int64)
 
+    def story(self, split: str, index: int) -> tuple[Story, np.random.Generator]:
+        """The story of sample `index` of `split`, and the generator that goes on to place it."""
+        a = self.args
+        rng = np.random.default_rng([a.data_seed, SPLITS.index(split), TASKS.index(a.task), self.length, index])
+        return make_story(a.task, rng), rng
+
     def sample(self, split: str, index: int) -> tuple[np.ndarray, int, str, int]:
         """(token ids, where the answer starts, the answer word, where the story starts) of sample
         `index` of `split`. The answer starts at the same place in every sample of a length: the
         answer's tokens, then padding up to the longest answer's."""
         a = self.args
-        rng = np.random.default_rng([a.data_seed, SPLITS.index(split), TASKS.index(a.task), self.length, index])
-        story = make_story(a.task, rng)
+        story, rng = self.story(split, index)
         facts = [self.encode(" " + f) for f in story.facts]
         answer = self.encode(ANSWER.format(story.answer))
         answer = np.concatenate([answer, np.full(self.answer_room - len(answer), self.pad_id, dtype=np.int64)])

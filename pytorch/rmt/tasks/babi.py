@@ -120,6 +120,17 @@ def make_story(task: str, rng: np.random.Generator) -> Story:
             return Story(tuple(facts), *asked)
 
 
+def whereabouts(facts) -> dict[str, str]:
+    """Where each person who moved is at the end of a story: the place of their last move (the
+    only sentences that end in a place)."""
+    where = {}
+    for fact in facts:
+        words = fact.rstrip(".").split()
+        if words[-1] in PLACES:
+            where[words[0]] = words[-1]
+    return where
+
+
 def every_sentence(task: str) -> tuple[list[str], list[str]]:
     """Every story sentence and every question `task` can produce (to bound a story's length)."""
     facts = [f"{p} {m.format(place)}" for p in PEOPLE for m in MOVES for place in PLACES]

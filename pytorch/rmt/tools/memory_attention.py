@@ -61,27 +61,32 @@ def memory_attention(model, family, n_samples: int) -> pd.DataFrame:
                          enumerate(mean)])
 
 
-@exits_on_error
-def main(argv=None) -> int:
-    args, extra = build_parser().parse_known_args(argv)
-    checkpoint = pathlib.Path(args.checkpoint)
+def load_qa_model(checkpoint: pathlib.Path, n_test: int, flags: list[str]):
+    """The model of a babilong checkpoint (memory tokens), in eval mode, and its family with the
+    samples loaded; flags (sample flags such as --n_segments) change the run's own."""
     if run_config(checkpoint).get("args", {}).get("dataset") != "babilong":
         raise UsageError(f"{checkpoint} is not a checkpoint of a babilong run (its config.json beside it names the "
                          "family): this tool reads long-context QA models")
-    if args.samples <= 0:
-        raise UsageError(f"--samples must be positive, got {args.samples}")
     from rmt.families.babilong import BabiLong
     from rmt.families.hf_lm import causal_rmt
 
     run_args, _ = config.parse_training_args(["--dataset", "babilong", "--eval_only", "--eval_checkpoint",
-                                              str(checkpoint), "--device", "cpu", "--n_test", str(args.samples),
-                                              *extra])
+                                              str(checkpoint), "--device", "cpu", "--n_test", str(n_test), *flags])
     if not run_args.num_mem_tokens or run_args.memory != "tokens":
         raise UsageError("the model reads no memory tokens (--num_mem_tokens 0 or --memory associative): nothing "
                          "to measure")
     family = BabiLong(run_args, runtime=None)
     family.load_data(lambda _: None)
-    model = causal_rmt(run_args, None, load_file(checkpoint)["model"]).eval()
+    return causal_rmt(run_args, None, load_file(checkpoint)["model"]).eval(), family
+
+
+@exits_on_error
+def main(argv=None) -> int:
+    args, extra = build_parser().parse_known_args(argv)
+    checkpoint = pathlib.Path(args.checkpoint)
+    if args.samples <= 0:
+        raise UsageError(f"--samples must be positive, got {args.samples}")
+    model, family = load_qa_model(checkpoint, args.samples, extra)
     table = memory_attention(model, family, args.samples)
     out = pathlib.Path(args.out) if args.out else checkpoint.parent / "memory_attention.csv"
     text = table.to_csv(index=False, float_format="%.4f")
