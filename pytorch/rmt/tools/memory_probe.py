@@ -9,9 +9,10 @@ writing. Samples of a babilong checkpoint, every story in the segments before th
 (--story_in_earlier_segments is implied; --n_segments and the other sample flags may be given
 again), are read as evaluation reads them, up to the question's segment; the memory that segment
 reads, all slots flattened, is the feature (with --layers L ...: what the write slots hold after
-backbone layer L, in the segment before the question's, to find where a fact could be written). For each person, a multinomial logistic regression
-(standardised features, L2 chosen on a fifth of the train samples held out) learns from train
-samples where that person is at the end of the story, and is scored on test samples. Beside it,
+backbone layer L, in the segment before the question's, to find where a fact could be written).
+For each person, a multinomial logistic regression (standardised features, L2 chosen on a fifth
+of the train samples held out) learns from train samples where that person is at the end of the
+story, and is scored on test samples. Beside it,
 what reading nothing scores: the test share of the train samples' most common place. A probe far
 above that means the place is written, whether or not the question reads it. Printed and written
 to <run dir>/memory_probe.csv (--out to choose).
