@@ -534,8 +534,9 @@ def test_memory_probe_reads_the_memory_each_question_reads(backbone, tmp_path, c
         alone = model.read(torch.from_numpy(ids[None, : (start - 1) // 32 * 32])).mem.flatten(1).double().numpy()
         np.testing.assert_allclose(x[i], alone[0], atol=1e-5)
         assert where[i] == babi.whereabouts(family.story("test", i)[0].facts)
-    by_layer, _ = memory_probe.written_memory(model, family, "test", 5, batch=2, layers=[0, 2])  # 2: the last
-    np.testing.assert_allclose(by_layer["layer 2"], x, atol=1e-5)  # without --memory_norm the state is what the last layer wrote
+    # layer 2 is the tiny GPT-2's last: without --memory_norm the state is what that layer wrote
+    by_layer, _ = memory_probe.written_memory(model, family, "test", 5, batch=2, layers=[0, 2])
+    np.testing.assert_allclose(by_layer["layer 2"], x, atol=1e-5)
     assert memory_probe.main(["--checkpoint", str(best), "--samples", "60", "--test_samples", "12", *extra]) == 0
     table = pd.read_csv(tmp_path / "runs" / "p" / "memory_probe.csv")
     moved = [babi.whereabouts(family.story("test", i)[0].facts) for i in range(12)]

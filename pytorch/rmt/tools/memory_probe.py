@@ -12,10 +12,9 @@ reads, all slots flattened, is the feature (with --layers L ...: what the write 
 backbone layer L, in the segment before the question's, to find where a fact could be written).
 For each person, a multinomial logistic regression (standardised features, L2 chosen on a fifth
 of the train samples held out) learns from train samples where that person is at the end of the
-story, and is scored on test samples. Beside it,
-what reading nothing scores: the test share of the train samples' most common place. A probe far
-above that means the place is written, whether or not the question reads it. Printed and written
-to <run dir>/memory_probe.csv (--out to choose).
+story, and is scored on test samples. Beside it, what reading nothing scores: the test share of
+the train samples' most common place. A probe far above that means the place is written, whether
+or not the question reads it. Printed and written to <run dir>/memory_probe.csv (--out to choose).
 """
 from __future__ import annotations
 
@@ -75,9 +74,13 @@ def written_memory(model, family, split: str, n: int, batch: int,
     return {source: np.concatenate(f) for source, f in features.items()}, places
 
 
+def _with_bias(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+
+
 def _fit(x: torch.Tensor, y: torch.Tensor, classes: int, penalty: float) -> torch.Tensor:
     """Weights (features + 1, classes) of an L2-penalised softmax regression, by L-BFGS."""
-    xb = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    xb = _with_bias(x)
     w = torch.zeros(xb.size(1), classes, dtype=x.dtype, requires_grad=True)
     opt = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
 
@@ -92,7 +95,7 @@ def _fit(x: torch.Tensor, y: torch.Tensor, classes: int, penalty: float) -> torc
 
 
 def _predict(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return (torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1) @ w).argmax(1)
+    return (_with_bias(x) @ w).argmax(1)
 
 
 def probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
@@ -123,10 +126,11 @@ def memory_probe(model, family, n_train: int, n_test: int, batch: int, layers: l
         if len(tr) < 10 or not len(te):
             continue  # too few stories move this person to fit or score a probe
         ytr, yte = label(train_where, tr), label(test_where, te)
+        most_common = float((yte == np.bincount(ytr).argmax()).mean())
         for source in train_x:
             acc, penalty = probe(train_x[source][tr], ytr, test_x[source][te], yte, len(PLACES))
             rows.append({"features": source, "person": person, "train": len(tr), "test": len(te), "probe": acc,
-                         "most_common_place": float((yte == np.bincount(ytr).argmax()).mean()), "penalty": penalty})
+                         "most_common_place": most_common, "penalty": penalty})
     return pd.DataFrame(rows)
 
 
