@@ -69,6 +69,12 @@ def test_every_answer_follows_from_the_story(task):
         story = babi.make_story(task, rng)
         assert interpret(story.facts, story.question) == story.answer
         assert story.answer in babi.PLACES and len(story.facts) >= babi.STORY_LENGTH[task][0]
+        for question, answer in story.others:  # the story's other questions, also answered by it
+            assert interpret(story.facts, question) == answer and question != story.question
+    asked = lambda story: {q for q, _ in (*story.others, (story.question, story.answer))}  # noqa: E731
+    if task == "qa1":  # every person who moved is asked about, once
+        story = babi.make_story(task, rng)
+        assert asked(story) == {f"Where is {p}?" for p in babi.whereabouts(story.facts)}
 
 
 @pytest.mark.parametrize("task", babi.TASKS)
@@ -195,15 +201,15 @@ def test_samples_are_exact_deterministic_and_their_splits_draw_on_their_own_text
     tok = fam.tokenizer
     seen = {}
     for split in ("train", "valid", "test"):
-        ids, start, answer, story = fam.sample(split, 5)
+        ids, start, answer, story, _ = fam.sample(split, 5)
         assert len(ids) == 96 and tok.decode(ids[start:]).strip() == answer
         assert tok.decode(ids[story:]).split()[0] in babi.PEOPLE  # the first fact: "Mary went to ..."
-        again, _, _, _ = fam.sample(split, 5)
+        again = fam.sample(split, 5).ids
         assert np.array_equal(ids, again) and not np.array_equal(ids, fam.sample(split, 6)[0])
         seen[split] = {w for w in tok.decode(ids).split() if w in HAY_WORDS}
     assert not (seen["train"] & seen["valid"]) and not (seen["valid"] & seen["test"]) and seen["test"]
     long = family(backbone, tmp_path, "--sample_length", "2k")
-    ids, start, answer, _ = long.sample("test", 0)
+    ids, start, answer, _, _ = long.sample("test", 0)
     assert len(ids) == 2048 and long.n_segments == 64 and long.name == "babilong-qa1-64x32"
     text = tok.decode(ids[:start])
     assert text.rstrip().endswith("Answer :") and "Where is" in text
@@ -236,6 +242,31 @@ def test_the_loss_covers_the_answer_tokens_only(backbone, tmp_path):
         logits = out.logits
     masked = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
     assert out.loss.item() == pytest.approx(masked.item())
+
+
+def test_training_samples_can_ask_several_questions_each_answer_in_the_loss(backbone, tmp_path):
+    """--train_questions K: the story's other questions asked and answered before the scored one,
+    in training samples only; the scored answer keeps its place, and the other splits their samples."""
+    one = family(backbone, tmp_path, "--n_segments", "4")
+    three = family(backbone, tmp_path, "--n_segments", "4", "--train_questions", "3")
+    ids, labels, answers, _ = three.batch("train", range(8))
+    assert ids.size(1) == 128
+    counts = []
+    for row in range(8):
+        sample, text = three.sample("train", row), three.tokenizer.decode(ids[row])
+        assert sample.start == 128 - three.answer_room and sample.targets[-1][0] == sample.start
+        story = three.story("train", row)[0]
+        asked = re.findall(r"Question : (Where is \w+ \?) Answer : (\w+)", text)
+        assert len(asked) == min(3, 1 + len(story.others)) and asked[-1][1] == answers[row] == story.answer
+        counts.append(len(asked))
+        for (question, answer), (begin, end) in zip(asked, sample.targets):  # each answer a target, nothing else
+            assert interpret(story.facts, question.replace(" ?", "?")) == answer
+            assert three.tokenizer.decode(ids[row, begin:end]).strip() == answer
+        assert int((labels[row] != -100).sum()) == len(asked)  # one token per answer in this vocabulary
+    assert max(counts) == 3
+    for split in ("valid", "test"):
+        for i in range(4):
+            assert np.array_equal(one.sample(split, i).ids, three.sample(split, i).ids)
 
 
 def test_exact_match_takes_the_first_word(backbone, tmp_path):
@@ -431,6 +462,8 @@ def test_a_curriculum_stage_starts_from_the_shorter_stage(backbone, tmp_path):
     (["--story_in_earlier_segments", "--n_segments", "1"], "--story_in_earlier_segments needs samples of more"),
     (["--story_in_earlier_segments"], "the segments before the question's hold 64 tokens, too few for every"),
     (["--lora", "-1"], "--lora is a LoRA rank"),
+    (["--train_questions", "0"], "--train_questions must be positive"),
+    (["--train_questions", "4", "--n_segments", "1", "--tgt_len", "96"], "cannot hold every qa1 story (up to"),
     (["--fsdp"], "--fsdp shards over the processes of torchrun"),
     (["--lora", "4", "--freeze_backbone"], "--lora already freezes the backbone's own weights"),
     (["--memory_residual", "--num_mem_tokens", "0"], "--memory_residual maps the written memory tokens"),
@@ -530,7 +563,7 @@ def test_memory_probe_reads_the_memory_each_question_reads(backbone, tmp_path, c
     x, where = memory_probe.written_memory(model, family, "test", 5, batch=3)
     x = x["read"]
     for i in (0, 4):
-        ids, start, _, _ = family.sample("test", i)
+        ids, start, _, _, _ = family.sample("test", i)
         alone = model.read(torch.from_numpy(ids[None, : (start - 1) // 32 * 32])).mem.flatten(1).double().numpy()
         np.testing.assert_allclose(x[i], alone[0], atol=1e-5)
         assert where[i] == babi.whereabouts(family.story("test", i)[0].facts)
@@ -564,7 +597,7 @@ def test_accuracy_is_split_by_whether_the_story_starts_before_the_questions_segm
     _, labels, _, earlier = fam.batch("test", range(n))
     assert any(earlier) and not all(earlier)
     for b in range(n):
-        _, start, _, story = fam.sample("test", b)
+        _, start, _, story, _ = fam.sample("test", b)
         assert earlier[b] == (story < (start - 1) // 64 * 64)
     assert train.main(flags(backbone, tmp_path, "--run_name", "g", *shape)) == 0
     groups = pd.read_csv(tmp_path / "res" / "groups" / "babilong.csv")

@@ -22,7 +22,11 @@ the longest answer's tokens); a shorter answer is followed by padding that no lo
 the answer to end the sample, a two-token answer would move the question one token earlier, and
 the model could tell it apart by the question's position alone.)
 
-Training: the loss covers the answer tokens only. Evaluation (--eval_batch_size samples at a
+Training: the loss covers the answer tokens only. With --train_questions K a training sample asks
+up to K - 1 of the story's other questions (other people in qa1, other objects in qa2 and qa3)
+and their answers before the scored one: up to K answers a sample for the loss, where one answer
+token a sample gives memory little to learn from; validation and test samples stay the same.
+Evaluation (--eval_batch_size samples at a
 time): the sample up to "Answer:" is read segment by segment, memory only and no logits, until the
 segment that holds the question; then the answer is generated greedily, and a sample is right
 when the first word generated (after an article: "The hallway." reads hallway) is the answer
@@ -39,6 +43,7 @@ import math
 import pathlib
 import re
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -83,6 +88,10 @@ def add_args(p) -> None:
                    help="with --eval_only: the bare backbone, the whole sample in its context (its chat template)")
     add_causal_rmt_args(g)
     g.add_argument("--answer_tokens", type=int, default=4, help="tokens generated for the answer")
+    g.add_argument("--train_questions", type=int, default=1,
+                   help="questions per training sample, up to every one its story answers (4 people in qa1): the "
+                        "others asked and answered before the scored one, every answer in the loss, a denser "
+                        "signal for memory; validation and test samples keep one question")
     add_sample_args(g, 20_000, 100, 200)
     p.set_defaults(**DEFAULTS)
 
@@ -92,8 +101,8 @@ def check_args(args) -> None:
     if not args.backbone:
         raise UsageError("--backbone is required: a transformers causal LM (python3 -m rmt.tools.backbones get "
                          "smollm2-135m installs one offline)")
-    if args.n_segments <= 0 or args.answer_tokens <= 0:
-        raise UsageError("--n_segments and --answer_tokens must be positive")
+    if args.n_segments <= 0 or args.answer_tokens <= 0 or args.train_questions <= 0:
+        raise UsageError("--n_segments, --answer_tokens and --train_questions must be positive")
     try:
         args.sample_tokens = parse_length(args.sample_length) if args.sample_length is not None \
             else args.n_segments * args.tgt_len
@@ -110,6 +119,14 @@ def check_args(args) -> None:
                          "longer --sample_length)")
     if args.last_segment_only and args.zero_shot:
         raise UsageError("--last_segment_only and --zero_shot are two different baselines: give one")
+
+
+class Sample(NamedTuple):
+    ids: np.ndarray  # the sample's token ids
+    start: int  # where the scored answer starts (the same place in every sample of a length)
+    answer: str  # the scored answer's word
+    story_start: int  # where the story's first sentence starts
+    targets: list[tuple[int, int]]  # the answers' token spans the loss covers, the scored one last
 
 
 class BabiLong(BackboneFamily, SampledFamily):
@@ -153,7 +170,7 @@ class BabiLong(BackboneFamily, SampledFamily):
         longest = self.longest_story()
         if self.length and self.length < longest:  # refused before a run directory exists
             raise FlagError(f"samples of {self.length} tokens cannot hold every {a.task} story (up to "
-                             f"{longest} tokens with the question and answer): give a longer --sample_length or "
+                             f"{longest} tokens with the questions and answers): give a longer --sample_length or "
                              "more segments")
         room = question_segment(self.length - self.answer_room, a.tgt_len)
         if a.story_in_earlier_segments and room < longest:
@@ -163,11 +180,12 @@ class BabiLong(BackboneFamily, SampledFamily):
             f"{self.length:,} tokens of the tokenizer of {a.backbone}")
 
     def longest_story(self) -> int:
-        """Tokens of the longest story the task can draw, with its question and answer."""
+        """Tokens of the longest story the task can draw, with its questions and answers."""
         facts, questions = every_sentence(self.args.task)
         longest = lambda texts: max(len(self.encode(t)) for t in texts)  # noqa: E731
+        asked = 1 if self.args.eval_only else self.args.train_questions
         return (STORY_LENGTH[self.args.task][1] * longest([" " + f for f in facts])
-                + longest([QUESTION.format(q) for q in questions]) + self.longest_answer())
+                + asked * (longest([QUESTION.format(q) for q in questions]) + self.longest_answer()))
 
     def longest_answer(self) -> int:
         return max(len(self.encode(ANSWER.format(p))) for p in PLACES)
@@ -181,35 +199,48 @@ class BabiLong(BackboneFamily, SampledFamily):
         rng = np.random.default_rng([a.data_seed, SPLITS.index(split), TASKS.index(a.task), self.length, index])
         return make_story(a.task, rng), rng
 
-    def sample(self, split: str, index: int) -> tuple[np.ndarray, int, str, int]:
-        """(token ids, where the answer starts, the answer word, where the story starts) of sample
-        `index` of `split`. The answer starts at the same place in every sample of a length: the
-        answer's tokens, then padding up to the longest answer's."""
+    def sample(self, split: str, index: int) -> Sample:
+        """Sample `index` of `split`. Its scored answer starts at the same place in every sample of
+        a length: the answer's tokens, then padding up to the longest answer's. A training sample
+        with --train_questions K asks up to K - 1 of the story's other questions first (a seeded
+        choice and order), each answer padded alike."""
         a = self.args
         story, rng = self.story(split, index)
         facts = [self.encode(" " + f) for f in story.facts]
-        answer = self.encode(ANSWER.format(story.answer))
-        answer = np.concatenate([answer, np.full(self.answer_room - len(answer), self.pad_id, dtype=np.int64)])
+        asked = [(story.question, story.answer)]
+        if split == "train" and a.train_questions > 1:
+            others = rng.permutation(len(story.others))[: a.train_questions - 1]
+            asked = [story.others[i] for i in others] + asked
+        pieces, targets, at = [], [], 0
+        for question, answer in asked:
+            pieces.append(self.encode(QUESTION.format(question)))
+            told = self.encode(ANSWER.format(answer))
+            at += len(pieces[-1])
+            targets.append((at, at + len(told)))
+            pieces.append(np.concatenate([told, np.full(self.answer_room - len(told), self.pad_id, dtype=np.int64)]))
+            at += self.answer_room
         end_before = question_segment(self.length - self.answer_room, a.tgt_len) if a.story_in_earlier_segments \
             else None
-        ids, first = assemble(facts, self.encode(QUESTION.format(story.question)), answer, self.haystacks[split],
-                              self.length, rng, end_before)
-        return ids, len(ids) - self.answer_room, story.answer, first
+        ids, first = assemble(facts, np.concatenate(pieces[:-1]), pieces[-1], self.haystacks[split], self.length,
+                              rng, end_before)
+        shift = len(ids) - at  # where the questions start
+        return Sample(ids, len(ids) - self.answer_room, story.answer, first,
+                      [(shift + begin, shift + end) for begin, end in targets])
 
     def batch(self, split: str, indices) -> tuple[torch.Tensor, torch.Tensor, list[str], list[bool]]:
         """Samples of equal length stacked: ids (B, L), labels (-100 but on the answer), answers, and
         whether each story starts before the segment of its question (so answering may need memory)."""
         samples = [self.sample(split, int(i)) for i in indices]
-        ids = torch.from_numpy(np.stack([s[0] for s in samples]))
+        ids = torch.from_numpy(np.stack([s.ids for s in samples]))
         labels = torch.full_like(ids, -100)
-        for row, (_, start, answer, _) in enumerate(samples):
-            end = start + len(self.encode(ANSWER.format(answer)))  # the padding after it is no target
-            labels[row, start:end] = ids[row, start:end]
+        for row, s in enumerate(samples):
+            for begin, end in s.targets:  # the padding after each answer is no target
+                labels[row, begin:end] = ids[row, begin:end]
         t = self.args.tgt_len
-        earlier = [story < question_segment(start, t) for _, start, _, story in samples]
+        earlier = [s.story_start < question_segment(s.start, t) for s in samples]
         if self.args.last_segment_only:
             ids, labels = ids[:, -t:], labels[:, -t:]
-        return ids, labels, [s[2] for s in samples], earlier
+        return ids, labels, [s.answer for s in samples], earlier
 
     def build_model(self, checkpoint_state: dict | None = None):
         return causal_rmt(self.args, self.depth, checkpoint_state)

@@ -4,6 +4,7 @@
     story.facts      # ["Sandra went to the garden.", "Sandra picked up the milk.", "Sandra moved to the office.", ...]
     story.question   # "Where is the milk?"
     story.answer     # "office"
+    story.others     # the story's other questions with their answers: (("Where is the apple?", "garden"), ...)
 
 - qa1, single supporting fact: people move between places; "Where is X?" asks for X's last place.
 - qa2, two supporting facts: people also pick up and drop objects; "Where is the O?" asks for the
@@ -39,6 +40,7 @@ class Story:
     facts: tuple[str, ...]  # the story's sentences, in order
     question: str
     answer: str  # one word
+    others: tuple[tuple[str, str], ...] = ()  # every other question of the task the story answers, with answers
 
 
 class World:
@@ -84,24 +86,14 @@ class World:
         return out
 
 
-def _question(task: str, world: World, facts: list[str], rng) -> tuple[str, str] | None:
-    """A question this story answers, with its answer, or None when it answers none of this task's."""
+def _questions(task: str, world: World) -> list[tuple[str, str]]:
+    """Every question of `task` the story answers, with its answer (none: the story sets up no question)."""
     if task == "qa1":
-        people = [p for p in PEOPLE if p in world.place]
-        person = people[rng.integers(len(people))]
-        return f"Where is {person}?", world.place[person]
-    if task == "qa2":  # an object that was carried to its place (its first place is not the answer alone)
-        carried = [o for o in OBJECTS if len(world.trail.get(o, ())) >= 2]
-        if not carried:
-            return None
-        obj = carried[rng.integers(len(carried))]
-        return f"Where is the {obj}?", world.object_place(obj)
-    moved = [o for o in OBJECTS if len(world.trail.get(o, ())) >= 2]
-    if not moved:
-        return None
-    obj = moved[rng.integers(len(moved))]
-    trail = world.trail[obj]
-    return f"Where was the {obj} before the {trail[-1]}?", trail[-2]
+        return [(f"Where is {p}?", world.place[p]) for p in PEOPLE if p in world.place]
+    moved = [o for o in OBJECTS if len(world.trail.get(o, ())) >= 2]  # objects carried (their first place alone
+    if task == "qa2":                                                   # is not the answer)
+        return [(f"Where is the {o}?", world.object_place(o)) for o in moved]
+    return [(f"Where was the {o} before the {world.trail[o][-1]}?", world.trail[o][-2]) for o in moved]
 
 
 def make_story(task: str, rng: np.random.Generator) -> Story:
@@ -115,9 +107,10 @@ def make_story(task: str, rng: np.random.Generator) -> Story:
             options = world.events(with_objects=task != "qa1")
             kind, person, what = options[rng.integers(len(options))]
             facts.append(getattr(world, kind)(person, what, rng))
-        asked = _question(task, world, facts, rng)
-        if asked is not None:
-            return Story(tuple(facts), *asked)
+        asked = _questions(task, world)
+        if asked:
+            pick = int(rng.integers(len(asked)))
+            return Story(tuple(facts), *asked[pick], others=tuple(asked[:pick] + asked[pick + 1:]))
 
 
 def whereabouts(facts) -> dict[str, str]:

@@ -45,8 +45,8 @@ def memory_attention(model, family, n_samples: int) -> pd.DataFrame:
     model.backbone.set_attn_implementation("eager")  # the fused kernels return no attention
     totals = None
     for i in range(n_samples):
-        sample, start, _, _ = family.sample("test", i)
-        ids = torch.from_numpy(sample)[None]
+        sample = family.sample("test", i)
+        ids, start = torch.from_numpy(sample.ids)[None], sample.start
         cut = question_segment(start, t)
         state = model.read(ids[:, :cut]) if cut else None
         mem = model.initial_memory(1) if state is None else state.mem

@@ -58,8 +58,8 @@ def written_memory(model, family, split: str, n: int, batch: int,
     features, places = {}, []
     for lo in range(0, n, batch):
         samples = [family.sample(split, i) for i in range(lo, min(n, lo + batch))]
-        cut = question_segment(samples[0][1], t)  # the same for every sample of a length
-        ids = torch.from_numpy(np.stack([s[0][:cut] for s in samples]))
+        cut = question_segment(samples[0].start, t)  # the same for every sample of a length
+        ids = torch.from_numpy(np.stack([s.ids[:cut] for s in samples]))
         if not layers:
             found = {"read": model.read(ids).mem}
         else:
