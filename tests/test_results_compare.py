@@ -550,8 +550,10 @@ def test_malformed_paper_tables_and_a_plots_path_under_a_file_are_one_line_error
 
 def test_a_runs_recipe_flags_label_its_task_cell():
     """What makes a run another recipe, from its saved configuration: the run it started from,
-    recipe flags, LoRA and the memory's own learning rate; nothing for the default recipe."""
+    recipe flags, LoRA, the memory's own learning rate and several questions a training sample;
+    nothing for the default recipe."""
     cfg = {"init_checkpoint": "runs/stage1/checkpoint_best.pt", "memory_norm": True, "lora": 8, "mem_lr": 0.001,
-           "freeze_backbone": False, "memory_residual": True}  # a row's config_json: the run's flags
-    assert compare.init_label(json.dumps(cfg)) == ", from stage1, memory_norm, memory_residual, LoRA r=8, mem_lr 0.001"
-    assert compare.init_label(json.dumps({"mem_lr": None, "lora": 0})) == ""
+           "freeze_backbone": False, "memory_residual": True, "train_questions": 4}  # a row's config_json
+    assert compare.init_label(json.dumps(cfg)) == (", from stage1, memory_norm, memory_residual, LoRA r=8, "
+                                                   "mem_lr 0.001, 4 questions")
+    assert compare.init_label(json.dumps({"mem_lr": None, "lora": 0, "train_questions": 1})) == ""

@@ -248,11 +248,13 @@ def init_label(config_json: object) -> str:
     config = config_of(config_json)
     init = config.get("init_checkpoint")
     label = f", from {pathlib.PurePath(init).parent.name}" if init else ""
-    lora, mem_lr = config.get("lora"), config.get("mem_lr")
+    lora, mem_lr, questions = config.get("lora"), config.get("mem_lr"), config.get("train_questions")
     options = option_label(config_json)
     return (label + "".join(f", {name}" for flag, name in RECIPE_FLAGS.items() if config.get(flag) is True)
             + (f", LoRA r={lora}" if isinstance(lora, int) and lora > 0 else "")
-            + (f", mem_lr {mem_lr:g}" if isinstance(mem_lr, float) else "") + (f", {options}" if options else ""))
+            + (f", mem_lr {mem_lr:g}" if isinstance(mem_lr, float) else "")
+            + (f", {questions} questions" if isinstance(questions, int) and questions > 1 else "")
+            + (f", {options}" if options else ""))
 
 
 def group_section(results_dir: str | pathlib.Path) -> str:
