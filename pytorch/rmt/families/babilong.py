@@ -23,19 +23,18 @@ the answer to end the sample, a two-token answer would move the question one tok
 the model could tell it apart by the question's position alone.)
 
 Training: the loss covers the answer tokens only. With --train_questions K a training sample asks
-up to K - 1 of the story's other questions (other people in qa1, other objects in qa2 and qa3)
-and their answers before the scored one: up to K answers a sample for the loss, where one answer
-token a sample gives memory little to learn from; validation and test samples stay the same.
-Evaluation (--eval_batch_size samples at a
-time): the sample up to "Answer:" is read segment by segment, memory only and no logits, until the
-segment that holds the question; then the answer is generated greedily, and a sample is right
-when the first word generated (after an article: "The hallway." reads hallway) is the answer
-(exact match). The row's metric is that accuracy (`exact_match`); the loss column is the answer's
-teacher-forced loss. --memory_ablation reset|shuffle replaces the memory every segment reads
-(shuffle: another sample's of the batch). Baselines: --last_segment_only (the model sees the
-sample's last segment alone), --num_mem_tokens 0 (segments read independently), and --zero_shot
-(eval only: the bare backbone with the whole sample in its context, in its chat template when it
-has one, within its position limit). Rows go to experiments/results/babilong.csv.
+up to K - 1 of the story's other questions (other people in qa1, other objects in qa2 and qa3) and
+their answers before the scored one: up to K answers a sample for the loss, where one answer token
+a sample gives memory little to learn from; validation and test samples stay the same. Evaluation
+(--eval_batch_size samples at a time): the sample up to "Answer:" is read segment by segment,
+memory only and no logits, until the segment that holds the question; then the answer is generated
+greedily, and a sample is right when the first word generated (after an article: "The hallway."
+reads hallway) is the answer (exact match). The row's metric is that accuracy (`exact_match`); the
+loss column is the answer's teacher-forced loss. --memory_ablation reset|shuffle replaces the
+memory every segment reads (shuffle: another sample's of the batch). Baselines: --last_segment_only
+(the model sees the sample's last segment alone), --num_mem_tokens 0 (segments read independently),
+and --zero_shot (eval only: the bare backbone with the whole sample in its context, in its chat
+template when it has one, within its position limit). Rows go to experiments/results/babilong.csv.
 """
 from __future__ import annotations
 
