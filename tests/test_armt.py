@@ -7,7 +7,8 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from test_hf import gpt2, llama, memory_grad_of_segment, reference_greedy, tokens  # noqa: E402  (the RMT wrapper's)
+from test_hf import (gpt2, llama, loss_and_grads, memory_grad_of_segment, reference_greedy,  # noqa: E402
+                     sparse_labels, tokens)  # (the RMT wrapper's)
 
 from rmt.hf import ARMTForCausalLM  # noqa: E402
 from rmt.model.associative import AssociativeMemory, dpfp  # noqa: E402
@@ -176,6 +177,19 @@ def test_bptt_depth_truncates_the_gradient_through_the_associative_state(depth):
         reaches = k >= 1 and (depth is None or depth >= 1)
         assert (slot_grad > 0) == reaches, (depth, k, slot_grad)
 
+
+
+@pytest.mark.parametrize("make", [llama, gpt2])
+def test_logits_where_labelled_only_give_the_same_loss_and_gradients(make):
+    model = armt(make, t=5)
+    ids = tokens(3, 21)
+    labels = sparse_labels(ids)
+    full, full_grads = loss_and_grads(model, ids, labels)
+    sparse, sparse_grads = loss_and_grads(model, ids, labels, labelled_logits_only=True)
+    torch.testing.assert_close(sparse.loss, full.loss)
+    assert full_grads.keys() == sparse_grads.keys() and any("assoc" in name for name in full_grads)
+    for name in full_grads:
+        torch.testing.assert_close(sparse_grads[name], full_grads[name], msg=name)
 
 @pytest.mark.parametrize("prompt_len", [3, 8, 13])
 def test_greedy_generation_with_the_cache_equals_rerunning_the_model(prompt_len):

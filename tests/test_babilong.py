@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers")
 
 from rmt import config, train  # noqa: E402
 from rmt.tasks import babi  # noqa: E402
+from rmt.families import babilong as babilong_family  # noqa: E402
 from rmt.families.babilong import BabiLong  # noqa: E402
 from rmt.tasks.babilong import ANSWER, Haystack, assemble, haystack_sentences, parse_length  # noqa: E402
 from rmt.tools import compare, memory_attention, memory_probe  # noqa: E402
@@ -268,6 +269,35 @@ def test_training_samples_can_ask_several_questions_each_answer_in_the_loss(back
         for i in range(4):
             assert np.array_equal(one.sample(split, i).ids, three.sample(split, i).ids)
 
+
+
+def test_an_answer_ends_with_the_end_token_in_the_loss_and_scoring_stops_there(backbone, tmp_path, monkeypatch):
+    """With an end-of-text token, the loss covers it after every answer (a trained model learns to
+    stop: otherwise what follows a one-token answer is never trained, "bedroom" runs on into
+    "bedroomway"); the question still ends at the same token, and the scored word ends there."""
+    plain = babilong_family.load_tokenizer
+
+    def with_end(path):
+        tok = plain(path)
+        tok.eos_token = "[UNK]"
+        return tok
+    monkeypatch.setattr(babilong_family, "load_tokenizer", with_end)
+    fam = family(backbone, tmp_path, "--n_segments", "4", "--train_questions", "3")
+    end = fam.end_id
+    assert end == 0 and fam.answer_room == 2  # one-token answers here, then the end
+    ids, labels, answers, _ = fam.batch("test", range(10))
+    assert set((labels != -100).int().argmax(1).tolist()) == {126}
+    for row, answer in enumerate(answers):
+        assert labels[row, 126:].tolist() == [ids[row, 126], end] and fam.tokenizer.decode(ids[row, 126:127]) == answer
+    train, train_labels, _, _ = fam.batch("train", range(6))
+    for row in range(6):
+        sample = fam.sample("train", row)
+        for begin, stop in sample.targets:  # every answer of a training sample: the word, then the end
+            assert stop - begin == 2 and train[row, stop - 1] == end and (train_labels[row, begin:stop] != -100).all()
+        assert int((train_labels[row] != -100).sum()) == 2 * len(sample.targets)
+    enc = lambda s: fam.tokenizer(s, add_special_tokens=False).input_ids  # noqa: E731
+    assert fam.first_word(enc("bedroom") + [end] + enc("kitchen")) == "bedroom"
+    assert fam.first_word([end] + enc("kitchen")) == ""
 
 def test_exact_match_takes_the_first_word(backbone, tmp_path):
     fam = family(backbone, tmp_path)

@@ -97,6 +97,41 @@ def test_the_families_say_how_to_install_a_known_backbone(tmp_path, monkeypatch)
         backbones.load_tokenizer("smollm2")
 
 
+
+def test_random_writes_a_resized_untrained_decoder_of_the_sources_architecture_and_tokenizer(tmp_path, capsys):
+    from conftest import tiny_gpt2, tiny_llama
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = tiny_llama(tmp_path / "src", ["kitchen", "garden", "Mary"])
+    sizes = ["--num_hidden_layers", "1", "--hidden_size", "16", "--num_attention_heads", "2",
+             "--num_key_value_heads", "1", "--intermediate_size", "24"]
+    run = lambda *a: tool.main(["random", str(source), "--models_dir", str(tmp_path / "models"), *a])  # noqa: E731
+    assert run("--name", "r0", *sizes) == 0 and run("--name", "r0b", *sizes) == 0
+    assert run("--name", "r1", "--seed", "1", *sizes) == 0
+    folder = tmp_path / "models" / "r0"
+    record = json.loads((folder / MANIFEST).read_text())
+    assert record["random_from"] == str(source) and record["num_hidden_layers"] == 1 and record["seed"] == 0
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    cfg = model.config
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.head_dim, cfg.vocab_size) == (1, 16, 8, 4)
+    assert record["parameters"] == sum(p.numel() for p in model.parameters())
+    assert AutoTokenizer.from_pretrained(folder)("Mary garden").input_ids == \
+        AutoTokenizer.from_pretrained(source)("Mary garden").input_ids
+    weights = lambda name: AutoModelForCausalLM.from_pretrained(tmp_path / "models" / name).state_dict()  # noqa: E731
+    same, other = weights("r0b"), weights("r1")
+    for key, value in model.state_dict().items():  # the seed decides the weights
+        assert torch.equal(value, same[key])
+    assert any(not torch.equal(value, other[key]) for key, value in model.state_dict().items())
+    capsys.readouterr()
+    assert run("--name", "r0", *sizes) == 2 and "exists already" in capsys.readouterr().err  # never overwritten
+    assert run("--name", "r2", "--hidden_size", "15") == 2 and "must split into" in capsys.readouterr().err
+    gpt2 = tiny_gpt2(tmp_path / "gpt2", ["kitchen"])
+    assert tool.main(["random", str(gpt2), "--name", "g", "--models_dir", str(tmp_path / "models")]) == 2
+    assert "Llama-style" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["r0", "r0b", "r1"]  # no build left behind
+    with pytest.raises(SystemExit):
+        run("--name", "../escape")
+
 # ---- the real SmolLM2-135M, where `python3 -m rmt.tools.backbones get smollm2-135m` has run ---------------
 
 SMOLLM2 = REPO_ROOT / "data" / "models" / "smollm2-135m"

@@ -106,6 +106,43 @@ def test_the_loss_covers_every_real_token_of_every_segment():
     torch.testing.assert_close(out.loss, -logp[counted].mean())
 
 
+
+def sparse_labels(ids, mask=None):
+    """Labels on a few tokens only, not the same in every row (some segments hold none), as in QA."""
+    labels = torch.full_like(ids, -100)
+    for row, spans in enumerate([[(7, 9)], [(12, 13), (18, 20)], [(19, 20)]][: ids.size(0)]):
+        for a, b in spans:
+            labels[row, a:b] = ids[row, a:b]
+    return labels if mask is None else labels.masked_fill(mask == 0, -100)
+
+
+def loss_and_grads(model, ids, labels, mask=None, **kw):
+    model.zero_grad()
+    out = model(ids, attention_mask=mask, labels=labels, **kw)
+    out.loss.backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("make", DECODERS)
+@pytest.mark.parametrize("options", [dict(m=3), dict(m=0), dict(m=3, bptt_depth=1), dict(m=3, recompute=True)])
+def test_logits_where_labelled_only_give_the_same_loss_and_gradients(make, options):
+    options = dict(options)
+    model = rmt(make, options.pop("m"), 5, **options)
+    ids = tokens(3, 21)
+    mask = torch.ones_like(ids)
+    mask[2, 20:] = 0  # a padded row: its label there is dropped either way
+    labels = sparse_labels(ids)
+    full, full_grads = loss_and_grads(model, ids, labels, mask)
+    sparse, sparse_grads = loss_and_grads(model, ids, labels, mask, labelled_logits_only=True)
+    assert sparse.logits is None and full.logits.shape == (3, 21, V)
+    torch.testing.assert_close(sparse.loss, full.loss)
+    assert full_grads.keys() == sparse_grads.keys()
+    for name in full_grads:
+        torch.testing.assert_close(sparse_grads[name], full_grads[name], msg=name)
+    torch.testing.assert_close(sparse.memory.mem, full.memory.mem)
+    with pytest.raises(ValueError, match="give labels"):
+        model(ids, labelled_logits_only=True)
+
 # ---- gradient policies ---------------------------------------------------------------------------------
 
 def memory_grad_of_segment(model, ids, k):

@@ -13,23 +13,24 @@ A sample (BabiLong.sample) is haystack sentences from the text of --haystack (tr
 training samples, valid.txt and test.txt for the others: disjoint text), the story's sentences
 inserted in order at seeded sentence boundaries (with --story_in_earlier_segments only in the
 segments before the question's, so that every answer needs memory), then " Question: <q>
-Answer:" and the answer word. Its length in the backbone's tokens is exact: --sample_length
+Answer:" and the answer word, then the tokenizer's end token. Its length in the backbone's tokens is exact: --sample_length
 (k = 1024, M = 1024^2; 0 for the story alone), by default n_segments * tgt_len, the answer
 included; the haystack is cut to fit and read cyclically when the split's text is shorter.
 Samples are built on the fly from (task, length, split, --data_seed, index): nothing is stored,
 so a 1M-token sample never is. Every sample's question ends at the same place (its length less
-the longest answer's tokens); a shorter answer is followed by padding that no loss covers. (Were
+the longest answer's and the end token); a shorter answer is followed by padding that no loss covers. (Were
 the answer to end the sample, a two-token answer would move the question one token earlier, and
 the model could tell it apart by the question's position alone.)
 
-Training: the loss covers the answer tokens only. With --train_questions K a training sample asks
+Training: the loss covers the answer tokens and the end token after them (so that a trained model
+stops after its answer), nothing else. With --train_questions K a training sample asks
 up to K - 1 of the story's other questions (other people in qa1, other objects in qa2 and qa3) and
 their answers before the scored one: up to K answers a sample for the loss, where one answer token
 a sample gives memory little to learn from; validation and test samples stay the same. Evaluation
 (--eval_batch_size samples at a time): the sample up to "Answer:" is read segment by segment,
 memory only and no logits, until the segment that holds the question; then the answer is generated
 greedily, and a sample is right when the first word generated (after an article: "The hallway."
-reads hallway) is the answer (exact match). The row's metric is that accuracy (`exact_match`); the
+reads hallway; before the end token) is the answer (exact match). The row's metric is that accuracy (`exact_match`); the
 loss column is the answer's teacher-forced loss. --memory_ablation reset|shuffle replaces the
 memory every segment reads (shuffle: another sample's of the batch). Baselines: --last_segment_only
 (the model sees the sample's last segment alone), --num_mem_tokens 0 (segments read independently),
@@ -163,9 +164,10 @@ class BabiLong(BackboneFamily, SampledFamily):
             ids = self.tokenizer([" " + s for s in sentences], add_special_tokens=False).input_ids
             self.haystacks[split] = Haystack([np.array(s, dtype=np.int64) for s in ids if s])
         self.sampler = BatchSampler(a.n_train, a.batch_size, a.seed)
-        self.answer_room = self.longest_answer()
         tok = self.tokenizer
+        self.end_id = tok.eos_token_id  # after each answer, in the loss: a trained model stops there
         self.pad_id = next((i for i in (tok.pad_token_id, tok.eos_token_id) if i is not None), 0)
+        self.answer_room = self.longest_answer()
         longest = self.longest_story()
         if self.length and self.length < longest:  # refused before a run directory exists
             raise FlagError(f"samples of {self.length} tokens cannot hold every {a.task} story (up to "
@@ -187,7 +189,12 @@ class BabiLong(BackboneFamily, SampledFamily):
                 + asked * (longest([QUESTION.format(q) for q in questions]) + self.longest_answer()))
 
     def longest_answer(self) -> int:
-        return max(len(self.encode(ANSWER.format(p))) for p in PLACES)
+        return max(len(self.told(p)) for p in PLACES)
+
+    def told(self, answer: str) -> np.ndarray:
+        """An answer's tokens as the loss covers them: the word, then the tokenizer's end token (if any)."""
+        end = [] if self.end_id is None else [self.end_id]
+        return np.concatenate([self.encode(ANSWER.format(answer)), np.array(end, dtype=np.int64)])
 
     def encode(self, text: str) -> np.ndarray:
         return np.array(self.tokenizer(text, add_special_tokens=False).input_ids, dtype=np.int64)
@@ -213,7 +220,7 @@ class BabiLong(BackboneFamily, SampledFamily):
         pieces, targets, at = [], [], 0
         for question, answer in asked:
             pieces.append(self.encode(QUESTION.format(question)))
-            told = self.encode(ANSWER.format(answer))
+            told = self.told(answer)
             at += len(pieces[-1])
             targets.append((at, at + len(told)))
             pieces.append(np.concatenate([told, np.full(self.answer_room - len(told), self.pad_id, dtype=np.int64)]))
@@ -259,7 +266,8 @@ class BabiLong(BackboneFamily, SampledFamily):
         args, runtime = self.args, self.runtime
         ids, labels, _, _ = self.batch("train", self.sampler.next_shard(runtime.rank, runtime.world))
         ids, labels = ids.to(runtime.device), labels.to(runtime.device)
-        total = backward_in_chunks(runtime, args.batch_chunk, lambda x, y: model(x, labels=y).loss, ids, labels)
+        loss = lambda x, y: model(x, labels=y, labelled_logits_only=True).loss  # noqa: E731
+        total = backward_in_chunks(runtime, args.batch_chunk, loss, ids, labels)
         return {"loss": total, "tokens": ids.numel()}
 
     def answer_rows(self, model, ids: torch.Tensor, labels: torch.Tensor,
@@ -276,7 +284,7 @@ class BabiLong(BackboneFamily, SampledFamily):
         prompt_mask = torch.arange(width, device=ids.device) < torch.tensor(starts, device=ids.device)[:, None] - cut
         with self.runtime.autocast():
             state = model.read(ids[:, :cut], read_memory=ablate) if cut else None
-            out = model(ids[:, cut:], labels=labels[:, cut:], memory=state)
+            out = model(ids[:, cut:], labels=labels[:, cut:], memory=state, labelled_logits_only=True)
             new = model.generate(ids[:, cut : cut + width], attention_mask=prompt_mask.long(),
                                  memory=ablate(state) if ablate else state, max_new_tokens=self.args.answer_tokens,
                                  eos_token_id=None)[:, width:]
@@ -300,7 +308,10 @@ class BabiLong(BackboneFamily, SampledFamily):
         return new.tolist()
 
     def first_word(self, tokens: list[int]) -> str:
-        """The first word of a generated answer, lower case, after any article ("The hallway." -> hallway)."""
+        """The first word of a generated answer, lower case, after any article ("The hallway." -> hallway),
+        before the end token (what a model says after it is not its answer)."""
+        if self.end_id in tokens:
+            tokens = tokens[: tokens.index(self.end_id)]
         words = [w.lower() for w in re.findall(r"[A-Za-z]+", self.tokenizer.decode(tokens, skip_special_tokens=True))]
         if words[:1] in (["the"], ["a"], ["an"]):
             words = words[1:]

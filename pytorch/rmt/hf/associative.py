@@ -108,17 +108,19 @@ class ARMTForCausalLM(RMTForCausalLM):
     def saved_options(cfg: dict) -> dict:
         return {"d_mem": cfg["d_mem"]}
 
-    def segment(self, x, state: MemoryState, **backbone_kwargs):
+    def segment(self, x, state: MemoryState, keep: torch.Tensor | None = None, **backbone_kwargs):
         b, t = x.ids.shape
         m = self.config.num_mem_tokens
+        if keep is not None:
+            backbone_kwargs["logits_to_keep"] = keep
         embeds = torch.cat([self.embed(x.ids), self.initial_memory(b)], 1)
         with self.assoc.active(state.assoc, write=slice(t, t + m)) as p:
             out = self.call_backbone(embeds, torch.cat([x.mask, x.mask.new_ones(b, m)], 1), **backbone_kwargs)
         new = self.assoc.state(p)
         old = state.assoc or tuple(torch.zeros_like(n) for n in new)  # a row with no token writes nothing
-        keep = x.mask.any(1)
-        new = tuple(torch.where(keep.view(-1, *[1] * (n.dim() - 1)), n, o) for n, o in zip(new, old))
-        return out.logits[:, :t], MemoryState(assoc=new)
+        has_tokens = x.mask.any(1)
+        new = tuple(torch.where(has_tokens.view(-1, *[1] * (n.dim() - 1)), n, o) for n, o in zip(new, old))
+        return out.logits if keep is not None else out.logits[:, :t], MemoryState(assoc=new)
 
     def segment_cache(self, state: MemoryState, batch: int):
         from rmt.hf.generation import AssociativeSegmentCache

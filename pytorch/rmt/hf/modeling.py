@@ -132,8 +132,9 @@ class _SegmentStep:
     def __init__(self, wrapper, read_memory=None):
         self.wrapper, self.read_memory = wrapper, read_memory
 
-    def __call__(self, x: SegmentInput, _y, state: MemoryState):
-        return self.wrapper.segment(x, state if self.read_memory is None else self.read_memory(state))
+    def __call__(self, x: SegmentInput, keep: torch.Tensor | None, state: MemoryState):
+        state = state if self.read_memory is None else self.read_memory(state)
+        return self.wrapper.segment(x, state) if keep is None else self.wrapper.segment(x, state, keep=keep)
 
     def initial_memory(self, batch: int):
         return self.wrapper.initial_memory(batch)
@@ -219,8 +220,9 @@ class RecurrentWrapper(nn.Module):
         return [SegmentInput(i, m) for i, m in zip(ids.split(t, dim=1), mask.split(t, dim=1))]
 
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, memory: MemoryState | None,
-            read_memory=None):
-        """([output per segment], state, segments): the segment loop under the gradient policy."""
+            read_memory=None, keep: list[torch.Tensor] | None = None):
+        """([output per segment], state, segments): the segment loop under the gradient policy;
+        keep: per segment, the positions whose logits a causal LM computes (None: all of them)."""
         if input_ids.dim() != 2 or input_ids.size(1) == 0:
             raise ValueError(f"input_ids must be (batch, length >= 1), got shape {tuple(input_ids.shape)}")
         if attention_mask is None:
@@ -231,7 +233,7 @@ class RecurrentWrapper(nn.Module):
         cfg = self.config
         # Without gradient every policy computes the same values: skip truncation's replays.
         depth = cfg.bptt_depth if torch.is_grad_enabled() else None
-        outs, state = run_segments(_SegmentStep(self, read_memory), segs, [None] * len(segs), memory, depth,
+        outs, state = run_segments(_SegmentStep(self, read_memory), segs, keep or [None] * len(segs), memory, depth,
                                    cfg.recompute)
         return outs, state, segs
 
@@ -299,9 +301,12 @@ class RMTForCausalLM(RecurrentWrapper):
 
     kind, auto_class = "causal-lm", "AutoModelForCausalLM"
 
-    def segment(self, x: SegmentInput, state: MemoryState, **backbone_kwargs):
+    def segment(self, x: SegmentInput, state: MemoryState, keep: torch.Tensor | None = None, **backbone_kwargs):
+        """(logits of the segment's tokens, or of those at positions `keep` only; the new state)."""
         b, t = x.ids.shape
         m = self.config.num_mem_tokens
+        if keep is not None:  # the LM head on those positions alone (after the m read slots)
+            backbone_kwargs["logits_to_keep"] = keep + m
         tokens = self.embed(x.ids)
         if not m:
             out = self.call_backbone(tokens, x.mask, **backbone_kwargs)
@@ -309,7 +314,7 @@ class RMTForCausalLM(RecurrentWrapper):
         mem = self.initial_memory(b) if state.mem is None else state.mem
         out = self.call_backbone(*self.laid_out(tokens, x.mask, mem), **backbone_kwargs)
         written = self.keep_if_empty(self.written(out.hidden_states[-1][:, m + t:]), mem, x.mask)
-        return out.logits[:, m : m + t], MemoryState(written)
+        return out.logits if keep is not None else out.logits[:, m : m + t], MemoryState(written)
 
     @staticmethod
     def laid_out(tokens: torch.Tensor, mask: torch.Tensor, mem: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -350,17 +355,29 @@ class RMTForCausalLM(RecurrentWrapper):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, memory: MemoryState | None = None,
-                read_memory=None) -> RMTOutput:
+                read_memory=None, labelled_logits_only: bool = False) -> RMTOutput:
         """labels (B, N) as in transformers (shifted inside, -100 ignored; padding is ignored too);
-        read_memory: a function of the state each segment reads (rmt.model.ablation), else None."""
-        outs, state, _ = self.run(input_ids, attention_mask, memory, read_memory)
-        logits = torch.cat(outs, 1)[:, : input_ids.size(1)]
-        loss = None
-        if labels is not None:
-            if attention_mask is not None:
-                labels = labels.masked_fill(attention_mask == 0, -100)
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        return RMTOutput(loss=loss, logits=logits, memory=state)
+        read_memory: a function of the state each segment reads (rmt.model.ablation), else None.
+        labelled_logits_only: the LM head runs only where some row's next token is labelled, and
+        out.logits is None; the same loss. Where a few answer tokens are labelled among many (QA),
+        the head and its softmax over the vocabulary are most of a small backbone's cost."""
+        if labels is not None and attention_mask is not None:
+            labels = labels.masked_fill(attention_mask == 0, -100)
+        if not labelled_logits_only:
+            outs, state, _ = self.run(input_ids, attention_mask, memory, read_memory)
+            logits = torch.cat(outs, 1)[:, : input_ids.size(1)]
+            loss = None if labels is None else F.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
+                                                               labels[:, 1:].flatten(), ignore_index=-100)
+            return RMTOutput(loss=loss, logits=logits, memory=state)
+        if labels is None:
+            raise ValueError("labelled_logits_only computes logits where labels are: give labels")
+        where = (labels[:, 1:] != -100).any(0).nonzero().squeeze(1)  # position i predicts token i + 1
+        t = self.config.segment_size
+        keep = [where[(where >= s) & (where < s + t)] - s for s in range(0, input_ids.size(1), t)]
+        outs, state, _ = self.run(input_ids, attention_mask, memory, read_memory, keep)
+        loss = F.cross_entropy(torch.cat(outs, 1).flatten(0, 1).float(), labels[:, where + 1].flatten(),
+                               ignore_index=-100)
+        return RMTOutput(loss=loss, logits=None, memory=state)
 
     def segment_cache(self, state: MemoryState, batch: int):
         """Generation's segment being filled, reading `state` (rmt.hf.generation)."""

