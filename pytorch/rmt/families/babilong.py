@@ -13,14 +13,15 @@ A sample (BabiLong.sample) is haystack sentences from the text of --haystack (tr
 training samples, valid.txt and test.txt for the others: disjoint text), the story's sentences
 inserted in order at seeded sentence boundaries (with --story_in_earlier_segments only in the
 segments before the question's, so that every answer needs memory), then " Question: <q>
-Answer:" and the answer word, then the tokenizer's end token. Its length in the backbone's tokens is exact: --sample_length
-(k = 1024, M = 1024^2; 0 for the story alone), by default n_segments * tgt_len, the answer
-included; the haystack is cut to fit and read cyclically when the split's text is shorter.
-Samples are built on the fly from (task, length, split, --data_seed, index): nothing is stored,
-so a 1M-token sample never is. Every sample's question ends at the same place (its length less
-the longest answer's and the end token); a shorter answer is followed by padding that no loss covers. (Were
-the answer to end the sample, a two-token answer would move the question one token earlier, and
-the model could tell it apart by the question's position alone.)
+Answer:" and the answer word, then the tokenizer's end token. Its length in the backbone's
+tokens is exact: --sample_length (k = 1024, M = 1024^2; 0 for the story alone), by default
+n_segments * tgt_len, the answer included; the haystack is cut to fit and read cyclically when
+the split's text is shorter. Samples are built on the fly from (task, length, split,
+--data_seed, index): nothing is stored, so a 1M-token sample never is. Every sample's question
+ends at the same place (its length less the longest answer's tokens and the end token); a
+shorter answer is followed by padding that no loss covers. (Were the answer to end the sample,
+a two-token answer would move the question one token earlier, and the model could tell it
+apart by the question's position alone.)
 
 Training: the loss covers the answer tokens and the end token after them (so that a trained model
 stops after its answer), nothing else. With --train_questions K a training sample asks
@@ -30,8 +31,8 @@ a sample gives memory little to learn from; validation and test samples stay the
 (--eval_batch_size samples at a time): the sample up to "Answer:" is read segment by segment,
 memory only and no logits, until the segment that holds the question; then the answer is generated
 greedily, and a sample is right when the first word generated (after an article: "The hallway."
-reads hallway; before the end token) is the answer (exact match). The row's metric is that accuracy (`exact_match`); the
-loss column is the answer's teacher-forced loss. --memory_ablation reset|shuffle replaces the
+reads hallway; before the end token) is the answer (exact match). The row's metric is that
+accuracy (`exact_match`); the loss column is the answer's teacher-forced loss. --memory_ablation reset|shuffle replaces the
 memory every segment reads (shuffle: another sample's of the batch). Baselines: --last_segment_only
 (the model sees the sample's last segment alone), --num_mem_tokens 0 (segments read independently),
 and --zero_shot (eval only: the bare backbone with the whole sample in its context, in its chat

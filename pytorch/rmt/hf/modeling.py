@@ -233,8 +233,8 @@ class RecurrentWrapper(nn.Module):
         cfg = self.config
         # Without gradient every policy computes the same values: skip truncation's replays.
         depth = cfg.bptt_depth if torch.is_grad_enabled() else None
-        outs, state = run_segments(_SegmentStep(self, read_memory), segs, keep or [None] * len(segs), memory, depth,
-                                   cfg.recompute)
+        outs, state = run_segments(_SegmentStep(self, read_memory), segs, keep or [None] * len(segs), memory,
+                                   depth, cfg.recompute)
         return outs, state, segs
 
     # ---- save / load --------------------------------------------------------------------------

@@ -201,7 +201,8 @@ def random_decoder(source: str, name: str, sizes: dict[str, int], seed: int, mod
         config = AutoConfig.from_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as e:
-        raise InstallError(f"{source} is not a transformers model folder with a tokenizer ({type(e).__name__})") from None
+        raise InstallError(f"{source} is not a transformers model folder with a tokenizer "
+                           f"({type(e).__name__})") from None
     unknown = [k for k in RESIZABLE if not isinstance(getattr(config, k, None), int)]
     if unknown:
         raise InstallError(f"{source} ({config.model_type}) names its sizes otherwise (no {', '.join(unknown)}): "
