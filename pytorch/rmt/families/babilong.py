@@ -32,11 +32,12 @@ a sample gives memory little to learn from; validation and test samples stay the
 memory only and no logits, until the segment that holds the question; then the answer is generated
 greedily, and a sample is right when the first word generated (after an article: "The hallway."
 reads hallway; before the end token) is the answer (exact match). The row's metric is that
-accuracy (`exact_match`); the loss column is the answer's teacher-forced loss. --memory_ablation reset|shuffle replaces the
-memory every segment reads (shuffle: another sample's of the batch). Baselines: --last_segment_only
-(the model sees the sample's last segment alone), --num_mem_tokens 0 (segments read independently),
-and --zero_shot (eval only: the bare backbone with the whole sample in its context, in its chat
-template when it has one, within its position limit). Rows go to experiments/results/babilong.csv.
+accuracy (`exact_match`); the loss column is the answer's teacher-forced loss. --memory_ablation
+reset|shuffle replaces the memory every segment reads (shuffle: another sample's of the batch).
+Baselines: --last_segment_only (the model sees the sample's last segment alone), --num_mem_tokens 0
+(segments read independently), and --zero_shot (eval only: the bare backbone with the whole sample
+in its context, in its chat template when it has one, within its position limit). Rows go to
+experiments/results/babilong.csv.
 """
 from __future__ import annotations
 
