@@ -360,6 +360,59 @@ def test_plots_keep_a_line_on_one_recipe_where_it_can(tmp_path):
     assert plotted() == ["cur2", "cur5", "grid4"]
 
 
+def test_the_segments_plot_draws_armt_beside_the_papers_models_and_no_paper_line_for_it(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    for seed, acc in ((1111, 0.6), (1112, 0.7)):
+        append_result(tmp_path / "synthetic.csv", {
+            "run_id": f"armt-{seed}", "scale": "cpu-preset", "device": "cpu", "task": "copy-seq_len6",
+            "model_kind": "armt", "seed": seed, "tgt_len": 6, "n_segments": 4, "num_mem_tokens": 6, "mem_len": 0,
+            "mem_at_end": True, "split": "test", "max_step": 3000, "metric_name": "acc_greedy", "metric_value": acc,
+            "acc_greedy": acc, "config_json": json.dumps({"memory": "associative"})})
+    ours = compare.load_ours(tmp_path, "test")[0]
+    fig = plots._task_figure(plt, compare.load_paper(PAPER), ours, "copy")
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    plt.close(fig)
+    assert "armt ours (CPU preset [!])" in labels and not any(label.startswith("armt paper") for label in labels)
+    assert not any(label.startswith("rmt ours") for label in labels)
+
+
+def test_retrieval_with_other_numbers_of_pairs_draws_a_capacity_curve_and_is_never_matched(tmp_path):
+    # 2 and 8 pairs ask another question than the paper's 4: never matched to its rows, nor drawn
+    # on its segments plot; they form the capacity table and plot, mean ± std over seeds per kind.
+    def run(run_id, kind, pairs, seed, acc, steps=6000):
+        mem = {"mem_len": 4, "num_mem_tokens": 0} if kind == "txl" else {"mem_len": 0, "num_mem_tokens": 4}
+        append_result(tmp_path / "synthetic.csv", {
+            "run_id": run_id, "scale": "cpu-preset", "device": "cpu", "task": f"retrieval-num_pairs{pairs}",
+            "model_kind": kind, "seed": seed, "tgt_len": 4, "n_segments": (2 * pairs + 5) // 4, **mem,
+            "mem_at_end": True, "split": "test", "max_step": steps, "metric_name": "acc_greedy",
+            "metric_value": acc, "acc_greedy": acc, "acc_tf": acc,
+            "config_json": json.dumps({"memory": "associative"} if kind == "armt" else {})})
+
+    for kind, accs in (("txl", (1.0, 0.5)), ("rmt", (1.0, 0.3)), ("armt", (0.9, 0.7))):
+        for pairs, acc in zip((2, 8), accs):
+            for seed, delta in ((1111, 0.0), (1112, 0.1)):
+                run(f"{kind}-p{pairs}-s{seed}", kind, pairs, seed, acc - delta)
+    run("lone", "rmt", 4, 1111, 0.99, steps=15000)  # the paper's 4 pairs, another recipe: matched, not a curve
+    paper = compare.load_paper(PAPER)
+    ours, _ = compare.load_ours(tmp_path, "test")
+    pairs, only = compare.match(paper, ours)
+    assert set(pairs.loc[pairs["n"] > 0, "task"]) == {"retrieval"} and pairs["n"].sum() == 1
+    assert len(only) == 12
+    points = plots.capacity_points(ours)
+    assert len(points) == 6 and set(points["n"]) == {2}
+    armt8 = _one(points, model_kind="armt", num_pairs=8)
+    assert armt8["mean"] == pytest.approx(0.65) and armt8["std"] == pytest.approx(0.0707, abs=1e-4)
+    assert armt8["n_segments"] == 5
+    section = compare.capacity_section(ours)
+    assert "| txl | rmt | armt |" in section
+    assert "| 8 | 5 | 0.45 ± 0.0707 (n=2) | 0.25 ± 0.0707 (n=2) | 0.65 ± 0.0707 (n=2) |" in section
+    names = {p.name for p in plots.make_plots(paper, ours, tmp_path / "plots")}
+    assert "retrieval_capacity.png" in names
+    assert plots.capacity_points(ours[ours["num_pairs"] != 8]).empty  # one size is not a curve
+
+
 def test_group_section_shows_each_runs_accuracy_by_queried_pair(tmp_path):
     assert compare.group_section(tmp_path) == ""  # no groups/ at all
     for run, kind, mem, accs in (("r-rmt", "rmt", {"num_mem_tokens": 3}, (0.5, 0.25, 1.0, 1.0)),

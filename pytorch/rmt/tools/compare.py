@@ -29,7 +29,7 @@ from rmt.errors import exits_on_error
 from rmt.results import read_results
 from rmt.tools.lm_corpora import other_corpus_groups, other_corpus_rows, render_other_corpora
 from rmt.tasks.babilong import length_label
-from rmt.tools.plots import babilong_points, make_plots
+from rmt.tools.plots import babilong_points, capacity_points, make_plots
 from rmt.tools.report import (
     KIND_COLOR,
     SCALE_LABEL,
@@ -137,7 +137,7 @@ def match(paper: pd.DataFrame, ours: pd.DataFrame) -> tuple[pd.DataFrame, pd.Dat
         ours = ours.assign(_options=[option_label(c) for c in ours["config_json"]])
     for i, p in paper.iterrows():
         m = ours[(ours["task_base"] == p["task"]) & (ours["model_kind"] == p["model_kind"])
-                 & (ours["_options"] == "")] if len(ours) else ours
+                 & (ours["_options"] == "") & ~ours["another_task"]] if len(ours) else ours
         exact, resized = (m[~m["resized"]], m[m["resized"]]) if len(m) else (m, m)
         for col in ("mem_len", "num_mem_tokens", "mem_backprop_depth"):
             if len(exact) and pd.notna(p[col]):
@@ -296,6 +296,26 @@ def group_section(results_dir: str | pathlib.Path) -> str:
     return "\n".join(out)
 
 
+def capacity_section(ours: pd.DataFrame) -> str:
+    """Markdown: retrieval accuracy against the number of key-value pairs, a column per model kind
+    (rmt.tools.plots.capacity_points); "" when no curve has two sizes."""
+    ours = ours[[option_label(c) == "" for c in ours["config_json"]]] if len(ours) else ours
+    df = capacity_points(ours) if len(ours) else pd.DataFrame()
+    if df.empty:
+        return ""
+    kinds = sorted(df["model_kind"].unique(), key=lambda k: list(KIND_COLOR).index(k) if k in KIND_COLOR else 9)
+    rows = []
+    for (scale, tgt_len, mem, how, pairs), g in df.groupby(["scale", "tgt_len", "mem", "recipe", "num_pairs"]):
+        cell = g.set_index("model_kind")
+        rows.append([SCALE_LABEL.get(scale, f"{scale} [!]") + how, str(int(tgt_len)), str(int(mem)), str(pairs),
+                     str(int(g["n_segments"].iloc[0])),
+                     *[ours_cell(cell.loc[k, "mean"], cell.loc[k, "std"], cell.loc[k, "n"]) if k in cell.index
+                       else "—" for k in kinds]])
+    head = ["scale, recipe", "tgt_len", "memory", "pairs", "segments", *kinds]
+    return "\n".join(["## retrieval: test accuracy (tf) against the number of key-value pairs (chance 0.1)", "",
+                      table(head, rows), ""])
+
+
 def babilong_section(rows: pd.DataFrame) -> str:
     """Markdown: exact match of every long-context QA run (and evaluation of its checkpoint) by
     sample length, one table per bAbI task; "" when there are none."""
@@ -388,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     only = only.drop(index=other.index)
     reevaluated = int((ours["reevaluated_by"] != "").sum()) if len(ours) else 0
     extra = "".join("\n" + part for part in (render_other_corpora(other_corpus_groups(paper, other)),
-                                              group_section(args.results),
+                                              capacity_section(ours), group_section(args.results),
                                               babilong_section(read_results(args.results))) if part)
     text = render(pairs, only, _shown(args.results), len(ours), dropped, reevaluated=reevaluated) + extra
     print(text)

@@ -63,6 +63,9 @@ def make_plots(paper: pd.DataFrame, ours: pd.DataFrame, out_dir: str | pathlib.P
     for (task, tgt_len, scale), g in (groups.groupby(["task", "tgt_len", "scale"], sort=True) if len(groups) else []):
         figures.append((f"lm_{task}_t{int(tgt_len)}_{scale}.png",
                         _other_corpus_figure(plt, paper, g, task, tgt_len, scale)))
+    capacity = capacity_points(ours)
+    if len(capacity):
+        figures.append(("retrieval_capacity.png", _capacity_figure(plt, capacity)))
     lengths = length_runs(every_row) if every_row is not None else pd.DataFrame()
     if len(lengths):
         figures.append(("length_generalization.png", _length_figure(plt, lengths)))
@@ -75,6 +78,44 @@ def make_plots(paper: pd.DataFrame, ours: pd.DataFrame, out_dir: str | pathlib.P
         fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
         plt.close(fig)
     return paths
+
+
+RETRIEVAL_CHANCE = 0.1  # ten values: a guess among all of them
+
+
+def capacity_points(ours: pd.DataFrame) -> pd.DataFrame:
+    """Retrieval test accuracy (teacher-forced) against the number of key-value pairs: mean, std and
+    count over seeds per curve (scale, segment length, memory size, recipe), model kind and pairs.
+    Only curves that cover two or more numbers of pairs; `ours` as rmt.tools.compare.load_ours gives."""
+    o = ours[(ours["task_base"] == "retrieval") & ours["num_pairs"].notna()]
+    if o.empty:
+        return pd.DataFrame()
+    o = o.assign(acc=values_of(o, "acc_tf", "acc_tf"), mem=o["mem_len"] + o["num_mem_tokens"],
+                 recipe=[recipe(r) for r in o.itertuples()]).dropna(subset=["acc"])
+    curve = ["scale", "tgt_len", "mem", "recipe"]
+    o = o[o.groupby(curve)["num_pairs"].transform("nunique") > 1]
+    if o.empty:
+        return pd.DataFrame()
+    points = o.groupby([*curve, "model_kind", "num_pairs"], as_index=False).agg(
+        mean=("acc", "mean"), std=("acc", "std"), n=("acc", "size"), n_segments=("n_segments", "first"))
+    return points.astype({"num_pairs": int, "n": int})
+
+
+def _capacity_figure(plt, df: pd.DataFrame):
+    curves = list(df.groupby(["scale", "tgt_len", "mem", "recipe"], sort=True))
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4), squeeze=False)
+    for ax, ((scale, tgt_len, mem, how), c) in zip(axes[0], curves):
+        for kind, g in c.groupby("model_kind", sort=True):
+            _series(ax, g, "num_pairs", kind, KIND_COLOR.get(kind, "tab:green"), paper=False)
+        ax.axhline(RETRIEVAL_CHANCE, ls=":", color="grey", lw=1)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(c["num_pairs"].unique()), [str(v) for v in sorted(c["num_pairs"].unique())])
+        ax.set(xlabel="key-value pairs before the query", ylabel="test accuracy (teacher-forced)", ylim=(0, 1.05),
+               title=f"retrieval capacity: segments of {int(tgt_len)}, memory {int(mem)}{how} "
+                     f"({SCALE_LABEL.get(scale, scale)})")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7)
+    return fig
 
 
 def length_runs(rows: pd.DataFrame) -> pd.DataFrame:
@@ -184,13 +225,14 @@ def _length_figure(plt, df: pd.DataFrame):
 def _task_figure(plt, paper: pd.DataFrame, ours: pd.DataFrame, task: str):
     p = paper[(paper["table"] == "synthetic") & (paper["task"] == task)].copy()
     answer = p["answer_size"].iloc[0]
-    o = ours[ours["task_base"] == task].copy()  # resized (CPU-preset) variants included
+    o = ours[(ours["task_base"] == task) & ~ours["another_task"]].copy()  # resized (CPU-preset) variants included
     o["n_segments"] = o["n_segments"].fillna(np.ceil(p["sample_len"].iloc[0] / o["tgt_len"]))
     greedy = values_of(o, "acc_greedy", "acc_greedy").where(o["tgt_len"] <= answer)
     o["acc"] = greedy.fillna(values_of(o, "acc_tf", "acc_tf")).fillna(values_of(o, "acc", "acc"))
     fig, ax = plt.subplots(figsize=(6, 4))
     for kind, color in KIND_COLOR.items():
-        pk = p[p["model_kind"] == kind].assign(mem=p["mem_len"] + p["num_mem_tokens"], mean=p["value"])
+        pk = p[p["model_kind"] == kind]  # its own columns: assigning p's to an empty frame would take p's rows
+        pk = pk.assign(mem=pk["mem_len"] + pk["num_mem_tokens"], mean=pk["value"])
         pk = pk.dropna(subset=["mean"]).sort_values("mem").drop_duplicates("n_segments", keep="last")
         _series(ax, pk, "n_segments", f"{kind} paper", color, paper=True)
         ok = plotted_runs(o[o["model_kind"] == kind])

@@ -7,12 +7,14 @@ import math
 import pandas as pd
 
 from rmt.results import RESULT_COLUMNS, model_kind
+from rmt.tasks.registry import task_spec
 
 TASK_ALIASES = {"sqeq_cd": "sqeq"}  # our data set name -> the paper table's task
 SCALE_LABEL = {"paper": "paper scale", "cpu-preset": "CPU preset [!]", "smoke": "smoke [!]"}
 NUMERIC = ["tgt_len", "mem_len", "num_mem_tokens", "mem_backprop_depth", "n_segments", "metric_value",
            "ppl", "bpc", "acc_tf", "acc_greedy", "exact_match", "seed"]
-KIND_COLOR = {"baseline": "tab:gray", "txl": "tab:blue", "rmt": "tab:red"}
+KIND_COLOR = {"baseline": "tab:gray", "txl": "tab:blue", "rmt": "tab:red", "armt": "tab:purple"}
+PAPER_PAIRS = task_spec("retrieval").default_kwargs["num_pairs"]  # key-value pairs of the paper's retrieval
 DEFAULT_INIT_STD = 0.02  # the drivers' --init_std default (the original's)
 
 
@@ -38,6 +40,11 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
     # "copy-seq_len8" is the copy task at another size (a CPU preset): matched by segments only.
     df["task_base"] = df["task"].str.split("-").str[0].replace(TASK_ALIASES)
     df["resized"] = df["task"].str.contains("-")
+    # Retrieval with another number of pairs asks another question, not the paper's at another size:
+    # its runs are never matched to the paper's rows, and they draw the capacity curve instead.
+    pairs = pd.to_numeric(df["task"].str.extract(r"^retrieval-.*num_pairs(\d+)")[0], errors="coerce")
+    df["num_pairs"] = pairs.where(pairs.notna() | (df["task_base"] != "retrieval"), PAPER_PAIRS)
+    df["another_task"] = df["num_pairs"].notna() & (df["num_pairs"] != PAPER_PAIRS)
     return df
 
 
