@@ -111,8 +111,8 @@ def _capacity_figure(plt, df: pd.DataFrame):
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(c["num_pairs"].unique()), [str(v) for v in sorted(c["num_pairs"].unique())])
         ax.set(xlabel="key-value pairs before the query", ylabel="test accuracy (teacher-forced)", ylim=(0, 1.05),
-               title=f"retrieval capacity: segments of {int(tgt_len)}, memory {int(mem)}{how} "
-                     f"({SCALE_LABEL.get(scale, scale)})")
+               title=f"retrieval capacity: segments of {int(tgt_len)}, memory {int(mem)}\n"
+                     f"{how.removeprefix(', ')} ({SCALE_LABEL.get(scale, scale)})")
         ax.title.set_fontsize(9)
         ax.legend(fontsize=7)
     return fig
