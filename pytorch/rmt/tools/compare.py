@@ -299,7 +299,6 @@ def group_section(results_dir: str | pathlib.Path) -> str:
 def capacity_section(ours: pd.DataFrame) -> str:
     """Markdown: retrieval accuracy against the number of key-value pairs, a column per model kind
     (rmt.tools.plots.capacity_points); "" when no curve has two sizes."""
-    ours = ours[[option_label(c) == "" for c in ours["config_json"]]] if len(ours) else ours
     df = capacity_points(ours) if len(ours) else pd.DataFrame()
     if df.empty:
         return ""

@@ -86,8 +86,10 @@ RETRIEVAL_CHANCE = 0.1  # ten values: a guess among all of them
 def capacity_points(ours: pd.DataFrame) -> pd.DataFrame:
     """Retrieval test accuracy (teacher-forced) against the number of key-value pairs: mean, std and
     count over seeds per curve (scale, segment length, memory size, recipe), model kind and pairs.
-    Only curves that cover two or more numbers of pairs; `ours` as rmt.tools.compare.load_ours gives."""
+    Only the paper's models (no memory options) and curves that cover two or more numbers of pairs;
+    `ours` as rmt.tools.compare.load_ours gives."""
     o = ours[(ours["task_base"] == "retrieval") & ours["num_pairs"].notna()]
+    o = o[[option_label(c) == "" for c in o["config_json"]]]
     if o.empty:
         return pd.DataFrame()
     o = o.assign(acc=values_of(o, "acc_tf", "acc_tf"), mem=o["mem_len"] + o["num_mem_tokens"],
@@ -109,7 +111,8 @@ def _capacity_figure(plt, df: pd.DataFrame):
             _series(ax, g, "num_pairs", kind, KIND_COLOR.get(kind, "tab:green"), paper=False)
         ax.axhline(RETRIEVAL_CHANCE, ls=":", color="grey", lw=1)
         ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted(c["num_pairs"].unique()), [str(v) for v in sorted(c["num_pairs"].unique())])
+        pairs = sorted(c["num_pairs"].unique())
+        ax.set_xticks(pairs, [str(v) for v in pairs])
         ax.set(xlabel="key-value pairs before the query", ylabel="test accuracy (teacher-forced)", ylim=(0, 1.05),
                title=f"retrieval capacity: segments of {int(tgt_len)}, memory {int(mem)}\n"
                      f"{how.removeprefix(', ')} ({SCALE_LABEL.get(scale, scale)})")
