@@ -477,6 +477,14 @@ def test_a_curriculum_stage_starts_from_the_shorter_stage(backbone, tmp_path):
                             "--no_results")) == 0
     residual = load_file(tmp_path / "runs" / "residual" / "checkpoint_last.pt")["model"]
     assert "memory_proj.weight" in residual and set(residual) - set(start) == {"memory_proj.weight"}
+    # an associative stage may start from it too: the backbone and memory as trained, W_v from zero
+    assert train.main(flags(backbone, tmp_path, "--run_name", "assoc", "--n_segments", "2", "--tgt_len", "96",
+                            "--init_checkpoint", str(best), "--memory", "associative", "--optim", "sgd", "--lr", "1e-12",
+                            "--clip", "0", "--no_results")) == 0
+    assoc = load_file(tmp_path / "runs" / "assoc" / "checkpoint_last.pt")["model"]
+    for name in start:
+        torch.testing.assert_close(assoc[name], start[name], atol=1e-8, rtol=0, msg=name)
+    assert set(assoc) - set(start) and all(k.startswith("assoc.") for k in set(assoc) - set(start))
     with pytest.raises(SystemExit, match="does not fit this model"):  # anything else missing is refused
         train.main(flags(backbone, tmp_path, "--run_name", "back", "--n_segments", "2", "--tgt_len", "96",
                          "--init_checkpoint", str(tmp_path / "runs" / "residual" / "checkpoint_last.pt"),

@@ -90,6 +90,9 @@ class ARMTForCausalLM(RMTForCausalLM):
     state MemoryState(assoc=...), the same loss, read, generate, save and load."""
 
     kind = "causal-lm-associative"
+    # A stage may start from an RMT or plainly fine-tuned stage: the associative projections start
+    # as built, and with W_v = 0 the model then answers as those weights did.
+    added_by_a_stage = RMTForCausalLM.added_by_a_stage + ("assoc.",)
 
     def __init__(self, backbone: nn.Module, num_mem_tokens: int, segment_size: int, bptt_depth: int | None = None,
                  recompute: bool = False, freeze_backbone: bool = False, d_mem: int = 32, **kwargs):
