@@ -91,7 +91,8 @@ class ARMTForCausalLM(RMTForCausalLM):
 
     kind = "causal-lm-associative"
     # A stage may start from an RMT or plainly fine-tuned stage: the associative projections start
-    # as built, and with W_v = 0 the model then answers as those weights did.
+    # as built (W_v = 0: nothing is recalled until it learns). An RMT stage's weights lose the read
+    # slots they were trained with before each segment, so they need not answer as they did.
     added_by_a_stage = RMTForCausalLM.added_by_a_stage + ("assoc.",)
 
     def __init__(self, backbone: nn.Module, num_mem_tokens: int, segment_size: int, bptt_depth: int | None = None,
