@@ -7,8 +7,8 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from test_hf import (gpt2, llama, loss_and_grads, memory_grad_of_segment, reference_greedy,  # noqa: E402
-                     sparse_labels, tokens)  # (the RMT wrapper's)
+from test_hf import (assert_recompute_keeps_gradients, gpt2, llama, loss_and_grads,  # noqa: E402
+                     memory_grad_of_segment, reference_greedy, sparse_labels, tokens)  # (the RMT wrapper's)
 
 from rmt.hf import ARMTForCausalLM  # noqa: E402
 from rmt.model.associative import AssociativeMemory, dpfp  # noqa: E402
@@ -180,6 +180,14 @@ def test_bptt_depth_truncates_the_gradient_through_the_associative_state(depth):
 
 
 @pytest.mark.parametrize("make", [llama, gpt2])
+@pytest.mark.parametrize("depth", [None, 1])
+def test_recomputed_segments_give_the_same_gradients(make, depth):
+    """Activation checkpointing per segment carries the associative state as the segment's input."""
+    names = assert_recompute_keeps_gradients(lambda recompute: armt(make, 3, 8, bptt_depth=depth, recompute=recompute))
+    assert any(n.startswith("assoc.") for n in names)
+
+
+@pytest.mark.parametrize("make", [llama, gpt2])
 def test_logits_where_labelled_only_give_the_same_loss_and_gradients(make):
     model = armt(make, t=5)
     ids = tokens(3, 21)
@@ -209,8 +217,7 @@ def test_save_and_load_give_identical_outputs(tmp_path):
 
 
 def test_bad_settings_are_one_line_errors():
-    for kw, words in ((dict(m=0), "must be positive"), (dict(d_mem=0), "must be positive"),
-                      (dict(recompute=True), "recompute does not carry associative memory")):
+    for kw, words in ((dict(m=0), "must be positive"), (dict(d_mem=0), "must be positive")):
         with pytest.raises(ValueError, match=words):
             armt(**kw)
     assert len(decoder_layers(llama())) == 2

@@ -169,22 +169,26 @@ def test_bptt_depth_truncates_the_gradient_to_memory(make, depth):
 @pytest.mark.parametrize("make", [*DECODERS, bert])
 @pytest.mark.parametrize("depth", [None, 1])
 def test_recomputed_segments_give_the_same_gradients(make, depth):
+    labels = torch.tensor([0, 2]) if make is bert else None
+    assert_recompute_keeps_gradients(lambda recompute: rmt(make, 3, 8, bptt_depth=depth, recompute=recompute),
+                                     labels)
+
+
+def assert_recompute_keeps_gradients(build, labels=None):
+    """build(recompute) -> a wrapper; its gradients with and without recomputed segments agree."""
     ids = tokens(2, 24)
     grads = []
     for recompute in (False, True):
-        model = rmt(make, 3, 8, bptt_depth=depth, recompute=recompute).train()
+        model = build(recompute).train()
         for module in model.modules():  # dropout off, the gradients then compare exactly
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
-        if make is bert:
-            loss = model(ids, labels=torch.tensor([0, 2])).loss
-        else:
-            loss = model(ids, labels=ids).loss
-        loss.backward()
+        model(ids, labels=ids if labels is None else labels).loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and "memory" in grads[0]
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)
+    return grads[0].keys()
 
 
 # ---- generation -----------------------------------------------------------------------------------------

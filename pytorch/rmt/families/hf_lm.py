@@ -96,9 +96,9 @@ def check_causal_rmt_args(args) -> None:
     refuse_txl_flags(args)
     if args.lora < 0:
         raise UsageError(f"--lora is a LoRA rank: positive, or 0 for none; got {args.lora}")
-    if args.memory == "associative" and (args.memory_norm or args.memory_residual or args.recompute_segments):
+    if args.memory == "associative" and (args.memory_norm or args.memory_residual):
         raise UsageError("--memory associative over a backbone does not take --memory_norm or --memory_residual (it "
-                         "writes no memory tokens) nor --recompute_segments (not carried there yet)")
+                         "writes no memory tokens)")
     if args.memory_residual and not args.num_mem_tokens:
         raise UsageError("--memory_residual maps the written memory tokens: give --num_mem_tokens > 0")
     if args.mem_lr is not None and (args.mem_lr <= 0 or not (args.num_mem_tokens or args.memory == "associative")):
@@ -120,8 +120,8 @@ def causal_rmt(args, depth: int | None, checkpoint_state: dict | None = None):
         base = get_peft_model(base, LoraConfig(r=args.lora, lora_alpha=2 * args.lora, lora_dropout=0.0,
                                                target_modules="all-linear"))
     if args.memory == "associative":
-        model = ARMTForCausalLM(base, args.num_mem_tokens, args.tgt_len, depth, freeze_backbone=args.freeze_backbone,
-                                d_mem=args.d_mem)
+        model = ARMTForCausalLM(base, args.num_mem_tokens, args.tgt_len, depth, args.recompute_segments,
+                                args.freeze_backbone, d_mem=args.d_mem)
     else:
         model = RMTForCausalLM(base, args.num_mem_tokens, args.tgt_len, depth, args.recompute_segments,
                                args.freeze_backbone, memory_norm=args.memory_norm,

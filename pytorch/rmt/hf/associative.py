@@ -100,8 +100,6 @@ class ARMTForCausalLM(RMTForCausalLM):
         if num_mem_tokens <= 0 or d_mem <= 0:
             raise ValueError(f"associative memory writes through memory tokens into keys of width d_mem: both must "
                              f"be positive, got num_mem_tokens {num_mem_tokens}, d_mem {d_mem}")
-        if recompute:
-            raise ValueError("recompute does not carry associative memory yet: train without it")
         if kwargs.pop("memory_norm", False) or kwargs.pop("memory_residual", False):
             raise ValueError("memory_norm and memory_residual map written memory tokens; associative memory writes none")
         super().__init__(backbone, num_mem_tokens, segment_size, bptt_depth, recompute, freeze_backbone, **kwargs)
