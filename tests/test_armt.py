@@ -178,7 +178,6 @@ def test_bptt_depth_truncates_the_gradient_through_the_associative_state(depth):
         assert (slot_grad > 0) == reaches, (depth, k, slot_grad)
 
 
-
 @pytest.mark.parametrize("make", [llama, gpt2])
 @pytest.mark.parametrize("depth", [None, 1])
 def test_recomputed_segments_give_the_same_gradients(make, depth):
