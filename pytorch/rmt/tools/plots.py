@@ -204,7 +204,7 @@ def _babilong_figure(plt, df: pd.DataFrame, task: str):
     ax.set(xlabel="sample length, tokens (star: as trained; hollow: under 10 test samples; 64: the story alone)",
            ylabel="exact match",
            ylim=(0, 1.05), title=f"{task}: facts hidden in text, answered at the end")
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # beside: one line a run
     return fig
 
 
