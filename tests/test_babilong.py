@@ -491,8 +491,19 @@ def test_a_curriculum_stage_starts_from_the_shorter_stage(backbone, tmp_path):
                          "--no_results"))
 
 
+def test_story_only_samples_are_scored_one_at_a_time(backbone, tmp_path):
+    # --sample_length 0: every sample is its story alone, of its own length; batching them crashed
+    for task in ("qa1", "qa2"):
+        assert train.main(flags(backbone, tmp_path, "--task", task, "--run_name", f"zs-{task}", "--eval_only",
+                                "--zero_shot", "--num_mem_tokens", "0", "--sample_length", "0",
+                                "--eval_batch_size", "4", "--n_test", "6")) == 0
+    rows = pd.read_csv(tmp_path / "res" / "babilong.csv")
+    assert list(rows.task) == ["babilong-qa1-0-zeroshot", "babilong-qa2-0-zeroshot"]
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--task", "qa9"], "invalid choice: 'qa9'"),
+    (["--sample_length", "0"], "--sample_length 0 (the story alone) gives samples of unequal lengths"),
     (["--sample_length", "60"], "cannot hold every qa1 story (up to"),
     (["--sample_length", "two"], "--sample_length: a sample length is a number"),
     (["--backbone", "smollm2-nonexistent/x"], "--backbone smollm2-nonexistent/x"),

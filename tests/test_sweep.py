@@ -149,7 +149,7 @@ def test_bad_depth_or_cache_entries(entry, message):
 
 @pytest.mark.parametrize("name, n_runs, memory_is_segment",
                          [("copy_cpu", 27, True), ("reverse_cpu", 18, False), ("reverse_cpu_m4", 27, False),
-                          ("retrieval_cpu", 21, True)])
+                          ("retrieval_cpu", 21, True), ("copy_cpu_enhanced", 3, True)])
 def test_committed_grids(name, n_runs, memory_is_segment):
     s = sweep.load_grid(ROOT / "experiments" / "grids" / f"{name}.json")
     assert s.name == name and len(s.runs) == n_runs and s.env == {"RMT_PRESET": "cpu"}

@@ -175,6 +175,9 @@ class BabiLong(BackboneFamily, SampledFamily):
             raise FlagError(f"samples of {self.length} tokens cannot hold every {a.task} story (up to "
                              f"{longest} tokens with the questions and answers): give a longer --sample_length or "
                              "more segments")
+        if not self.length and not a.eval_only and a.batch_size > 1:
+            raise FlagError("--sample_length 0 (the story alone) gives samples of unequal lengths, which do not "
+                             "batch: train with --batch_size 1, or give a --sample_length")
         room = question_segment(self.length - self.answer_room, a.tgt_len)
         if a.story_in_earlier_segments and room < longest:
             raise FlagError(f"--story_in_earlier_segments: the segments before the question's hold {room} tokens, "
@@ -328,6 +331,7 @@ class BabiLong(BackboneFamily, SampledFamily):
         model.eval()
         n = {"valid": self.args.n_val, "test": self.args.n_test}[split]
         bsz, t = self.args.eval_batch_size or self.args.batch_size, self.args.tgt_len
+        bsz = bsz if self.length else 1  # story-only samples differ in length: one at a time
         nll, n_tokens = 0.0, 0
         right = {True: 0, False: 0}  # by "the story starts before the question's segment"
         count = {True: 0, False: 0}
@@ -354,7 +358,9 @@ class BabiLong(BackboneFamily, SampledFamily):
         (every sample's tokens over the test's time: reading, answering, scoring)."""
         start = time.perf_counter()
         m = self.evaluate(model, "test")
-        speed = self.args.n_test * self.length / (time.perf_counter() - start)
+        seconds, n = time.perf_counter() - start, self.args.n_test
+        read = n * self.length if self.length else sum(len(self.sample("test", i).ids) for i in range(n))
+        speed = read / seconds
         row = {"metric_name": "exact_match", "metric_value": m["acc"], "loss": m["loss"], "exact_match": m["acc"],
                "tokens_per_s": speed}
         n_memory = m["n_needs_memory"]
